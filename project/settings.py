@@ -1,0 +1,93 @@
+"""Settings of the seeddump demo project.
+
+Everything comes from the environment or a ``.env`` file beside manage.py (django-environ). Without
+DATABASE_URL the project starts an embedded PostgreSQL server with its data in ``.pgdata/``.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env")
+
+DEBUG = env.bool("DEBUG", default=True)
+SECRET_KEY = env.str("SECRET_KEY", default="insecure-demo-key-change-me-in-any-real-deployment")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "seeddump",
+    "project.reality",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if "DATABASE_URL" in env:
+    DATABASES = {"default": env.db("DATABASE_URL")}
+    SEEDDUMP_PG_BIN_DIRS = env.list("SEEDDUMP_PG_BIN_DIRS", default=[])
+else:
+    from project import embedded
+
+    _name = env.str("EMBEDDED_PG_DB", default="seeddump_demo")
+    _socket_dir, _port, _bin_dirs = embedded.start(embedded.data_dir(BASE_DIR), _name)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": _name,
+            "USER": "postgres",
+            "HOST": _socket_dir,
+            "PORT": _port,
+        }
+    }
+    # The embedded server's own pg_dump/pg_restore match its version; search them first.
+    SEEDDUMP_PG_BIN_DIRS = env.list("SEEDDUMP_PG_BIN_DIRS", default=[]) + _bin_dirs
+
+SEEDDUMP_DIR = env.path("SEEDDUMP_DIR", default=BASE_DIR / "seeds" / "dumps")
+SEEDDUMP_PROTECTED_ENVIRONMENTS = env.list("SEEDDUMP_PROTECTED_ENVIRONMENTS", default=["prod", "production"])
+if "SEEDDUMP_RESTORE_JOBS" in env:
+    SEEDDUMP_RESTORE_JOBS = env.int("SEEDDUMP_RESTORE_JOBS")
+if "SEEDDUMP_DUMP_COMPRESSION" in env:
+    SEEDDUMP_DUMP_COMPRESSION = env.str("SEEDDUMP_DUMP_COMPRESSION")
+if "SEEDDUMP_VERSION" in env:
+    SEEDDUMP_VERSION = env.str("SEEDDUMP_VERSION")
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"

@@ -1,0 +1,76 @@
+"""seeddump's settings, read lazily so that ``override_settings`` works in tests.
+
+Every setting is optional; the README lists them all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.conf import settings
+
+
+class Settings:
+    @property
+    def DIR(self) -> Path:
+        """Where dumps and their metadata live."""
+        value = getattr(settings, "SEEDDUMP_DIR", None)
+        if value:
+            return Path(value)
+        base = getattr(settings, "BASE_DIR", None) or Path.cwd()
+        return Path(base) / "seeds" / "dumps"
+
+    @property
+    def PROTECTED_ENVIRONMENTS(self) -> frozenset[str]:
+        """Environments that restoredump refuses to overwrite."""
+        value = getattr(settings, "SEEDDUMP_PROTECTED_ENVIRONMENTS", ("prod", "production"))
+        return frozenset(value)
+
+    @property
+    def PG_BIN_DIRS(self) -> list[Path]:
+        """Extra folders searched first for pg_dump and pg_restore."""
+        value = getattr(settings, "SEEDDUMP_PG_BIN_DIRS", ())
+        if isinstance(value, (str, Path)):
+            value = [value]
+        return [Path(v) for v in value]
+
+    @property
+    def VERSION(self) -> str | None:
+        """A fixed dump version; when unset, the project's short git commit or a migration fingerprint."""
+        return getattr(settings, "SEEDDUMP_VERSION", None)
+
+    @property
+    def PROJECT_DIR(self) -> Path:
+        """The folder whose git commit names a dump's version."""
+        value = getattr(settings, "SEEDDUMP_PROJECT_DIR", None) or getattr(settings, "BASE_DIR", None)
+        return Path(value) if value else Path.cwd()
+
+    @property
+    def RESTORE_JOBS(self) -> int:
+        """Parallel pg_restore jobs when --jobs is not given."""
+        value = getattr(settings, "SEEDDUMP_RESTORE_JOBS", None)
+        return int(value) if value else (os.cpu_count() or 1)
+
+    @property
+    def DUMP_COMPRESSION(self) -> str:
+        """pg_dump's --compress value for new dumps."""
+        return str(getattr(settings, "SEEDDUMP_DUMP_COMPRESSION", "1"))
+
+    @property
+    def MAINTENANCE_DB(self) -> str:
+        """The database seeddump connects to while it creates, renames and drops others."""
+        return getattr(settings, "SEEDDUMP_MAINTENANCE_DB", "postgres")
+
+    @property
+    def CONNECT_TIMEOUT(self) -> int:
+        """Seconds to wait for the server before saying it is unreachable."""
+        return int(getattr(settings, "SEEDDUMP_CONNECT_TIMEOUT", 10))
+
+    @property
+    def LOCK_TIMEOUT(self) -> int:
+        """Seconds a restoredump waits for another restore of the same database before giving up."""
+        return int(getattr(settings, "SEEDDUMP_LOCK_TIMEOUT", 600))
+
+
+conf = Settings()

@@ -1,0 +1,160 @@
+"""generatedump: dump a seeded database to a versioned, checksummed file."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from seeddump import dumpfiles, postgres, records
+from seeddump.conf import conf
+from seeddump.exceptions import SeeddumpError
+
+Progress = Callable[[str], None]
+
+# Tables Django fills by itself (migrate, login): rows there do not make a database "seeded".
+BOOKKEEPING_TABLES = frozenset(
+    {
+        "django_migrations",
+        "django_content_type",
+        "auth_permission",
+        "django_session",
+        "django_admin_log",
+        "seeddump_dumprecord",
+    }
+)
+
+
+@dataclass(frozen=True)
+class GeneratedDump:
+    path: Path
+    metadata: dumpfiles.Metadata
+    recorded: bool
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def project_version(migrations: list[tuple[str, str]]) -> str:
+    """The dump version: the SEEDDUMP_VERSION setting, the project's short git commit, or a fingerprint."""
+    if conf.VERSION:
+        version = str(conf.VERSION)
+        if not re.fullmatch(r"[0-9A-Za-z]{1,40}", version):
+            raise SeeddumpError(f"SEEDDUMP_VERSION {version!r} must be 1 to 40 letters or digits.")
+        return version
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(conf.PROJECT_DIR), "rev-parse", "--short=7", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        result = None
+    if result is not None and result.returncode == 0 and result.stdout.strip().isalnum():
+        return result.stdout.strip()
+    return dumpfiles.migrations_fingerprint(migrations)[:7]
+
+
+def _applied_migrations(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    (exists,) = conn.execute("SELECT to_regclass('django_migrations') IS NOT NULL").fetchone()  # type: ignore[misc]
+    if not exists:
+        return []
+    rows = conn.execute("SELECT app, name FROM django_migrations ORDER BY app, name").fetchall()
+    return [(str(app), str(name)) for app, name in rows]
+
+
+def generate_dump(
+    environment: str,
+    *,
+    using: str = "default",
+    note: str = "",
+    allow_empty: bool = False,
+    progress: Progress = _quiet,
+) -> GeneratedDump:
+    dumpfiles.validate_environment(environment)
+    settings_dict = postgres.settings_for(using)
+    with postgres.user_errors(settings_dict):
+        return _generate(environment, settings_dict, using, note, allow_empty, progress)
+
+
+def _generate(
+    environment: str,
+    settings_dict: Mapping[str, Any],
+    using: str,
+    note: str,
+    allow_empty: bool,
+    progress: Progress,
+) -> GeneratedDump:
+    directory = dumpfiles.ensure_directory(conf.DIR)
+    started = time.monotonic()
+
+    with postgres.connect(settings_dict) as conn:
+        server_major = postgres.server_major(conn)
+        pg_dump = postgres.find_program("pg_dump", server_major)
+        progress(f"Using {pg_dump}")
+        # One snapshot for the counts, the migration list and pg_dump, so the metadata describes
+        # exactly the rows in the file even while other sessions write.
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        (snapshot,) = conn.execute("SELECT pg_export_snapshot()").fetchone()  # type: ignore[misc]
+        progress("Counting rows")
+        counts = postgres.count_rows(conn)
+        migrations = _applied_migrations(conn)
+        seeded_rows = sum(n for table, n in counts.items() if table not in BOOKKEEPING_TABLES)
+        if seeded_rows == 0 and not allow_empty:
+            raise SeeddumpError(
+                f"The {postgres.server_of(settings_dict).describe()} holds no data to dump. Seed it first "
+                "(for example: python manage.py seed), or pass --allow-empty to dump it anyway."
+            )
+        version = project_version(migrations)
+        moment = datetime.now(timezone.utc).replace(microsecond=0)
+        partial = dumpfiles.new_partial(directory, environment)
+        try:
+            progress(f"Dumping {sum(counts.values())} rows of {len(counts)} tables")
+            args = [
+                "--format=custom",
+                f"--compress={conf.DUMP_COMPRESSION}",
+                f"--snapshot={snapshot}",
+                f"--file={partial}",
+            ]
+            postgres.run(pg_dump, args, settings_dict, what="pg_dump")
+            conn.execute("COMMIT")
+            progress("Computing the checksum")
+            checksum = dumpfiles.sha256_of(partial)
+            size = partial.stat().st_size
+            final = dumpfiles.publish(partial, environment, version, moment)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+            raise
+
+        metadata = dumpfiles.Metadata(
+            environment=environment,
+            version=version,
+            timestamp=moment,
+            checksum=checksum,
+            record_counts=counts,
+            migrations=migrations,
+            migrations_fingerprint=dumpfiles.migrations_fingerprint(migrations),
+            server_version=postgres.server_version_text(conn),
+            pg_dump_version=pg_dump.version,
+            database=str(settings_dict.get("NAME") or ""),
+            size_bytes=size,
+            duration_seconds=time.monotonic() - started,
+            dump_file=final.name,
+            compression=conf.DUMP_COMPRESSION,
+            note=note,
+        )
+    dumpfiles.write_metadata(final, metadata)
+    dumpfiles.point_latest(final, environment)
+    recorded = records.record_dump(using, final, metadata)
+    return GeneratedDump(path=final, metadata=metadata, recorded=recorded)

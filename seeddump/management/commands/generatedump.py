@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS
+
+from seeddump.dumps import generate_dump
+from seeddump.exceptions import SeeddumpError
+from seeddump.management.progress import progress_writer
+
+
+class Command(BaseCommand):
+    help = "Dumps the seeded database to a versioned, checksummed file in SEEDDUMP_DIR and points 'latest' at it."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("environment", help="Environment the dump is for, such as dev or staging.")
+        parser.add_argument(
+            "--database", default=DEFAULT_DB_ALIAS, help="Database alias to dump. Defaults to 'default'."
+        )
+        parser.add_argument("--note", default="", help="A note stored in the dump's metadata.")
+        parser.add_argument("--allow-empty", action="store_true", help="Dump even when the database holds no data.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        verbosity = options["verbosity"]
+        try:
+            result = generate_dump(
+                options["environment"],
+                using=options["database"],
+                note=options["note"],
+                allow_empty=options["allow_empty"],
+                progress=progress_writer(self, verbosity),
+            )
+        except SeeddumpError as exc:
+            raise CommandError(str(exc)) from None
+        metadata = result.metadata
+        if verbosity >= 1:
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"Dumped {metadata.total_rows} rows of {len(metadata.record_counts)} tables "
+                    f"({metadata.size_bytes / 1e6:.1f} MB) in {metadata.duration_seconds:.1f}s:"
+                )
+            )
+        if not result.recorded:
+            self.stderr.write(
+                self.style.WARNING(
+                    "seeddump's table is not migrated in this database, so the admin will not list this dump. "
+                    "Run: python manage.py migrate"
+                )
+            )
+        self.stdout.write(str(result.path))

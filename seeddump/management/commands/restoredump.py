@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS
+
+from seeddump.exceptions import SeeddumpError
+from seeddump.management.progress import progress_writer
+from seeddump.restore import interrupt_on_sigterm, plan_restore, restore
+
+
+class Command(BaseCommand):
+    help = (
+        "Verifies a dump and replaces the database with it. The database is only replaced once the "
+        "restored copy is complete and checked; on any failure it is left as it was."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("environment", help="Environment whose latest dump to restore, such as dev.")
+        parser.add_argument("--dump", help="Restore this dump file instead of the environment's latest.")
+        parser.add_argument(
+            "--database", default=DEFAULT_DB_ALIAS, help="Database alias to replace. Defaults to 'default'."
+        )
+        parser.add_argument("--jobs", type=int, help="Parallel pg_restore jobs. Defaults to the CPU count.")
+        parser.add_argument(
+            "--no-input",
+            "--noinput",
+            action="store_false",
+            dest="interactive",
+            help="Do not ask for confirmation.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        verbosity = options["verbosity"]
+        if options["jobs"] is not None and options["jobs"] < 1:
+            raise CommandError("--jobs must be 1 or more.")
+        try:
+            plan = plan_restore(options["environment"], dump=options["dump"], using=options["database"])
+            if options["interactive"] and not self._confirmed(plan):
+                raise CommandError("Restore cancelled; the database was not changed.")
+            with interrupt_on_sigterm():
+                result = restore(plan, jobs=options["jobs"], progress=progress_writer(self, verbosity))
+        except SeeddumpError as exc:
+            raise CommandError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise CommandError("Restore interrupted; the database was not changed.") from None
+        if verbosity >= 1:
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"Restored {plan.dump_path.name} into '{result.database}': {result.rows} rows in "
+                    f"{result.tables} tables, {result.seconds:.1f}s."
+                )
+            )
+
+    def _confirmed(self, plan: Any) -> bool:
+        metadata = plan.metadata
+        self.stdout.write(
+            f"This replaces the {plan.server.describe()} with {plan.dump_path.name} "
+            f"(taken {metadata.timestamp:%Y-%m-%d %H:%M} UTC, {metadata.total_rows} rows).\n"
+            "Everything in that database now will be lost."
+        )
+        try:
+            answer = input("Type 'yes' to continue, or 'no' to cancel: ")
+        except EOFError:
+            return False
+        return answer.strip().lower() == "yes"

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from django.db import models
+
+from seeddump.conf import conf
+
+
+class DumpRecord(models.Model):
+    """One dump file and its metadata, as the admin lists it.
+
+    The file on disk is the source of truth; a record is rebuilt from its metadata after every
+    generatedump and restoredump, so the list survives restoring a database that predates a dump.
+    """
+
+    file_name = models.CharField(max_length=255, unique=True)
+    environment = models.CharField(max_length=32, db_index=True)
+    version = models.CharField(max_length=40)
+    created_at = models.DateTimeField(help_text="When the dump was taken (UTC).")
+    size_bytes = models.BigIntegerField()
+    checksum = models.CharField(max_length=71)
+    record_counts = models.JSONField(default=dict)
+    total_records = models.BigIntegerField(default=0)
+    migrations_fingerprint = models.CharField(max_length=64, blank=True)
+    note = models.TextField(blank=True)
+    metadata = models.JSONField(default=dict)
+    last_restored_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-file_name"]
+        verbose_name = "dump"
+
+    def __str__(self) -> str:
+        return self.file_name
+
+    @property
+    def path(self):
+        return conf.DIR / self.file_name
+
+    def on_disk(self) -> bool:
+        return self.path.is_file()

@@ -1,0 +1,333 @@
+"""Everything that talks to PostgreSQL's own programs and to the server outside Django's ORM.
+
+This is the one module that starts ``pg_dump`` and ``pg_restore``: it finds a pair of the right major
+version, builds their argv, and hands them the connection settings (password included) through the
+environment, never on the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import glob
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from seeddump.conf import conf
+from seeddump.exceptions import SeeddumpError
+
+# OPTIONS keys that Django understands but libpq does not.
+_DJANGO_ONLY_OPTIONS = {"isolation_level", "server_side_binding", "pool", "assume_role", "cursor_factory"}
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+# Connection failures worth waiting out: the server is starting, restarting or not up yet.
+_TRANSIENT_MARKERS = ("connection refused", "no such file or directory", "the database system is starting up")
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where a Django database alias points, without its password."""
+
+    host: str
+    port: str
+    user: str
+    name: str
+
+    def describe(self) -> str:
+        where = self.host or "the local socket"
+        return f"database '{self.name}' on {where}" + (f":{self.port}" if self.port else "")
+
+
+def settings_for(using: str) -> Mapping[str, Any]:
+    """The DATABASES entry of ``using``, checked to be a PostgreSQL database."""
+    from django.db import connections
+
+    if using not in connections.settings:
+        raise SeeddumpError(f"There is no database '{using}' in DATABASES. Pass --database with one that exists.")
+    settings_dict = connections[using].settings_dict
+    if "postgresql" not in settings_dict.get("ENGINE", ""):
+        raise SeeddumpError(
+            f"DATABASES['{using}'] uses {settings_dict.get('ENGINE')}; seeddump works with PostgreSQL only."
+        )
+    return settings_dict
+
+
+@contextlib.contextmanager
+def user_errors(settings_dict: Mapping[str, Any]) -> Iterator[None]:
+    """Turns a database or file-system failure into a one-line SeeddumpError without the password."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise SeeddumpError(f"PostgreSQL said: {scrub(_first_line(str(exc)), settings_dict)}.") from None
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise SeeddumpError(f"{where}{exc.strerror or exc}.") from None
+
+
+def server_of(settings_dict: Mapping[str, Any]) -> Server:
+    return Server(
+        host=str(settings_dict.get("HOST") or ""),
+        port=str(settings_dict.get("PORT") or ""),
+        user=str(settings_dict.get("USER") or ""),
+        name=str(settings_dict.get("NAME") or ""),
+    )
+
+
+def scrub(text: str, settings_dict: Mapping[str, Any]) -> str:
+    """Removes the password from a message that may echo connection details."""
+    password = settings_dict.get("PASSWORD")
+    if password:
+        text = text.replace(str(password), "********")
+    return text
+
+
+def client_env(settings_dict: Mapping[str, Any], dbname: str | None = None) -> dict[str, str]:
+    """libpq environment variables for the database of ``settings_dict`` (or ``dbname`` on that server)."""
+    options = settings_dict.get("OPTIONS") or {}
+    values = {
+        "PGHOST": settings_dict.get("HOST"),
+        "PGPORT": settings_dict.get("PORT"),
+        "PGUSER": settings_dict.get("USER"),
+        "PGPASSWORD": settings_dict.get("PASSWORD"),
+        "PGDATABASE": dbname or settings_dict.get("NAME"),
+        "PGSERVICE": options.get("service"),
+        "PGPASSFILE": options.get("passfile"),
+        "PGSSLMODE": options.get("sslmode"),
+        "PGSSLROOTCERT": options.get("sslrootcert"),
+        "PGSSLCERT": options.get("sslcert"),
+        "PGSSLKEY": options.get("sslkey"),
+        "PGAPPNAME": "seeddump",
+    }
+    return {key: str(value) for key, value in values.items() if value not in (None, "")}
+
+
+def _connect_kwargs(settings_dict: Mapping[str, Any], dbname: str) -> dict[str, Any]:
+    options = {k: v for k, v in (settings_dict.get("OPTIONS") or {}).items() if k not in _DJANGO_ONLY_OPTIONS}
+    kwargs: dict[str, Any] = {
+        "host": settings_dict.get("HOST") or None,
+        "port": settings_dict.get("PORT") or None,
+        "user": settings_dict.get("USER") or None,
+        "password": settings_dict.get("PASSWORD") or None,
+        "dbname": dbname,
+        "connect_timeout": conf.CONNECT_TIMEOUT,
+        "application_name": "seeddump",
+        **options,
+    }
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def connect(
+    settings_dict: Mapping[str, Any], dbname: str | None = None, *, wait: float | None = None
+) -> psycopg.Connection:
+    """An autocommit connection to ``dbname`` (default: the alias's database) on the alias's server.
+
+    A server that is down or still starting is retried for ``wait`` seconds (default: the
+    SEEDDUMP_CONNECT_TIMEOUT setting); any other failure is reported at once.
+    """
+    dbname = dbname or str(settings_dict.get("NAME") or "")
+    deadline = time.monotonic() + (conf.CONNECT_TIMEOUT if wait is None else wait)
+    delay = 0.1
+    while True:
+        try:
+            return psycopg.connect(**_connect_kwargs(settings_dict, dbname), autocommit=True)
+        except psycopg.Error as exc:
+            reason = scrub(_first_line(str(exc)), settings_dict)
+            transient = any(marker in reason.lower() for marker in _TRANSIENT_MARKERS)
+            if transient and time.monotonic() + delay < deadline:
+                time.sleep(delay)  # bounded back-off while the server comes up
+                delay = min(delay * 2, 1.0)
+                continue
+            server = server_of({**settings_dict, "NAME": dbname})
+            raise SeeddumpError(
+                f"Cannot connect to {server.describe()}: {reason}. "
+                "Check that PostgreSQL is running and that DATABASES is right."
+            ) from None
+
+
+def connect_maintenance(settings_dict: Mapping[str, Any]) -> psycopg.Connection:
+    """A connection to the server's maintenance database, for CREATE/ALTER/DROP DATABASE."""
+    return connect(settings_dict, conf.MAINTENANCE_DB)
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "unknown error"
+    # libpq prefixes the useful part with "connection to server ... failed:"; keep the reason.
+    line = lines[0]
+    if "failed:" in line and len(lines) == 1:
+        line = line.split("failed:", 1)[1].strip() or line
+    return line.rstrip(".")
+
+
+def server_major(conn: psycopg.Connection) -> int:
+    return conn.info.server_version // 10000
+
+
+def server_version_text(conn: psycopg.Connection) -> str:
+    version = conn.info.server_version
+    return f"{version // 10000}.{version % 10000}"
+
+
+# --- Tables and row counts -------------------------------------------------------------------------
+
+_TABLES_SQL = """
+    SELECT n.nspname, c.relname
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p')
+      AND NOT c.relispartition
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg\\_%'
+      AND NOT EXISTS (
+          SELECT 1 FROM pg_depend d
+          WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
+      )
+    ORDER BY 1, 2
+"""
+
+
+def table_key(schema: str, table: str) -> str:
+    """How a table is named in recordCounts: bare in ``public``, schema-qualified elsewhere."""
+    return table if schema == "public" else f"{schema}.{table}"
+
+
+def count_rows(conn: psycopg.Connection) -> dict[str, int]:
+    """Exact row counts of every user table, as pg_dump sees them (partitioned tables as one)."""
+    counts: dict[str, int] = {}
+    with conn.cursor() as cursor:
+        tables = cursor.execute(_TABLES_SQL).fetchall()
+        for schema, table in tables:
+            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
+            (count,) = cursor.execute(query).fetchone()  # type: ignore[misc]
+            counts[table_key(schema, table)] = int(count)
+    return counts
+
+
+# --- Finding pg_dump and pg_restore -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    path: Path
+    major: int
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version} ({self.path})"
+
+
+def _candidate_dirs() -> Iterator[Path]:
+    yield from conf.PG_BIN_DIRS
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        if entry:
+            yield Path(entry)
+    # Debian and Ubuntu install every major version side by side here, newest last.
+    for path in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_dir_version):
+        yield Path(path)
+
+
+def _dir_version(path: str) -> int:
+    match = re.search(r"/(\d+)/bin$", path)
+    return int(match.group(1)) if match else 0
+
+
+@functools.lru_cache(maxsize=64)
+def _probe(path: str) -> tuple[int, str] | None:
+    try:
+        output = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _VERSION_RE.search(output)
+    if not match:
+        return None
+    return int(match.group(1)), match.group(0).split()[-1]
+
+
+def installed_programs(name: str) -> list[Program]:
+    """Every runnable copy of ``name`` in search order, without duplicates."""
+    found: list[Program] = []
+    seen: set[Path] = set()
+    for folder in _candidate_dirs():
+        candidate = folder / name
+        if not (candidate.is_file() and os.access(candidate, os.X_OK)):
+            continue
+        resolved = candidate.resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        probed = _probe(str(candidate))
+        if probed:
+            found.append(Program(name=name, path=candidate, major=probed[0], version=probed[1]))
+    return found
+
+
+def find_program(name: str, server_major: int, *, at_least: int | None = None) -> Program:
+    """The copy of ``name`` to use against a server of ``server_major``.
+
+    The server's own major version is preferred, then the nearest newer one. ``at_least`` raises
+    the floor, for example to the version of the pg_dump that wrote an archive.
+    """
+    floor = max(server_major, at_least or 0)
+    programs = installed_programs(name)
+    usable = [p for p in programs if p.major >= floor]
+    if usable:
+        exact = [p for p in usable if p.major == server_major]
+        return exact[0] if exact else min(usable, key=lambda p: p.major)
+    wanted = f"{name} {floor} or newer"
+    if not programs:
+        raise SeeddumpError(
+            f"You appear not to have the '{name}' program installed: need {wanted}. "
+            f"Install the PostgreSQL {floor} client programs or set SEEDDUMP_PG_BIN_DIRS to their folder."
+        )
+    found = ", ".join(f"{p.version} at {p.path}" for p in programs)
+    raise SeeddumpError(
+        f"Need {wanted}, but only older ones are installed ({found}). "
+        f"Install the PostgreSQL {floor} client programs or set SEEDDUMP_PG_BIN_DIRS to their folder."
+    )
+
+
+# --- Running them -----------------------------------------------------------------------------------
+
+
+def command(program: Program, args: Sequence[str]) -> list[str]:
+    return [str(program.path), *args]
+
+
+def run(
+    program: Program,
+    args: Sequence[str],
+    settings_dict: Mapping[str, Any],
+    *,
+    dbname: str | None = None,
+    what: str,
+) -> subprocess.CompletedProcess[str]:
+    """Runs a PostgreSQL program against ``dbname`` and turns a failure into a one-line SeeddumpError."""
+    env = {**os.environ, **client_env(settings_dict, dbname)}
+    try:
+        result = subprocess.run(
+            command(program, args), env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
+    except OSError as exc:
+        raise SeeddumpError(f"Could not start {program.path}: {exc.strerror}.") from None
+    if result.returncode != 0:
+        raise SeeddumpError(f"{what} failed: {program_error(result.stderr, settings_dict)}")
+    return result
+
+
+def program_error(stderr: str, settings_dict: Mapping[str, Any]) -> str:
+    """The most useful line of a PostgreSQL program's error output, password removed."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line or "FATAL:" in line] or lines or ["no error output"]
+    line = errors[0]
+    for prefix in ("pg_dump: error:", "pg_restore: error:"):
+        line = line.removeprefix(prefix).strip()
+    return scrub(line, settings_dict)

@@ -1,0 +1,76 @@
+"""Keeps the DumpRecord table (what the admin lists) in step with the dumps on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+
+from django.db import DatabaseError, connections
+
+from seeddump import dumpfiles
+from seeddump.exceptions import SeeddumpError
+from seeddump.models import DumpRecord
+
+
+def table_exists(using: str) -> bool:
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        return DumpRecord._meta.db_table in connection.introspection.table_names(cursor)
+
+
+def _fields(metadata: dumpfiles.Metadata) -> dict[str, object]:
+    return {
+        "environment": metadata.environment,
+        "version": metadata.version,
+        "created_at": metadata.timestamp,
+        "size_bytes": metadata.size_bytes,
+        "checksum": metadata.checksum,
+        "record_counts": metadata.record_counts,
+        "total_records": metadata.total_rows,
+        "migrations_fingerprint": metadata.migrations_fingerprint,
+        "note": metadata.note,
+        "metadata": metadata.to_json(),
+    }
+
+
+def record_dump(using: str, dump_path: Path, metadata: dumpfiles.Metadata) -> bool:
+    """Adds or refreshes the record of one dump. False when seeddump's table is not migrated there."""
+    if not table_exists(using):
+        return False
+    DumpRecord.objects.using(using).update_or_create(file_name=dump_path.name, defaults=_fields(metadata))
+    return True
+
+
+def restore_times(using: str) -> dict[str, datetime]:
+    """When each dump was last restored, as the database currently knows it."""
+    try:
+        if not table_exists(using):
+            return {}
+        rows = DumpRecord.objects.using(using).exclude(last_restored_at=None)
+        return dict(rows.values_list("file_name", "last_restored_at"))
+    except DatabaseError:
+        return {}
+
+
+def sync_from_disk(using: str, directory: Path, restore_times: Mapping[str, datetime]) -> int:
+    """Records every dump in ``directory`` whose metadata can be read, with the given restore times.
+
+    Records of dumps that are no longer on disk are kept: the admin shows them as gone.
+    Returns how many dumps were recorded.
+    """
+    if not table_exists(using):
+        return 0
+    recorded = 0
+    for dump_path in dumpfiles.list_dumps(directory):
+        try:
+            metadata = dumpfiles.read_metadata(dump_path)
+        except SeeddumpError:
+            continue  # a dump whose metadata is broken cannot be described; restoredump refuses it anyway
+        fields = _fields(metadata)
+        restored_at = restore_times.get(dump_path.name)
+        if restored_at is not None:
+            fields["last_restored_at"] = restored_at
+        DumpRecord.objects.using(using).update_or_create(file_name=dump_path.name, defaults=fields)
+        recorded += 1
+    return recorded
