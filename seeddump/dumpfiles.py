@@ -35,7 +35,7 @@ _CHUNK = 4 * 1024 * 1024
 
 
 def validate_environment(environment: str) -> str:
-    if not ENVIRONMENT_RE.match(environment or ""):
+    if not ENVIRONMENT_RE.fullmatch(environment or ""):
         shown = environment if len(environment or "") <= 40 else environment[:40] + "…"
         raise SeeddumpError(
             f"Invalid environment name {shown!r}: use 1 to 32 lower-case letters, digits, '-' or '_', "
@@ -194,7 +194,7 @@ def latest_metadata_link(directory: Path, environment: str) -> Path:
 
 
 def _sort_key(path: Path) -> tuple[str, int]:
-    match = DUMP_NAME_RE.match(path.name)
+    match = DUMP_NAME_RE.fullmatch(path.name)
     assert match
     return match["stamp"], int(match["serial"] or 0)
 
@@ -205,7 +205,7 @@ def list_dumps(directory: Path, environment: str | None = None) -> list[Path]:
         return []
     found = []
     for entry in directory.iterdir():
-        match = DUMP_NAME_RE.match(entry.name)
+        match = DUMP_NAME_RE.fullmatch(entry.name)
         if not match or entry.is_symlink() or not entry.is_file():
             continue
         if environment is None or match["env"] == environment:
@@ -219,7 +219,7 @@ def environments(directory: Path) -> list[str]:
         return []
     suffix = "-seeded-latest.dump"
     names = {e.name.removesuffix(suffix) for e in directory.iterdir() if e.name.endswith(suffix)}
-    return sorted(name for name in names if ENVIRONMENT_RE.match(name))
+    return sorted(name for name in names if ENVIRONMENT_RE.fullmatch(name))
 
 
 # --- Writing ----------------------------------------------------------------------------------------
@@ -312,7 +312,7 @@ def resolve_latest(directory: Path, environment: str) -> Path:
     if target.is_absolute() or len(target.parts) != 1:
         raise SeeddumpError(f"{link} points outside the dumps folder ({target}). Remove it and run generatedump again.")
     dump = directory / target
-    match = DUMP_NAME_RE.match(target.name)
+    match = DUMP_NAME_RE.fullmatch(target.name)
     if not match or match["env"] != environment:
         raise SeeddumpError(f"{link} points at {target}, which is not a {environment} dump. Remove the link.")
     if not dump.is_file():

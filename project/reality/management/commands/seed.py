@@ -20,7 +20,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         environment, scale, verbosity = options["environment"], options["scale"], options["verbosity"]
-        if not ENVIRONMENT_RE.match(environment):
+        if not ENVIRONMENT_RE.fullmatch(environment):
             raise CommandError(f"Invalid environment name {environment!r}: use lower-case letters and digits.")
         if scale < 1:
             raise CommandError("--scale must be 1 or more.")

@@ -1,0 +1,190 @@
+"""Fixtures shared by the tests: real PostgreSQL servers, a private dumps folder, seeded data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from django.conf import settings as django_settings
+from django.core.management import call_command
+from django.db import connections
+
+from seeddump import dumpfiles, postgres
+
+REPO = Path(__file__).resolve().parent.parent
+ALIASES = ["default", "system"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that runs against the machine's server says why when that server is missing."""
+    if not django_settings.SYSTEM_UNAVAILABLE:
+        return
+    skip = pytest.mark.skip(reason=f"system PostgreSQL not reachable: {django_settings.SYSTEM_UNAVAILABLE}")
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("alias") == "system":
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=ALIASES)
+def alias(request: pytest.FixtureRequest) -> str:
+    """The database alias under test: the embedded server, then the machine's."""
+    return request.param
+
+
+@pytest.fixture
+def dumps_dir(tmp_path: Path, settings: Any) -> Path:
+    directory = tmp_path / "dumps"
+    settings.SEEDDUMP_DIR = directory
+    return directory
+
+
+@dataclass
+class Result:
+    out: str
+    err: str
+
+
+def run_command(name: str, *args: str, **options: Any) -> Result:
+    """Calls a management command as a user does and returns what it wrote."""
+    out, err = StringIO(), StringIO()
+    call_command(name, *args, stdout=out, stderr=err, **options)
+    return Result(out.getvalue(), err.getvalue())
+
+
+def table_rows(alias: str, table: str) -> list[tuple[Any, ...]]:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(f'SELECT * FROM "{table}" ORDER BY 1')
+        return cursor.fetchall()
+
+
+def demo_snapshot(alias: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the demo tables, in primary-key order."""
+    return {table: table_rows(alias, table) for table in ("reality_team", "reality_agent", "reality_node")}
+
+
+def schema_snapshot(alias: str) -> list[tuple[Any, ...]]:
+    """Columns, constraints and indexes of the public schema."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT 'column', table_name, column_name || ' ' || data_type || ' ' || is_nullable
+            FROM information_schema.columns WHERE table_schema = 'public'
+            UNION ALL
+            SELECT 'index', tablename, indexdef FROM pg_indexes WHERE schemaname = 'public'
+            UNION ALL
+            SELECT 'constraint', conrelid::regclass::text, pg_get_constraintdef(oid)
+            FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+            ORDER BY 1, 2, 3
+            """
+        )
+        return cursor.fetchall()
+
+
+def database_names(alias: str) -> set[str]:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT datname FROM pg_database")
+        return {name for (name,) in cursor.fetchall()}
+
+
+@pytest.fixture(scope="session")
+def seeded_dumps(
+    tmp_path_factory: pytest.TempPathFactory, django_db_setup: None, django_db_blocker: Any
+) -> dict[str, Path]:
+    """One seeded dump per server, made once per session: {alias: dump path}."""
+    made: dict[str, Path] = {}
+    with django_db_blocker.unblock():
+        for alias in ALIASES:
+            if alias not in connections.settings:
+                continue
+            directory = tmp_path_factory.mktemp(f"seeded-{alias}")
+            from django.test import override_settings
+
+            with override_settings(SEEDDUMP_DIR=directory):
+                call_command("seed", "dev", scale=1, database=alias, verbosity=0)
+                result = run_command("generatedump", "dev", database=alias, verbosity=0)
+            made[alias] = Path(result.out.strip().splitlines()[-1])
+            with connections[alias].cursor() as cursor:
+                cursor.execute("TRUNCATE reality_node, reality_agent, reality_team, seeddump_dumprecord CASCADE")
+    return made
+
+
+def copy_dump(dump: Path, directory: Path, *, latest: bool = True) -> Path:
+    """Copies a dump and its metadata into ``directory`` (as the newest of its environment)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / dump.name
+    shutil.copy2(dump, target)
+    shutil.copy2(dumpfiles.metadata_path(dump), dumpfiles.metadata_path(target))
+    if latest:
+        dumpfiles.point_latest(target, dumpfiles.DUMP_NAME_RE.fullmatch(dump.name)["env"])  # type: ignore[index]
+    return target
+
+
+@pytest.fixture
+def seeded_dump(alias: str, seeded_dumps: dict[str, Path], dumps_dir: Path) -> Path:
+    """The session's seeded dump for ``alias``, copied into this test's dumps folder as dev's latest."""
+    return copy_dump(seeded_dumps[alias], dumps_dir)
+
+
+def database_url(alias: str, name: str | None = None) -> str:
+    """A DATABASE_URL for the alias's test database (or another database on its server)."""
+    sd = connections[alias].settings_dict
+    user = quote(sd["USER"] or "")
+    password = f":{quote(str(sd['PASSWORD']))}" if sd.get("PASSWORD") else ""
+    host, port = str(sd["HOST"] or ""), f":{sd['PORT']}" if sd.get("PORT") else ""
+    if host.startswith("/"):  # a socket folder goes in the path
+        return f"postgres://{user}{password}@/{host}/{name or sd['NAME']}"
+    return f"postgres://{user}{password}@{host}{port}/{name or sd['NAME']}"
+
+
+def manage(
+    *args: str, alias: str, dumps_dir: Path, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess:
+    """Runs ``python manage.py ...`` in a new process against the alias's test database.
+
+    This process's connections are closed first: a restore in the child ends every other session on
+    the database it replaces, and the next query here reconnects.
+    """
+    connections.close_all()
+    environment = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DATABASE_URL": database_url(alias),
+        "SEEDDUMP_DIR": str(dumps_dir),
+        "SEEDDUMP_PG_BIN_DIRS": ",".join(str(p) for p in django_settings.SEEDDUMP_PG_BIN_DIRS),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO,
+        env=environment,
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def psycopg_connect(alias: str, name: str) -> psycopg.Connection:
+    """A direct connection to another database on the alias's server."""
+    return postgres.connect(connections[alias].settings_dict, name)
+
+
+@pytest.fixture
+def cleanup_databases() -> Iterator[list[tuple[str, str]]]:
+    """Databases a test creates by hand, dropped afterwards: append (alias, name)."""
+    created: list[tuple[str, str]] = []
+    yield created
+    for alias, name in created:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

