@@ -43,7 +43,9 @@ def _private_runtime_dir() -> None:
     if os.environ.get("XDG_RUNTIME_DIR"):
         return
     runtime = Path(tempfile.gettempdir()) / f"seeddump-runtime-{os.getuid()}"
-    (runtime / "python_PostgresServer").mkdir(mode=0o700, parents=True, exist_ok=True)
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    runtime.chmod(0o700)  # platformdirs ignores a runtime folder others can read
+    (runtime / "python_PostgresServer").mkdir(mode=0o700, exist_ok=True)
     os.environ["XDG_RUNTIME_DIR"] = str(runtime)
 
 

@@ -1,7 +1,17 @@
 from django.apps import AppConfig
+from django.core import checks
+from django.db.models.signals import post_migrate
 
 
 class SeeddumpConfig(AppConfig):
     name = "seeddump"
     verbose_name = "Seed dumps"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from seeddump.checks import check_dumps
+        from seeddump.signals import warn_stale_dumps
+
+        # sender=self: post_migrate is sent once per app, and this must run once per migrate.
+        post_migrate.connect(warn_stale_dumps, sender=self, dispatch_uid="seeddump.warn_stale_dumps")
+        checks.register(check_dumps, "seeddump")

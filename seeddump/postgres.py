@@ -258,9 +258,12 @@ def installed_programs(name: str) -> list[Program]:
     seen: set[Path] = set()
     for folder in _candidate_dirs():
         candidate = folder / name
-        if not (candidate.is_file() and os.access(candidate, os.X_OK)):
+        try:
+            if not (candidate.is_file() and os.access(candidate, os.X_OK)):
+                continue
+            resolved = candidate.resolve()
+        except OSError:  # a PATH entry this user may not enter
             continue
-        resolved = candidate.resolve()
         if resolved in seen:
             continue
         seen.add(resolved)

@@ -23,7 +23,7 @@ import psycopg
 from django.db import connections
 from psycopg import sql
 
-from seeddump import dumpfiles, postgres, records
+from seeddump import dumpfiles, postgres, records, staleness
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -43,6 +43,7 @@ class RestorePlan:
     dump_path: Path
     metadata: dumpfiles.Metadata
     using: str
+    status: staleness.DumpStatus
 
     @property
     def server(self) -> postgres.Server:
@@ -66,15 +67,21 @@ def check_not_protected(environment: str) -> None:
         )
 
 
-def plan_restore(environment: str, *, dump: str | Path | None = None, using: str = "default") -> RestorePlan:
-    """Finds the dump, reads its metadata and verifies its checksum, all before touching any database."""
+def plan_restore(
+    environment: str, *, dump: str | Path | None = None, using: str = "default", force: bool = False
+) -> RestorePlan:
+    """Finds the dump, reads its metadata and verifies its checksum, all before touching any database.
+
+    A dump holding migrations the code does not have is refused unless ``force``: the code could not
+    run against it, and ``migrate`` cannot undo migrations it does not know.
+    """
     dumpfiles.validate_environment(environment)
     check_not_protected(environment)
     with postgres.user_errors(postgres.settings_for(using)):
-        return _plan(environment, dump, using)
+        return _plan(environment, dump, using, force)
 
 
-def _plan(environment: str, dump: str | Path | None, using: str) -> RestorePlan:
+def _plan(environment: str, dump: str | Path | None, using: str, force: bool) -> RestorePlan:
     directory = conf.DIR
     if dump is not None:
         dump_path = dumpfiles.check_dump_path(Path(dump), directory)
@@ -87,8 +94,15 @@ def _plan(environment: str, dump: str | Path | None, using: str) -> RestorePlan:
             f"{dump_path.name} is a '{metadata.environment}' dump, not '{environment}'. "
             f"Run: python manage.py restoredump {metadata.environment} --dump {dump_path}"
         )
+    status = staleness.status_of(dump_path, metadata)
+    if status.unknown and not force:
+        raise SeeddumpError(
+            f"{dump_path.name} holds {len(status.unknown)} migration(s) this code does not have "
+            f"({', '.join(f'{app}.{name}' for app, name in status.unknown[:5])}): it was made on another branch "
+            "or a newer checkout. Check out matching code or regenerate the dump; --force restores it anyway."
+        )
     dumpfiles.verify(dump_path, metadata)
-    return RestorePlan(environment=environment, dump_path=dump_path, metadata=metadata, using=using)
+    return RestorePlan(environment=environment, dump_path=dump_path, metadata=metadata, using=using, status=status)
 
 
 @contextlib.contextmanager

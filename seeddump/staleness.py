@@ -91,9 +91,7 @@ def _names(keys: list[Key]) -> str:
     return shown + (f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else "")
 
 
-def status_of(
-    dump_path: Path, metadata: dumpfiles.Metadata, code: CodeMigrations | None = None
-) -> DumpStatus:
+def status_of(dump_path: Path, metadata: dumpfiles.Metadata, code: CodeMigrations | None = None) -> DumpStatus:
     code = code or CodeMigrations.load()
     missing, unknown = code.compare(metadata.migrations)
     return DumpStatus(metadata.environment, dump_path, metadata, missing, unknown)

@@ -49,6 +49,7 @@ class RealityNode(models.Model):
     attributes = models.JSONField(default=dict)
     weight = models.FloatField()
     depth = models.PositiveSmallIntegerField()
+    rank = models.PositiveIntegerField(default=0, db_index=True)
     created_at = models.DateTimeField()
 
     class Meta:

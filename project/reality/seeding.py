@@ -93,6 +93,7 @@ def seed(environment: str, scale: int, progress: Callable[[str], None], using: s
                     },
                     weight=round(rng.uniform(0, 100), 3),
                     depth=0 if parent is None else min(parent.depth + 1, 32000),
+                    rank=rng.randint(0, 1000),
                     created_at=BASE_TIME + timedelta(days=team_number, seconds=node_number),
                 )
             )

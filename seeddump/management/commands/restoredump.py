@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from seeddump.exceptions import SeeddumpError
 from seeddump.management.progress import progress_writer
-from seeddump.restore import interrupt_on_sigterm, plan_restore, restore
+from seeddump.restore import RestorePlan, interrupt_on_sigterm, plan_restore, restore
 
 
 class Command(BaseCommand):
@@ -23,6 +24,10 @@ class Command(BaseCommand):
             "--database", default=DEFAULT_DB_ALIAS, help="Database alias to replace. Defaults to 'default'."
         )
         parser.add_argument("--jobs", type=int, help="Parallel pg_restore jobs. Defaults to the CPU count.")
+        parser.add_argument("--migrate", action="store_true", help="Apply the code's newer migrations after restoring.")
+        parser.add_argument(
+            "--force", action="store_true", help="Restore a dump that holds migrations this code does not have."
+        )
         parser.add_argument(
             "--no-input",
             "--noinput",
@@ -36,7 +41,9 @@ class Command(BaseCommand):
         if options["jobs"] is not None and options["jobs"] < 1:
             raise CommandError("--jobs must be 1 or more.")
         try:
-            plan = plan_restore(options["environment"], dump=options["dump"], using=options["database"])
+            plan = plan_restore(
+                options["environment"], dump=options["dump"], using=options["database"], force=options["force"]
+            )
             if options["interactive"] and not self._confirmed(plan):
                 raise CommandError("Restore cancelled; the database was not changed.")
             with interrupt_on_sigterm():
@@ -52,8 +59,37 @@ class Command(BaseCommand):
                     f"{result.tables} tables, {result.seconds:.1f}s."
                 )
             )
+        self._report_migrations(plan, options)
 
-    def _confirmed(self, plan: Any) -> bool:
+    def _report_migrations(self, plan: RestorePlan, options: dict[str, Any]) -> None:
+        status = plan.status
+        if status.unknown:
+            self.stderr.write(
+                self.style.WARNING(
+                    f"The restored database holds migrations this code does not have: {status.problems()}."
+                )
+            )
+        if not status.missing:
+            return
+        if options["migrate"]:
+            call_command(
+                "migrate",
+                database=options["database"],
+                interactive=False,
+                verbosity=options["verbosity"],
+                stdout=self.stdout,
+                stderr=self.stderr,
+            )
+            return
+        self.stderr.write(
+            self.style.WARNING(
+                f"The restored database is behind the code: {status.problems()}. "
+                f"Run: python manage.py migrate (or restoredump --migrate), then regenerate the dump with: "
+                f"python manage.py generatedump {plan.environment}"
+            )
+        )
+
+    def _confirmed(self, plan: RestorePlan) -> bool:
         metadata = plan.metadata
         self.stdout.write(
             f"This replaces the {plan.server.describe()} with {plan.dump_path.name} "
