@@ -1,10 +1,39 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
 from seeddump.models import DumpRecord
+from seeddump.staleness import code_migrations_cached
+
+
+def _schema_state(record: DumpRecord) -> tuple[bool, str]:
+    """(stale, description) of a dump against the code's migrations."""
+    missing, unknown = code_migrations_cached().compare(record.applied_migrations())
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} behind")
+    if unknown:
+        parts.append(f"{len(unknown)} unknown")
+    return bool(parts), ", ".join(parts) or "current"
+
+
+class StaleFilter(admin.SimpleListFilter):
+    title = "schema"
+    parameter_name = "schema"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("stale", "Stale"), ("current", "Current")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() not in ("stale", "current"):
+            return queryset
+        wanted = self.value() == "stale"
+        # Staleness depends on the code, not on a column: decide per record (dumps are few).
+        ids = [record.pk for record in queryset if _schema_state(record)[0] == wanted]
+        return queryset.filter(pk__in=ids)
 
 
 def _counts_table(counts: dict[str, int]):
@@ -24,10 +53,11 @@ class DumpRecordAdmin(admin.ModelAdmin):
         "size",
         "rows",
         "short_checksum",
+        "schema",
         "on_disk",
         "last_restored_at",
     ]
-    list_filter = ["environment"]
+    list_filter = ["environment", StaleFilter]
     search_fields = ["file_name", "version", "note"]
     date_hierarchy = "created_at"
     fields = [
@@ -37,6 +67,7 @@ class DumpRecordAdmin(admin.ModelAdmin):
         "created_at",
         "size",
         "checksum",
+        "schema",
         "on_disk",
         "last_restored_at",
         "note",
@@ -63,6 +94,12 @@ class DumpRecordAdmin(admin.ModelAdmin):
     @admin.display(description="checksum")
     def short_checksum(self, record: DumpRecord) -> str:
         return record.checksum.removeprefix("sha256:")[:12]
+
+    @admin.display(description="schema")
+    def schema(self, record: DumpRecord):
+        stale, description = _schema_state(record)
+        css = "color: var(--error-fg, #ba2121)" if stale else "color: var(--message-success-fg, #447e36)"
+        return format_html('<span style="{}">{}</span>', css, ("stale: " if stale else "") + description)
 
     @admin.display(description="on disk", boolean=True)
     def on_disk(self, record: DumpRecord) -> bool:

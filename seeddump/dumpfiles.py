@@ -135,7 +135,7 @@ class Metadata:
             grouped = data["migrations"]
             if not isinstance(grouped, dict):
                 raise bad("migrations must map each app to its applied migrations")
-            migrations = [(str(app), str(name)) for app, names in grouped.items() for name in names]
+            migrations = ungroup_migrations(grouped)
             size = data["sizeBytes"]
             if not isinstance(size, int) or size < 0:
                 raise bad("sizeBytes must be a whole number")
@@ -172,6 +172,11 @@ def _group_migrations(migrations: Iterable[tuple[str, str]]) -> dict[str, list[s
     return grouped
 
 
+def ungroup_migrations(grouped: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """The (app, name) pairs of a metadata ``migrations`` object."""
+    return [(str(app), str(name)) for app, names in grouped.items() for name in names]
+
+
 # --- Names ------------------------------------------------------------------------------------------
 
 
@@ -193,10 +198,11 @@ def latest_metadata_link(directory: Path, environment: str) -> Path:
     return directory / f"{environment}-seeded-latest.metadata.json"
 
 
-def _sort_key(path: Path) -> tuple[str, int]:
+def _sort_key(path: Path) -> tuple[str, int, int]:
     match = DUMP_NAME_RE.fullmatch(path.name)
     assert match
-    return match["stamp"], int(match["serial"] or 0)
+    # Names resolve to the second; two dumps of one second are ordered by when they were written.
+    return match["stamp"], path.stat().st_mtime_ns, int(match["serial"] or 0)
 
 
 def list_dumps(directory: Path, environment: str | None = None) -> list[Path]:

@@ -38,3 +38,8 @@ class DumpRecord(models.Model):
 
     def on_disk(self) -> bool:
         return self.path.is_file()
+
+    def applied_migrations(self) -> list[tuple[str, str]]:
+        from seeddump.dumpfiles import ungroup_migrations
+
+        return ungroup_migrations(self.metadata.get("migrations") or {})

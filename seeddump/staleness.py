@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,12 @@ class DumpStatus:
 
     def fix(self) -> str:
         return f"Regenerate it: python manage.py generatedump {self.environment}"
+
+
+@functools.lru_cache(maxsize=1)
+def code_migrations_cached() -> CodeMigrations:
+    """The code's migrations, loaded once per process (the admin asks for every row)."""
+    return CodeMigrations.load()
 
 
 def _count(keys: list[Key]) -> str:

@@ -72,13 +72,14 @@ class Command(BaseCommand):
         if not status.missing:
             return
         if options["migrate"]:
+            # The raw streams: migrate wraps them itself and would otherwise end every line twice.
             call_command(
                 "migrate",
                 database=options["database"],
                 interactive=False,
                 verbosity=options["verbosity"],
-                stdout=self.stdout,
-                stderr=self.stderr,
+                stdout=getattr(self.stdout, "_out", self.stdout),
+                stderr=getattr(self.stderr, "_out", self.stderr),
             )
             return
         self.stderr.write(
