@@ -84,6 +84,7 @@ if "SEEDDUMP_DUMP_COMPRESSION" in env:
     SEEDDUMP_DUMP_COMPRESSION = env.str("SEEDDUMP_DUMP_COMPRESSION")
 if "SEEDDUMP_VERSION" in env:
     SEEDDUMP_VERSION = env.str("SEEDDUMP_VERSION")
+SEEDDUMP_SMOKE_API_URLS = env.list("SEEDDUMP_SMOKE_API_URLS", default=["/api/teams/", "/api/agents/", "/api/nodes/"])
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"

@@ -11,7 +11,10 @@ from seeddump.staleness import code_migrations_cached
 
 def _schema_state(record: DumpRecord) -> tuple[bool, str]:
     """(stale, description) of a dump against the code's migrations."""
-    missing, unknown = code_migrations_cached().compare(record.applied_migrations())
+    applied = record.applied_migrations()
+    if applied is None:
+        return True, "unknown (unreadable metadata)"
+    missing, unknown = code_migrations_cached().compare(applied)
     parts = []
     if missing:
         parts.append(f"{len(missing)} behind")

@@ -72,5 +72,47 @@ class Settings:
         """Seconds a restoredump waits for another restore of the same database before giving up."""
         return int(getattr(settings, "SEEDDUMP_LOCK_TIMEOUT", 600))
 
+    # --- smoketest ---
+
+    @property
+    def SMOKE_HEALTH_URL(self) -> str:
+        """Path of the health endpoint the smoke test waits for (seeddump.urls serves /healthz/)."""
+        return getattr(settings, "SEEDDUMP_SMOKE_HEALTH_URL", "/healthz/")
+
+    @property
+    def SMOKE_API_URLS(self) -> list[str]:
+        """API paths that must answer 200 with data."""
+        return list(getattr(settings, "SEEDDUMP_SMOKE_API_URLS", []))
+
+    @property
+    def SMOKE_PAGES(self) -> list[str]:
+        """Pages that must render without logging in."""
+        return list(getattr(settings, "SEEDDUMP_SMOKE_PAGES", ["/admin/login/"]))
+
+    @property
+    def SMOKE_LOGIN_PAGES(self) -> list[str]:
+        """Pages that must render for a logged-in staff user (created and removed by the smoke test)."""
+        return list(getattr(settings, "SEEDDUMP_SMOKE_LOGIN_PAGES", ["/admin/seeddump/dumprecord/"]))
+
+    @property
+    def SMOKE_LOGIN_URL(self) -> str:
+        return getattr(settings, "SEEDDUMP_SMOKE_LOGIN_URL", "/admin/login/")
+
+    @property
+    def SMOKE_SERVER_COMMAND(self) -> list[str] | None:
+        """argv that starts the web server, with {port} in it; default: runserver."""
+        value = getattr(settings, "SEEDDUMP_SMOKE_SERVER_COMMAND", None)
+        return list(value) if value else None
+
+    @property
+    def SMOKE_SERVER_TIMEOUT(self) -> float:
+        """Seconds to wait for the web server's health endpoint."""
+        return float(getattr(settings, "SEEDDUMP_SMOKE_SERVER_TIMEOUT", 30))
+
+    @property
+    def SMOKE_DATABASE_WAIT(self) -> float:
+        """Seconds to wait for the database server to accept connections."""
+        return float(getattr(settings, "SEEDDUMP_SMOKE_DATABASE_WAIT", 30))
+
 
 conf = Settings()

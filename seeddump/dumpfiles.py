@@ -174,6 +174,8 @@ def _group_migrations(migrations: Iterable[tuple[str, str]]) -> dict[str, list[s
 
 def ungroup_migrations(grouped: dict[str, list[str]]) -> list[tuple[str, str]]:
     """The (app, name) pairs of a metadata ``migrations`` object."""
+    if not all(isinstance(names, list) for names in grouped.values()):
+        raise ValueError("each app must list its migrations")
     return [(str(app), str(name)) for app, names in grouped.items() for name in names]
 
 

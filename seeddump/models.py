@@ -39,7 +39,14 @@ class DumpRecord(models.Model):
     def on_disk(self) -> bool:
         return self.path.is_file()
 
-    def applied_migrations(self) -> list[tuple[str, str]]:
+    def applied_migrations(self) -> list[tuple[str, str]] | None:
+        """The migrations in the dump, or None when the stored metadata does not say."""
         from seeddump.dumpfiles import ungroup_migrations
 
-        return ungroup_migrations(self.metadata.get("migrations") or {})
+        grouped = self.metadata.get("migrations") if isinstance(self.metadata, dict) else None
+        if not isinstance(grouped, dict):
+            return None
+        try:
+            return ungroup_migrations(grouped)
+        except (TypeError, ValueError):
+            return None

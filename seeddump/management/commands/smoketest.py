@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS
+
+from seeddump.restore import interrupt_on_sigterm
+from seeddump.smoke import FAIL, NOTE, PASS, SKIP, CheckResult, SmokeTest
+
+
+class Command(BaseCommand):
+    help = (
+        "Checks the whole stack end to end: PostgreSQL programs, database, restore of the latest dump, "
+        "migrations, a running web server, its API and pages, and the data against the dump's metadata."
+    )
+    requires_system_checks: list[str] = []  # a smoke test reports problems itself, as checks
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--env", default="dev", dest="environment", help="Environment of the dump. Default: dev.")
+        parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Database alias. Default: 'default'.")
+        parser.add_argument("--skip-dump-restore", action="store_true", help="Test the database as it is.")
+        parser.add_argument("--skip-frontend", action="store_true", help="Do not fetch the HTML pages.")
+        parser.add_argument("--json", action="store_true", help="Print one JSON document instead of lines.")
+        parser.add_argument("--log-file", default="smoketest.log", help="Detailed log. Default: smoketest.log.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        as_json, verbosity = options["json"], options["verbosity"]
+        log_path = Path(options["log_file"]).resolve()
+        try:
+            log_file: TextIO = log_path.open("w", encoding="utf-8")
+        except OSError as exc:
+            raise CommandError(f"Cannot write the log file {log_path}: {exc.strerror}.") from None
+        log_path.chmod(0o600)
+
+        def log(line: str) -> None:
+            log_file.write(line.rstrip("\n") + "\n")
+            log_file.flush()
+
+        def report(result: CheckResult) -> None:
+            if not as_json and verbosity >= 1:
+                self.stdout.write(self._line(result))
+
+        smoke = SmokeTest(
+            options["environment"],
+            using=options["database"],
+            skip_dump_restore=options["skip_dump_restore"],
+            skip_frontend=options["skip_frontend"],
+            report=report,
+            log=log,
+        )
+        try:
+            with interrupt_on_sigterm():
+                result = smoke.run()
+        except KeyboardInterrupt:
+            raise CommandError(f"Smoke test interrupted. Details in {log_path}") from None
+        finally:
+            log_file.close()
+        result.log_file = str(log_path)
+
+        if as_json:
+            self.stdout.write(json.dumps(result.to_json(), indent=2))
+        elif verbosity >= 1:
+            summary = (
+                f"{result.count(PASS)} passed, {result.count(FAIL)} failed, {result.count(SKIP)} skipped"
+                + (f", {result.count(NOTE)} notes" if result.count(NOTE) else "")
+                + f" in {result.seconds:.1f}s. Log: {log_path}"
+            )
+            style = self.style.SUCCESS if result.passed else self.style.ERROR
+            self.stdout.write(style(("Smoke test passed: " if result.passed else "Smoke test FAILED: ") + summary))
+        if not result.passed:
+            first = result.failures()[0]
+            raise CommandError(
+                f"Smoke test failed: {len(result.failures())} check(s) failed, first {first.phase}: {first.name}: "
+                f"{first.detail} Details in {log_path}"
+            )
+
+    def _line(self, result: CheckResult) -> str:
+        styles = {PASS: self.style.SUCCESS, FAIL: self.style.ERROR, SKIP: self.style.WARNING, NOTE: self.style.NOTICE}
+        tag = styles[result.status](f"{result.status.upper():4}")
+        detail = f" — {result.detail}" if result.detail else ""
+        return f"  {tag}  {result.phase}: {result.name} ({result.seconds:.2f}s){detail}"
