@@ -72,6 +72,16 @@ class Settings:
         """Seconds a restoredump waits for another restore of the same database before giving up."""
         return int(getattr(settings, "SEEDDUMP_LOCK_TIMEOUT", 600))
 
+    @property
+    def SNAPSHOTS(self) -> bool:
+        """Keep a template database of each restored dump so the next restore of it is a copy."""
+        return bool(getattr(settings, "SEEDDUMP_SNAPSHOTS", True))
+
+    @property
+    def SNAPSHOTS_KEEP(self) -> int:
+        """How many snapshots (of this dumps folder) to keep on a server."""
+        return int(getattr(settings, "SEEDDUMP_SNAPSHOTS_KEEP", 3))
+
     # --- smoketest ---
 
     @property

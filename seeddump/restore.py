@@ -23,11 +23,15 @@ import psycopg
 from django.db import connections
 from psycopg import sql
 
-from seeddump import dumpfiles, postgres, records, staleness
+from seeddump import dumpfiles, postgres, records, snapshots, staleness
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
 Progress = Callable[[str], None]
+
+# Session settings for pg_restore's connections: bigger sorts for index builds, no waiting on WAL flushes
+# (a scratch database that is lost in a crash is simply restored again).
+RESTORE_SESSION = {"maintenance_work_mem": "512MB", "synchronous_commit": "off"}
 
 # First key of the advisory locks seeddump takes; the second is a hash of the target's name.
 _LOCK_CLASS = 0x5EED
@@ -57,6 +61,7 @@ class RestoreResult:
     seconds: float
     tables: int
     rows: int
+    from_snapshot: bool = False
 
 
 def check_not_protected(environment: str) -> None:
@@ -175,28 +180,32 @@ def drop_leftovers(admin: psycopg.Connection, database: str) -> list[str]:
     return names
 
 
-def _create_scratch(admin: psycopg.Connection, name: str, like: str) -> None:
-    """Creates an empty database with the encoding, locale and owner of ``like`` (when it exists)."""
+def _owner_clause(admin: psycopg.Connection, like: str) -> sql.Composable | None:
+    """``OWNER <owner of like>`` when this user may create databases for that role."""
     row = admin.execute(
         """
-        SELECT pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, r.rolname,
-               pg_has_role(current_user, d.datdba, 'MEMBER')
-        FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba
-        WHERE d.datname = %s
+        SELECT r.rolname, pg_has_role(current_user, d.datdba, 'MEMBER')
+        FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = %s
         """,
         (like,),
     ).fetchone()
-    parts = [sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))]
+    if row is None or not row[1]:
+        return None
+    return sql.SQL("OWNER {}").format(sql.Identifier(row[0]))
+
+
+def _create_empty(admin: psycopg.Connection, name: str, like: str) -> None:
+    """Creates an empty database with the encoding, locale and owner of ``like`` (when it exists)."""
+    query = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+    row = admin.execute(
+        "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = %s", (like,)
+    ).fetchone()
     if row is not None:
-        encoding, collate, ctype, owner, may_own = row
-        parts.append(
-            sql.SQL("ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
-                sql.Literal(encoding), sql.Literal(collate), sql.Literal(ctype)
-            )
-        )
-        if may_own:
-            parts.append(sql.SQL("OWNER {}").format(sql.Identifier(owner)))
-    admin.execute(sql.SQL(" ").join(parts))
+        query += sql.SQL(" ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(*(sql.Literal(v) for v in row))
+    owner = _owner_clause(admin, like)
+    if owner is not None:
+        query += sql.SQL(" ") + owner
+    admin.execute(query)
 
 
 def _check_counts(expected: dict[str, int], actual: dict[str, int]) -> None:
@@ -245,44 +254,58 @@ def _swap(admin: psycopg.Connection, target: str, scratch: str, retired: str, ex
                 ) from None
 
 
-def restore(plan: RestorePlan, *, jobs: int | None = None, progress: Progress = _quiet) -> RestoreResult:
-    """Restores a planned dump in place of the alias's database; see the module docstring."""
+def restore(
+    plan: RestorePlan,
+    *,
+    jobs: int | None = None,
+    use_snapshots: bool | None = None,
+    progress: Progress = _quiet,
+) -> RestoreResult:
+    """Restores a planned dump in place of the alias's database; see the module docstring.
+
+    With ``use_snapshots`` (default: the SEEDDUMP_SNAPSHOTS setting) a cached snapshot of the same dump is
+    copied instead of running pg_restore, and a cold restore leaves one behind for next time.
+    """
     settings_dict = postgres.settings_for(plan.using)
+    use_snapshots = conf.SNAPSHOTS if use_snapshots is None else use_snapshots
     with postgres.user_errors(settings_dict):
-        return _restore(plan, settings_dict, jobs, progress)
+        return _restore(plan, settings_dict, jobs, use_snapshots, progress)
 
 
 def _restore(
-    plan: RestorePlan, settings_dict: Mapping[str, Any], jobs: int | None, progress: Progress
+    plan: RestorePlan,
+    settings_dict: Mapping[str, Any],
+    jobs: int | None,
+    use_snapshots: bool,
+    progress: Progress,
 ) -> RestoreResult:
     started = time.monotonic()
     target = str(settings_dict.get("NAME") or "")
     if not target:
         raise SeeddumpError(f"DATABASES['{plan.using}'] has no NAME to restore into.")
-    jobs = jobs or conf.RESTORE_JOBS
+    metadata = plan.metadata
 
     with postgres.connect_maintenance(settings_dict) as admin, target_lock(admin, target, progress):
-        pg_restore = postgres.find_program(
-            "pg_restore", postgres.server_major(admin), at_least=plan.metadata.pg_dump_major
-        )
-        progress(f"Using {pg_restore}")
         for name in drop_leftovers(admin, target):
             progress(f"Dropped {name}, left over by an interrupted restore")
         (exists,) = admin.execute(  # type: ignore[misc]
             "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %s)", (target,)
         ).fetchone()
         scratch = scratch_prefix(target) + secrets.token_hex(4)
-        _create_scratch(admin, scratch, like=target)
+        snapshot = None
         try:
-            progress(f"Restoring {plan.dump_path.name} into a scratch database with {jobs} jobs")
-            args = [f"--dbname={scratch}", "--no-owner", "--no-privileges", "--exit-on-error", str(plan.dump_path)]
-            if jobs > 1:
-                args.insert(0, f"--jobs={jobs}")
-            postgres.run(pg_restore, args, settings_dict, dbname=scratch, what="pg_restore")
-            progress("Checking row counts against the metadata")
-            with postgres.connect(settings_dict, scratch) as restored:
-                counts = postgres.count_rows(restored)
-            _check_counts(plan.metadata.record_counts, counts)
+            if use_snapshots:
+                with snapshots.snapshot_lock(admin):
+                    snapshot = snapshots.find(admin, metadata)
+                    if snapshot is not None:
+                        progress(f"Copying the cached snapshot {snapshot.name}")
+                        snapshots.clone(admin, snapshot, scratch, _owner_clause(admin, target))
+            if snapshot is None:
+                _restore_cold(admin, plan, settings_dict, scratch, target, jobs, progress)
+                if use_snapshots:
+                    _cache_snapshot(admin, scratch, metadata, progress)
+            # Verified now, or when the snapshot was made (a snapshot accepts no connections since).
+            counts = metadata.record_counts
             carried = records.restore_times(plan.using) if exists else {}
             connections[plan.using].close()
             progress(f"Swapping the restored database in for '{target}'")
@@ -302,4 +325,45 @@ def _restore(
         seconds=time.monotonic() - started,
         tables=len(counts),
         rows=sum(counts.values()),
+        from_snapshot=snapshot is not None,
     )
+
+
+def _restore_cold(
+    admin: psycopg.Connection,
+    plan: RestorePlan,
+    settings_dict: Mapping[str, Any],
+    scratch: str,
+    target: str,
+    jobs: int | None,
+    progress: Progress,
+) -> None:
+    """pg_restore into a new ``scratch`` database, then check every table's row count."""
+    pg_restore = postgres.find_program("pg_restore", postgres.server_major(admin), at_least=plan.metadata.pg_dump_major)
+    progress(f"Using {pg_restore}")
+    _create_empty(admin, scratch, like=target)
+    jobs = jobs or conf.RESTORE_JOBS
+    progress(f"Restoring {plan.dump_path.name} into a scratch database with {jobs} jobs")
+    args = [f"--dbname={scratch}", "--no-owner", "--no-privileges", "--exit-on-error", str(plan.dump_path)]
+    if jobs > 1:
+        args.insert(0, f"--jobs={jobs}")
+    postgres.run(pg_restore, args, settings_dict, dbname=scratch, what="pg_restore", options=RESTORE_SESSION)
+    progress("Checking row counts against the metadata")
+    with postgres.connect(settings_dict, scratch) as restored:
+        counts = postgres.count_rows(restored)
+    _check_counts(plan.metadata.record_counts, counts)
+
+
+def _cache_snapshot(admin: psycopg.Connection, scratch: str, metadata: dumpfiles.Metadata, progress: Progress) -> None:
+    """Keeps a copy of the verified scratch database for the next restore of this dump; never fails it."""
+    try:
+        with snapshots.snapshot_lock(admin):
+            snapshot = snapshots.create(admin, scratch, metadata)
+            dropped = snapshots.prune(admin)
+    except psycopg.Error as exc:
+        progress(f"Could not cache a snapshot ({str(exc).strip().splitlines()[0]}); the restore goes on")
+        return
+    if snapshot is not None:
+        progress(f"Cached the restored database as snapshot {snapshot.name}")
+    for name in dropped:
+        progress(f"Dropped the snapshot {name}")

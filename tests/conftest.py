@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connections
 
-from seeddump import dumpfiles, postgres
+from seeddump import dumpfiles, postgres, snapshots
 
 REPO = Path(__file__).resolve().parent.parent
 ALIASES = ["default", "system"]
@@ -43,10 +44,14 @@ def alias(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def dumps_dir(tmp_path: Path, settings: Any) -> Path:
+def dumps_dir(tmp_path: Path, settings: Any) -> Iterator[Path]:
+    """A private dumps folder; the snapshots cached for it are dropped afterwards on every server."""
     directory = tmp_path / "dumps"
     settings.SEEDDUMP_DIR = directory
-    return directory
+    yield directory
+    for alias in connections.settings:
+        with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
+            snapshots.drop_all(admin, directory)
 
 
 @dataclass
@@ -188,3 +193,25 @@ def cleanup_databases() -> Iterator[list[tuple[str, str]]]:
     for alias, name in created:
         with connections[alias].cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def spy_bin(alias: str, tmp_path: Path, settings) -> Iterator[Path]:
+    """pg_dump and pg_restore wrappers that log the argv and environment they get, then run the real ones."""
+    folder = tmp_path / "spy-bin"
+    folder.mkdir()
+    log = tmp_path / "spy.log"
+    for name in ("pg_dump", "pg_restore"):
+        real = postgres.find_program(name, connections[alias].pg_version // 10000).path
+        script = folder / name
+        script.write_text(
+            "#!/bin/sh\n"
+            f'printf "%s\\n" "ARGV $0 $*" >> "{log}"\n'
+            f'[ -n "$PGPASSWORD" ] && printf "%s\\n" "ENV has PGPASSWORD" >> "{log}"\n'
+            f'exec "{real}" "$@"\n'
+        )
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    postgres._probe.cache_clear()
+    settings.SEEDDUMP_PG_BIN_DIRS = [folder]
+    yield log
+    postgres._probe.cache_clear()

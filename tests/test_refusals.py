@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -210,30 +210,6 @@ def test_unreachable_server_is_one_clear_line(alias: str, dumps_dir: Path, setti
 # --- Secrets ----------------------------------------------------------------------------------------
 
 PASSWORD = "s3cret-Pa55word-xyzzy"
-
-
-@pytest.fixture
-def spy_bin(alias: str, tmp_path: Path, settings) -> Iterator[Path]:
-    """pg_dump and pg_restore wrappers that log the argv and environment they get, then run the real ones."""
-    from seeddump import postgres
-
-    folder = tmp_path / "spy-bin"
-    folder.mkdir()
-    log = tmp_path / "spy.log"
-    for name in ("pg_dump", "pg_restore"):
-        real = postgres.find_program(name, connections[alias].pg_version // 10000).path
-        script = folder / name
-        script.write_text(
-            "#!/bin/sh\n"
-            f'printf "%s\\n" "ARGV $0 $*" >> "{log}"\n'
-            f'[ -n "$PGPASSWORD" ] && printf "%s\\n" "ENV has PGPASSWORD" >> "{log}"\n'
-            f'exec "{real}" "$@"\n'
-        )
-        script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    postgres._probe.cache_clear()
-    settings.SEEDDUMP_PG_BIN_DIRS = [folder]
-    yield log
-    postgres._probe.cache_clear()
 
 
 def test_password_goes_through_the_environment_only(

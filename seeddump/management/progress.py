@@ -9,11 +9,15 @@ from django.core.management.base import BaseCommand
 
 
 def progress_writer(command: BaseCommand, verbosity: int) -> Callable[[str], None]:
-    """Writes each step with the seconds since the command started, at --verbosity 2 and above."""
+    """Writes each step with the seconds since the command started.
+
+    Shown on a terminal, and in logs (CI) only at --verbosity 2, so a pipeline's output stays short.
+    """
     started = time.monotonic()
+    shown = verbosity >= 2 or (verbosity >= 1 and command.stdout.isatty())
 
     def write(message: str) -> None:
-        if verbosity >= 2:
+        if shown:
             command.stdout.write(f"[{time.monotonic() - started:6.1f}s] {message}")
 
     return write

@@ -24,6 +24,12 @@ class Command(BaseCommand):
             "--database", default=DEFAULT_DB_ALIAS, help="Database alias to replace. Defaults to 'default'."
         )
         parser.add_argument("--jobs", type=int, help="Parallel pg_restore jobs. Defaults to the CPU count.")
+        parser.add_argument(
+            "--no-snapshot",
+            action="store_false",
+            dest="snapshot",
+            help="Neither use nor keep a cached snapshot of the dump; always run pg_restore.",
+        )
         parser.add_argument("--migrate", action="store_true", help="Apply the code's newer migrations after restoring.")
         parser.add_argument(
             "--force", action="store_true", help="Restore a dump that holds migrations this code does not have."
@@ -47,7 +53,12 @@ class Command(BaseCommand):
             if options["interactive"] and not self._confirmed(plan):
                 raise CommandError("Restore cancelled; the database was not changed.")
             with interrupt_on_sigterm():
-                result = restore(plan, jobs=options["jobs"], progress=progress_writer(self, verbosity))
+                result = restore(
+                    plan,
+                    jobs=options["jobs"],
+                    use_snapshots=None if options["snapshot"] else False,
+                    progress=progress_writer(self, verbosity),
+                )
         except SeeddumpError as exc:
             raise CommandError(str(exc)) from None
         except KeyboardInterrupt:
@@ -55,7 +66,8 @@ class Command(BaseCommand):
         if verbosity >= 1:
             self.stdout.write(
                 self.style.SUCCESS(
-                    f"Restored {plan.dump_path.name} into '{result.database}': {result.rows} rows in "
+                    f"Restored {plan.dump_path.name} into '{result.database}'"
+                    f"{' from its cached snapshot' if result.from_snapshot else ''}: {result.rows} rows in "
                     f"{result.tables} tables, {result.seconds:.1f}s."
                 )
             )

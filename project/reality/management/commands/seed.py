@@ -28,8 +28,11 @@ class Command(BaseCommand):
         if verbosity >= 1:
             self.stdout.write(f"Seeding {environment} at scale {scale} ({plan_for(scale).rows} rows)")
 
+        # Per-team progress on a terminal; in logs (CI) only at --verbosity 2.
+        shown = verbosity >= 2 or (verbosity >= 1 and self.stdout.isatty())
+
         def progress(message: str) -> None:
-            if verbosity >= 1:
+            if shown:
                 self.stdout.write(f"  [{time.monotonic() - started:6.1f}s] {message}")
 
         plan = seed(environment, scale, progress, using=options["database"])
