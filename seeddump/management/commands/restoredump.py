@@ -12,6 +12,8 @@ from seeddump.restore import RestorePlan, interrupt_on_sigterm, plan_restore, re
 
 
 class Command(BaseCommand):
+    # Fast commands that check what they need themselves; `check` and `migrate` report stale dumps.
+    requires_system_checks: list[str] = []
     help = (
         "Verifies a dump and replaces the database with it. The database is only replaced once the "
         "restored copy is complete and checked; on any failure it is left as it was."

@@ -10,6 +10,8 @@ from seeddump.exceptions import SeeddumpError
 
 
 class Command(BaseCommand):
+    # Fast commands that check what they need themselves; `check` and `migrate` report stale dumps.
+    requires_system_checks: list[str] = []
     help = "Lists the cached snapshots of restored dumps on the database server, or drops them."
 
     def add_arguments(self, parser: CommandParser) -> None:
