@@ -1,10 +1,15 @@
 from __future__ import annotations
 
-from django.contrib import admin
+import json
+
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
+from seeddump import dumpfiles
+from seeddump.conf import conf
+from seeddump.exceptions import SeeddumpError
 from seeddump.models import DumpRecord
 from seeddump.staleness import code_migrations_cached
 
@@ -55,11 +60,13 @@ class DumpRecordAdmin(admin.ModelAdmin):
         "created_at",
         "size",
         "rows",
-        "short_checksum",
         "schema",
-        "on_disk",
+        "latest",
         "last_restored_at",
+        "on_disk",
+        "short_checksum",
     ]
+    actions = ["verify_checksums", "delete_with_files"]
     list_filter = ["environment", StaleFilter]
     search_fields = ["file_name", "version", "note"]
     date_hierarchy = "created_at"
@@ -76,6 +83,7 @@ class DumpRecordAdmin(admin.ModelAdmin):
         "note",
         "migrations_fingerprint",
         "per_table_counts",
+        "metadata_json",
     ]
     readonly_fields = fields
 
@@ -103,6 +111,43 @@ class DumpRecordAdmin(admin.ModelAdmin):
         stale, description = _schema_state(record)
         css = "color: var(--error-fg, #ba2121)" if stale else "color: var(--message-success-fg, #447e36)"
         return format_html('<span style="{}">{}</span>', css, ("stale: " if stale else "") + description)
+
+    @admin.display(description="latest", boolean=True)
+    def latest(self, record: DumpRecord) -> bool:
+        try:
+            return dumpfiles.resolve_latest(conf.DIR, record.environment).name == record.file_name
+        except SeeddumpError:
+            return False
+
+    @admin.display(description="metadata")
+    def metadata_json(self, record: DumpRecord):
+        return format_html("<pre>{}</pre>", json.dumps(record.metadata, indent=2))
+
+    @admin.action(description="Verify the checksum of the selected dumps")
+    def verify_checksums(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for record in queryset:
+            try:
+                if not record.on_disk():
+                    raise SeeddumpError(f"the file is not in {conf.DIR}")
+                metadata = dumpfiles.read_metadata(record.path)
+                dumpfiles.verify(record.path, metadata)
+            except SeeddumpError as exc:
+                self.message_user(request, f"{record.file_name}: FAILED: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{record.file_name}: checksum OK ({metadata.checksum[:19]}…)")
+
+    @admin.action(description="Delete the selected records and their dump files", permissions=["delete"])
+    def delete_with_files(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """The plain delete action removes records only; this one removes the files as well."""
+        removed = 0
+        for record in queryset:
+            if record.on_disk():
+                record.path.unlink()
+                dumpfiles.metadata_path(record.path).unlink(missing_ok=True)
+                removed += 1
+        count = queryset.count()
+        queryset.delete()
+        self.message_user(request, f"Deleted {count} record(s) and {removed} dump file(s).")
 
     @admin.display(description="on disk", boolean=True)
     def on_disk(self, record: DumpRecord) -> bool:

@@ -82,6 +82,16 @@ class Settings:
         """How many snapshots (of this dumps folder) to keep on a server."""
         return int(getattr(settings, "SEEDDUMP_SNAPSHOTS_KEEP", 3))
 
+    @property
+    def STORAGE(self) -> str | None:
+        """Alias in STORAGES where dumps are shared with the team (generatedump --push, restoredump)."""
+        return getattr(settings, "SEEDDUMP_STORAGE", None) or None
+
+    @property
+    def STORAGE_PREFIX(self) -> str:
+        """Folder inside the shared storage."""
+        return str(getattr(settings, "SEEDDUMP_STORAGE_PREFIX", "seeddump"))
+
     # --- smoketest ---
 
     @property

@@ -243,7 +243,25 @@ def ensure_directory(directory: Path) -> Path:
         ) from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise SeeddumpError(f"The dumps folder {directory} is not writable. Fix its permissions or set SEEDDUMP_DIR.")
+    info = directory.stat()
+    if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+        directory.chmod(0o700)  # a checkout creates it 0755; dumps hold every row of the database
     return directory
+
+
+def remove_abandoned_partials(directory: Path) -> list[Path]:
+    """Deletes temporary files of dumps whose process is gone (killed mid-dump); returns them."""
+    removed = []
+    for path in directory.glob(".*-seeded.*.partial"):
+        try:
+            pid = int(path.name.split(".")[-3])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        except (ValueError, IndexError, PermissionError):
+            continue  # not ours, or another user's live process
+    return removed
 
 
 def new_partial(directory: Path, environment: str) -> Path:

@@ -96,6 +96,8 @@ def _generate(
     progress: Progress,
 ) -> GeneratedDump:
     directory = dumpfiles.ensure_directory(conf.DIR)
+    for leftover in dumpfiles.remove_abandoned_partials(directory):
+        progress(f"Removed {leftover.name}, left by an interrupted generatedump")
     started = time.monotonic()
 
     with postgres.connect(settings_dict) as conn:

@@ -23,7 +23,7 @@ import psycopg
 from django.db import connections
 from psycopg import sql
 
-from seeddump import dumpfiles, postgres, records, snapshots, staleness
+from seeddump import dumpfiles, postgres, records, shared, snapshots, staleness
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -73,16 +73,27 @@ def check_not_protected(environment: str) -> None:
 
 
 def plan_restore(
-    environment: str, *, dump: str | Path | None = None, using: str = "default", force: bool = False
+    environment: str,
+    *,
+    dump: str | Path | None = None,
+    using: str = "default",
+    force: bool = False,
+    shared_storage: str = "auto",
+    progress: Progress = _quiet,
 ) -> RestorePlan:
     """Finds the dump, reads its metadata and verifies its checksum, all before touching any database.
 
     A dump holding migrations the code does not have is refused unless ``force``: the code could not
     run against it, and ``migrate`` cannot undo migrations it does not know.
+
+    With a shared storage configured (SEEDDUMP_STORAGE), ``shared_storage`` is "auto" (use a newer shared
+    dump when the storage answers), "pull" (the storage must answer) or "offline" (never ask it).
     """
     dumpfiles.validate_environment(environment)
     check_not_protected(environment)
     with postgres.user_errors(postgres.settings_for(using)):
+        if dump is None and shared.configured() and shared_storage != "offline":
+            shared.sync_latest(environment, conf.DIR, required=shared_storage == "pull", progress=progress)
         return _plan(environment, dump, using, force)
 
 
@@ -259,17 +270,22 @@ def restore(
     *,
     jobs: int | None = None,
     use_snapshots: bool | None = None,
+    database: str | None = None,
     progress: Progress = _quiet,
 ) -> RestoreResult:
     """Restores a planned dump in place of the alias's database; see the module docstring.
 
     With ``use_snapshots`` (default: the SEEDDUMP_SNAPSHOTS setting) a cached snapshot of the same dump is
     copied instead of running pg_restore, and a cold restore leaves one behind for next time.
+    ``database`` restores into another database on the alias's server; the admin records of the alias's
+    own database are then left alone.
     """
     settings_dict = postgres.settings_for(plan.using)
+    if database is not None:  # another database on the alias's server, such as its test database
+        settings_dict = {**settings_dict, "NAME": database}
     use_snapshots = conf.SNAPSHOTS if use_snapshots is None else use_snapshots
     with postgres.user_errors(settings_dict):
-        return _restore(plan, settings_dict, jobs, use_snapshots, progress)
+        return _restore(plan, settings_dict, jobs, use_snapshots, progress, record=database is None)
 
 
 def _restore(
@@ -278,6 +294,7 @@ def _restore(
     jobs: int | None,
     use_snapshots: bool,
     progress: Progress,
+    record: bool = True,
 ) -> RestoreResult:
     started = time.monotonic()
     target = str(settings_dict.get("NAME") or "")
@@ -306,7 +323,7 @@ def _restore(
                     _cache_snapshot(admin, scratch, metadata, progress)
             # Verified now, or when the snapshot was made (a snapshot accepts no connections since).
             counts = metadata.record_counts
-            carried = records.restore_times(plan.using) if exists else {}
+            carried = records.restore_times(plan.using) if exists and record else {}
             connections[plan.using].close()
             progress(f"Swapping the restored database in for '{target}'")
             _swap(admin, target, scratch, retired_prefix(target) + secrets.token_hex(4), exists)
@@ -317,8 +334,9 @@ def _restore(
         # The old database is no longer reachable under its name; drop it now (or on the next run).
         drop_leftovers(admin, target)
 
-    carried[plan.dump_path.name] = datetime.now(timezone.utc)
-    records.sync_from_disk(plan.using, conf.DIR, carried)
+    if record:
+        carried[plan.dump_path.name] = datetime.now(timezone.utc)
+        records.sync_from_disk(plan.using, conf.DIR, carried)
     return RestoreResult(
         plan=plan,
         database=target,

@@ -152,6 +152,19 @@ def database_url(alias: str, name: str | None = None) -> str:
     return f"postgres://{user}{password}@{host}{port}/{name or sd['NAME']}"
 
 
+def manage_env(alias: str, dumps_dir: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a ``manage.py`` process against the alias's test database."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DATABASE_URL": database_url(alias),
+        "SEEDDUMP_DIR": str(dumps_dir),
+        "SEEDDUMP_PG_BIN_DIRS": ",".join(str(p) for p in django_settings.SEEDDUMP_PG_BIN_DIRS),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+
+
 def manage(
     *args: str, alias: str, dumps_dir: Path, env: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess:
@@ -161,22 +174,29 @@ def manage(
     the database it replaces, and the next query here reconnects.
     """
     connections.close_all()
-    environment = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "project.settings",
-        "DATABASE_URL": database_url(alias),
-        "SEEDDUMP_DIR": str(dumps_dir),
-        "SEEDDUMP_PG_BIN_DIRS": ",".join(str(p) for p in django_settings.SEEDDUMP_PG_BIN_DIRS),
-        **(env or {}),
-    }
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=REPO,
-        env=environment,
+        env=manage_env(alias, dumps_dir, env),
         input=stdin if stdin is not None else "",
         capture_output=True,
         text=True,
         timeout=300,
+    )
+
+
+def start_manage(*args: str, alias: str, dumps_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Starts ``python manage.py ...`` in its own session, without waiting for it."""
+    connections.close_all()
+    return subprocess.Popen(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO,
+        env=manage_env(alias, dumps_dir, env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 

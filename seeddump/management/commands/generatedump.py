@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
+from seeddump import dumpfiles, shared
 from seeddump.dumps import generate_dump
 from seeddump.exceptions import SeeddumpError
 from seeddump.management.progress import progress_writer
@@ -22,32 +24,47 @@ class Command(BaseCommand):
         )
         parser.add_argument("--note", default="", help="A note stored in the dump's metadata.")
         parser.add_argument("--allow-empty", action="store_true", help="Dump even when the database holds no data.")
+        parser.add_argument("--push", action="store_true", help="Upload the dump to the shared storage too.")
+        parser.add_argument("--json", action="store_true", help="Print one JSON document with what was done.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        verbosity = options["verbosity"]
+        verbosity, as_json = options["verbosity"], options["json"]
+        progress = progress_writer(self, verbosity, to_stderr=as_json)
         try:
             result = generate_dump(
                 options["environment"],
                 using=options["database"],
                 note=options["note"],
                 allow_empty=options["allow_empty"],
-                progress=progress_writer(self, verbosity),
+                progress=progress,
             )
+            pushed = shared.push(result.path, progress) if options["push"] else []
         except SeeddumpError as exc:
             raise CommandError(str(exc)) from None
         metadata = result.metadata
-        if verbosity >= 1:
-            self.stdout.write(
-                self.style.SUCCESS(
-                    f"Dumped {metadata.total_rows} rows of {len(metadata.record_counts)} tables "
-                    f"({metadata.size_bytes / 1e6:.1f} MB) in {metadata.duration_seconds:.1f}s:"
-                )
-            )
         if not result.recorded:
             self.stderr.write(
                 self.style.WARNING(
                     "seeddump's table is not migrated in this database, so the admin will not list this dump. "
                     "Run: python manage.py migrate"
+                )
+            )
+        if as_json:
+            document = {
+                "path": str(result.path),
+                "metadataPath": str(dumpfiles.metadata_path(result.path)),
+                "pushed": pushed,
+                **metadata.to_json(),
+            }
+            self.stdout.write(json.dumps(document, indent=2))
+            return
+        if verbosity >= 1:
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"Dumped {metadata.total_rows} rows of {len(metadata.record_counts)} tables "
+                    f"({metadata.size_bytes / 1e6:.1f} MB) in {metadata.duration_seconds:.1f}s"
+                    + (" and pushed it to the shared storage" if pushed else "")
+                    + ":"
                 )
             )
         self.stdout.write(str(result.path))

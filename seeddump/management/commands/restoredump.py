@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.core.management import call_command
@@ -36,6 +37,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--force", action="store_true", help="Restore a dump that holds migrations this code does not have."
         )
+        storage = parser.add_mutually_exclusive_group()
+        storage.add_argument(
+            "--pull", action="store_true", help="Check the shared storage for a newer dump; fail if it is unreachable."
+        )
+        storage.add_argument("--offline", action="store_true", help="Never ask the shared storage.")
+        parser.add_argument("--json", action="store_true", help="Print one JSON document with what was done.")
         parser.add_argument(
             "--no-input",
             "--noinput",
@@ -45,12 +52,21 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        verbosity = options["verbosity"]
+        verbosity, as_json = options["verbosity"], options["json"]
         if options["jobs"] is not None and options["jobs"] < 1:
             raise CommandError("--jobs must be 1 or more.")
+        if as_json and options["interactive"]:
+            raise CommandError("--json needs --no-input: a script cannot answer the confirmation.")
+        progress = progress_writer(self, verbosity, to_stderr=as_json)
+        shared_storage = "pull" if options["pull"] else ("offline" if options["offline"] else "auto")
         try:
             plan = plan_restore(
-                options["environment"], dump=options["dump"], using=options["database"], force=options["force"]
+                options["environment"],
+                dump=options["dump"],
+                using=options["database"],
+                force=options["force"],
+                shared_storage=shared_storage,
+                progress=progress,
             )
             if options["interactive"] and not self._confirmed(plan):
                 raise CommandError("Restore cancelled; the database was not changed.")
@@ -59,13 +75,13 @@ class Command(BaseCommand):
                     plan,
                     jobs=options["jobs"],
                     use_snapshots=None if options["snapshot"] else False,
-                    progress=progress_writer(self, verbosity),
+                    progress=progress,
                 )
         except SeeddumpError as exc:
             raise CommandError(str(exc)) from None
         except KeyboardInterrupt:
             raise CommandError("Restore interrupted; the database was not changed.") from None
-        if verbosity >= 1:
+        if verbosity >= 1 and not as_json:
             self.stdout.write(
                 self.style.SUCCESS(
                     f"Restored {plan.dump_path.name} into '{result.database}'"
@@ -73,9 +89,29 @@ class Command(BaseCommand):
                     f"{result.tables} tables, {result.seconds:.1f}s."
                 )
             )
-        self._report_migrations(plan, options)
+        migrated = self._report_migrations(plan, options)
+        if as_json:
+            status = plan.status
+            document = {
+                "result": "restored",
+                "database": result.database,
+                "dump": str(plan.dump_path),
+                "environment": plan.environment,
+                "version": plan.metadata.version,
+                "checksum": plan.metadata.checksum,
+                "fromSnapshot": result.from_snapshot,
+                "seconds": round(result.seconds, 3),
+                "tables": result.tables,
+                "rows": result.rows,
+                "recordCounts": plan.metadata.record_counts,
+                "missingMigrations": [f"{app}.{name}" for app, name in status.missing],
+                "unknownMigrations": [f"{app}.{name}" for app, name in status.unknown],
+                "migrated": migrated,
+            }
+            self.stdout.write(json.dumps(document, indent=2))
 
-    def _report_migrations(self, plan: RestorePlan, options: dict[str, Any]) -> None:
+    def _report_migrations(self, plan: RestorePlan, options: dict[str, Any]) -> bool:
+        """Says how the restored database stands against the code's migrations; True if it migrated."""
         status = plan.status
         if status.unknown:
             self.stderr.write(
@@ -84,7 +120,7 @@ class Command(BaseCommand):
                 )
             )
         if not status.missing:
-            return
+            return False
         if options["migrate"]:
             # The raw streams: migrate wraps them itself and would otherwise end every line twice.
             call_command(
@@ -92,10 +128,10 @@ class Command(BaseCommand):
                 database=options["database"],
                 interactive=False,
                 verbosity=options["verbosity"],
-                stdout=getattr(self.stdout, "_out", self.stdout),
+                stdout=getattr(self.stderr if options["json"] else self.stdout, "_out", self.stdout),
                 stderr=getattr(self.stderr, "_out", self.stderr),
             )
-            return
+            return True
         self.stderr.write(
             self.style.WARNING(
                 f"The restored database is behind the code: {status.problems()}. "
@@ -103,6 +139,7 @@ class Command(BaseCommand):
                 f"python manage.py generatedump {plan.environment}"
             )
         )
+        return False
 
     def _confirmed(self, plan: RestorePlan) -> bool:
         metadata = plan.metadata

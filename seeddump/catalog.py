@@ -1,0 +1,134 @@
+"""Every dump, local and shared, with what a user asks of it; and pruning of old ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from django.db import DatabaseError
+
+from seeddump import dumpfiles, postgres, records, shared, snapshots
+from seeddump.conf import conf
+from seeddump.exceptions import SeeddumpError
+from seeddump.models import DumpRecord
+from seeddump.staleness import CodeMigrations
+
+
+@dataclass
+class DumpEntry:
+    name: str
+    metadata: dumpfiles.Metadata
+    local: bool = False
+    shared: bool = False
+    latest: bool = False
+    stale: bool = False
+    snapshot: bool | None = None
+
+    @property
+    def created(self) -> datetime:
+        return self.metadata.timestamp
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "environment": self.metadata.environment,
+            "version": self.metadata.version,
+            "created": dumpfiles.isoformat(self.metadata.timestamp),
+            "sizeBytes": self.metadata.size_bytes,
+            "totalRecords": self.metadata.total_rows,
+            "checksum": self.metadata.checksum,
+            "local": self.local,
+            "shared": self.shared,
+            "latest": self.latest,
+            "stale": self.stale,
+            "snapshotCached": self.snapshot,
+        }
+
+
+def list_entries(
+    environment: str | None = None, *, using: str = "default", offline: bool = False
+) -> tuple[list[DumpEntry], list[str]]:
+    """All dumps (of one environment), oldest first, and warnings about what could not be read."""
+    directory = conf.DIR
+    warnings: list[str] = []
+    entries: dict[str, DumpEntry] = {}
+    for path in dumpfiles.list_dumps(directory, environment):
+        try:
+            entries[path.name] = DumpEntry(path.name, dumpfiles.read_metadata(path), local=True)
+        except SeeddumpError as exc:
+            warnings.append(str(exc))
+    if shared.configured() and not offline:
+        try:
+            for remote in shared.list_remote(environment):
+                entry = entries.setdefault(remote.name, DumpEntry(remote.name, remote.metadata))
+                entry.shared = True
+        except SeeddumpError as exc:
+            warnings.append(str(exc))
+    ordered = sorted(entries.values(), key=lambda e: (e.created, e.name))
+
+    code = CodeMigrations.load()
+    for entry in ordered:
+        missing, unknown = code.compare(entry.metadata.migrations)
+        entry.stale = bool(missing or unknown)
+    for env in {e.metadata.environment for e in ordered}:
+        try:
+            latest_name = dumpfiles.resolve_latest(directory, env).name
+        except SeeddumpError:
+            latest_name = [e for e in ordered if e.metadata.environment == env][-1].name
+        for entry in ordered:
+            entry.latest = entry.latest or entry.name == latest_name
+    try:
+        with postgres.connect_maintenance(postgres.settings_for(using)) as admin:
+            cached = {(s.checksum, s.dump_file) for s in snapshots.list_snapshots(admin)}
+        for entry in ordered:
+            entry.snapshot = (entry.metadata.checksum, entry.name) in cached
+    except (SeeddumpError, psycopg.Error) as exc:
+        warnings.append(f"Snapshots unknown: {exc}")
+    return ordered, warnings
+
+
+@dataclass(frozen=True)
+class Pruned:
+    name: str
+    snapshot: str | None
+
+
+def prune(environment: str, keep: int, *, dry_run: bool = False, using: str = "default") -> list[Pruned]:
+    """Deletes all but the newest ``keep`` local dumps of ``environment`` (never the latest).
+
+    With each dump go its metadata, its cached snapshot and its admin record.
+    """
+    dumpfiles.validate_environment(environment)
+    if keep < 1:
+        raise SeeddumpError("--keep must be 1 or more: the latest dump is always kept.")
+    directory = conf.DIR
+    dumps = dumpfiles.list_dumps(directory, environment)
+    try:
+        latest: Path | None = dumpfiles.resolve_latest(directory, environment)
+    except SeeddumpError:
+        latest = None
+    doomed = [path for path in dumps[: max(len(dumps) - keep, 0)] if path != latest]
+    settings_dict = postgres.settings_for(using)
+    pruned = []
+    with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
+        cached = {s.dump_file: s.name for s in snapshots.list_snapshots(admin)}
+        for path in doomed:
+            snapshot = cached.get(path.name)
+            pruned.append(Pruned(path.name, snapshot))
+            if dry_run:
+                continue
+            if snapshot:
+                with snapshots.snapshot_lock(admin):
+                    snapshots.drop(admin, snapshot)
+            path.unlink()
+            dumpfiles.metadata_path(path).unlink(missing_ok=True)
+    if pruned and not dry_run:
+        try:
+            if records.table_exists(using):
+                DumpRecord.objects.using(using).filter(file_name__in=[p.name for p in pruned]).delete()
+        except DatabaseError:
+            pass  # the files are gone; the admin shows their records as not on disk
+    return pruned

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS
+
+from seeddump import catalog, dumpfiles
+from seeddump.exceptions import SeeddumpError
+
+
+class Command(BaseCommand):
+    help = "Lists every dump, local and shared, with whether it is the latest, stale, or cached as a snapshot."
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("environment", nargs="?", help="Only this environment.")
+        parser.add_argument("--json", action="store_true", help="Print one JSON document.")
+        parser.add_argument("--offline", action="store_true", help="Do not ask the shared storage.")
+        parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Whose server holds the snapshots.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        environment = options["environment"]
+        try:
+            if environment is not None:
+                dumpfiles.validate_environment(environment)
+            entries, warnings = catalog.list_entries(environment, using=options["database"], offline=options["offline"])
+        except SeeddumpError as exc:
+            raise CommandError(str(exc)) from None
+        if options["json"]:
+            document = {"dumps": [e.to_json() for e in entries], "warnings": warnings}
+            self.stdout.write(json.dumps(document, indent=2))
+            return
+        for warning in warnings:
+            self.stderr.write(self.style.WARNING(warning))
+        if not entries:
+            self.stdout.write("No dumps.")
+            return
+        self.stdout.write(f"{'DUMP':58} {'CREATED (UTC)':17} {'SIZE':>9} {'ROWS':>9}  WHERE   FLAGS")
+        for e in entries:
+            where = "both" if e.local and e.shared else ("local" if e.local else "shared")
+            flags = [f for f, on in (("latest", e.latest), ("stale", e.stale), ("snapshot", e.snapshot)) if on]
+            self.stdout.write(
+                f"{e.name:58} {e.created:%Y-%m-%d %H:%M}  {e.metadata.size_bytes / 1e6:7.1f}MB "
+                f"{e.metadata.total_rows:>9}  {where:7} {','.join(flags)}"
+            )

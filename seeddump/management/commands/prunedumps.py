@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS
+
+from seeddump import catalog
+from seeddump.exceptions import SeeddumpError
+
+
+class Command(BaseCommand):
+    help = "Deletes older local dumps of an environment (never the latest), with their metadata and snapshots."
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("environment")
+        parser.add_argument("--keep", type=int, required=True, help="How many of the newest dumps to keep.")
+        parser.add_argument("--dry-run", action="store_true", help="Only say what would be deleted.")
+        parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Whose server and admin records.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            pruned = catalog.prune(
+                options["environment"], options["keep"], dry_run=options["dry_run"], using=options["database"]
+            )
+        except SeeddumpError as exc:
+            raise CommandError(str(exc)) from None
+        verb = "Would remove" if options["dry_run"] else "Removed"
+        for item in pruned:
+            extra = f" and its snapshot {item.snapshot}" if item.snapshot else ""
+            self.stdout.write(f"{verb} {item.name}{extra}")
+        if not pruned:
+            self.stdout.write(f"Nothing to remove: {options['environment']} has at most {options['keep']} dumps.")

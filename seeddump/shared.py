@@ -1,0 +1,182 @@
+"""Shared dump storage: push dumps to a Django storage, pull the newest one into the local folder.
+
+SEEDDUMP_STORAGE names an alias in STORAGES (a folder on a shared drive through FileSystemStorage, S3
+through django-storages, any other storage). Dumps are stored as ``<SEEDDUMP_STORAGE_PREFIX>/<file name>``
+with their metadata beside them; the metadata is uploaded last, so a dump without metadata is not yet
+complete and is ignored. A download goes to a hidden temporary file, is checked against the metadata's
+size and sha256, and only then takes its name in the local folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.core.files import File
+from django.core.files.storage import Storage, storages
+from django.core.files.storage.handler import InvalidStorageError
+
+from seeddump import dumpfiles
+from seeddump.conf import conf
+from seeddump.exceptions import SeeddumpError
+
+Progress = Callable[[str], None]
+_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RemoteDump:
+    name: str
+    metadata: dumpfiles.Metadata
+
+
+def configured() -> bool:
+    return bool(conf.STORAGE)
+
+
+def storage() -> Storage:
+    alias = conf.STORAGE
+    if not alias:
+        raise SeeddumpError("No shared dump storage is configured: set SEEDDUMP_STORAGE to an alias in STORAGES.")
+    try:
+        return storages[alias]
+    except InvalidStorageError:
+        raise SeeddumpError(
+            f"SEEDDUMP_STORAGE is '{alias}', which is not in STORAGES; add it there or fix the name."
+        ) from None
+
+
+def _key(file_name: str) -> str:
+    prefix = conf.STORAGE_PREFIX.strip("/")
+    return f"{prefix}/{file_name}" if prefix else file_name
+
+
+def _failure(action: str, exc: Exception) -> SeeddumpError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return SeeddumpError(f"Could not {action} the shared dump storage '{conf.STORAGE}': {reason}.")
+
+
+def push(dump_path: Path, progress: Progress) -> list[str]:
+    """Uploads a dump, then its metadata. Returns the storage names."""
+    target = storage()
+    names = []
+    for path in (dump_path, dumpfiles.metadata_path(dump_path)):
+        key = _key(path.name)
+        try:
+            if target.exists(key):
+                target.delete(key)  # an interrupted earlier push; the local file is the complete one
+            with path.open("rb") as handle:
+                saved = target.save(key, File(handle, name=path.name))
+        except Exception as exc:  # storages raise their own errors (botocore's, SFTP's, ...)
+            raise _failure("upload to", exc) from None
+        if saved != key:
+            raise SeeddumpError(f"The shared storage saved {path.name} as {saved}, not {key}; check its settings.")
+        progress(f"Uploaded {path.name}")
+        names.append(saved)
+    return names
+
+
+def list_remote(environment: str | None = None) -> list[RemoteDump]:
+    """Complete dumps in the shared storage (metadata present and readable), oldest first."""
+    target = storage()
+    prefix = conf.STORAGE_PREFIX.strip("/")
+    try:
+        _, files = target.listdir(prefix)
+    except FileNotFoundError:
+        return []
+    except Exception as exc:
+        raise _failure("list", exc) from None
+    present = set(files)
+    found = []
+    for name in files:
+        match = dumpfiles.DUMP_NAME_RE.fullmatch(name)
+        metadata_name = name.removesuffix(".dump") + ".metadata.json"
+        if not match or metadata_name not in present:
+            continue
+        if environment is not None and match["env"] != environment:
+            continue
+        try:
+            with target.open(_key(metadata_name), "rb") as handle:
+                data = json.loads(handle.read())
+            metadata = dumpfiles.Metadata.from_json(data, Path(metadata_name))
+        except (ValueError, SeeddumpError):
+            continue  # a broken upload: not a dump anyone can restore
+        except Exception as exc:
+            raise _failure("read", exc) from None
+        found.append(RemoteDump(name, metadata))
+    return sorted(found, key=lambda r: (r.metadata.timestamp, r.name))
+
+
+def newest(environment: str) -> RemoteDump | None:
+    remote = list_remote(environment)
+    return remote[-1] if remote else None
+
+
+def pull(remote: RemoteDump, directory: Path, progress: Progress) -> Path:
+    """Downloads a dump into ``directory`` under its own name, checked, and makes it the latest."""
+    directory = dumpfiles.ensure_directory(directory)
+    final = directory / remote.name
+    if final.is_file() and dumpfiles.sha256_of(final) == remote.metadata.checksum:
+        dumpfiles.point_latest(final, remote.metadata.environment)
+        return final
+    partial = dumpfiles.new_partial(directory, remote.metadata.environment)
+    digest = hashlib.sha256()
+    try:
+        progress(f"Downloading {remote.name} ({remote.metadata.size_bytes / 1e6:.1f} MB)")
+        try:
+            with storage().open(_key(remote.name), "rb") as source, partial.open("wb") as target:
+                while chunk := source.read(_CHUNK):
+                    digest.update(chunk)
+                    target.write(chunk)
+                target.flush()
+                os.fsync(target.fileno())
+        except Exception as exc:  # storages raise their own errors (botocore's, SFTP's, ...)
+            raise _failure("download from", exc) from None
+        size = partial.stat().st_size
+        if size != remote.metadata.size_bytes or "sha256:" + digest.hexdigest() != remote.metadata.checksum:
+            raise SeeddumpError(
+                f"The download of {remote.name} does not match its metadata ({size} bytes, checksum "
+                f"{'ok' if 'sha256:' + digest.hexdigest() == remote.metadata.checksum else 'wrong'}): "
+                "the shared copy is damaged. Push the dump again from a machine that has it."
+            )
+        with contextlib.suppress(FileNotFoundError):
+            final.unlink()  # a damaged local copy of the same name
+        os.link(partial, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+    dumpfiles.write_metadata(final, remote.metadata)
+    dumpfiles.point_latest(final, remote.metadata.environment)
+    progress(f"Downloaded {remote.name}")
+    return final
+
+
+def sync_latest(environment: str, directory: Path, *, required: bool, progress: Progress) -> Path | None:
+    """Pulls the newest shared dump of ``environment`` when the local folder has none or an older one.
+
+    With ``required`` (--pull) a storage that cannot be reached is an error; otherwise it is reported and
+    the local dumps are used.
+    """
+    try:
+        remote = newest(environment)
+    except SeeddumpError as exc:
+        if required:
+            raise
+        progress(f"{exc} Using the local dumps.")
+        return None
+    if remote is None:
+        if required:
+            raise SeeddumpError(f"There is no {environment} dump in the shared storage '{conf.STORAGE}'.")
+        return None
+    try:
+        local = dumpfiles.read_metadata(dumpfiles.resolve_latest(directory, environment))
+    except SeeddumpError:
+        local = None
+    if local is not None and (local.timestamp, local.dump_file) >= (remote.metadata.timestamp, remote.name):
+        return None
+    return pull(remote, directory, progress)
