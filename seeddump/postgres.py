@@ -312,16 +312,9 @@ def run(
     *,
     dbname: str | None = None,
     what: str,
-    options: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Runs a PostgreSQL program against ``dbname`` and turns a failure into a one-line SeeddumpError.
-
-    ``options`` are server settings for the program's sessions (PGOPTIONS).
-    """
+    """Runs a PostgreSQL program against ``dbname`` and turns a failure into a one-line SeeddumpError."""
     env = {**os.environ, **client_env(settings_dict, dbname)}
-    if options:
-        ours = " ".join(f"-c {key}={value}" for key, value in options.items())
-        env["PGOPTIONS"] = f"{os.environ.get('PGOPTIONS', '')} {ours}".strip()
     try:
         result = subprocess.run(
             command(program, args), env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL

@@ -29,10 +29,6 @@ from seeddump.exceptions import SeeddumpError
 
 Progress = Callable[[str], None]
 
-# Session settings for pg_restore's connections: bigger sorts for index builds, no waiting on WAL flushes
-# (a scratch database that is lost in a crash is simply restored again).
-RESTORE_SESSION = {"maintenance_work_mem": "512MB", "synchronous_commit": "off"}
-
 # First key of the advisory locks seeddump takes; the second is a hash of the target's name.
 _LOCK_CLASS = 0x5EED
 
@@ -365,7 +361,7 @@ def _restore_cold(
     args = [f"--dbname={scratch}", "--no-owner", "--no-privileges", "--exit-on-error", str(plan.dump_path)]
     if jobs > 1:
         args.insert(0, f"--jobs={jobs}")
-    postgres.run(pg_restore, args, settings_dict, dbname=scratch, what="pg_restore", options=RESTORE_SESSION)
+    postgres.run(pg_restore, args, settings_dict, dbname=scratch, what="pg_restore")
     progress("Checking row counts against the metadata")
     with postgres.connect(settings_dict, scratch) as restored:
         counts = postgres.count_rows(restored)
