@@ -1,6 +1,6 @@
 """pytest plugin: pytest-django's test database built from the latest seeddump dump.
 
-    pytest --seeddump-env dev            # or: seeddump_env = dev in pytest.ini, or SEEDDUMP_PYTEST_ENV
+    pytest --seeddump-env dev      # or seeddump_env = dev in the ini file, or SEEDDUMP_PYTEST_ENV=dev
 
 Just before pytest-django sets up its test databases, the latest dump of the environment is restored
 into each test database (through the snapshot cache when one exists, so this is a file copy), and
@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql
 
 COMMENT_PREFIX = "seeddump:"
+_USER_REUSE = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,11 +34,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _environment(config: pytest.Config) -> str | None:
     value = config.getoption("seeddump_env") or config.getini("seeddump_env") or os.environ.get("SEEDDUMP_PYTEST_ENV")
-    if value:
-        return str(value)
-    from django.conf import settings
+    return str(value) if value else None
 
-    return getattr(settings, "SEEDDUMP_PYTEST_ENV", None) or None
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if not _environment(config) or not hasattr(config.option, "reuse_db"):
+        return
+    # Remember what the user asked for, then make pytest-django keep (and migrate) the database the
+    # plugin restores instead of creating an empty one.
+    config.stash[_USER_REUSE] = bool(config.option.reuse_db) and not bool(config.option.create_db)
+    config.option.reuse_db = True
+    config.option.create_db = False
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -46,9 +54,7 @@ def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any
     if fixturedef.argname == "django_db_setup":
         environment = _environment(request.config)
         if environment:
-            _build_test_databases(environment, reuse=bool(request.config.getoption("reuse_db", False)))
-            request.config.option.reuse_db = True  # keep (and migrate) what was just restored
-            request.config.option.create_db = False
+            _build_test_databases(environment, reuse=request.config.stash.get(_USER_REUSE, False))
     yield
 
 

