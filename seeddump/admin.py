@@ -132,9 +132,9 @@ class DumpRecordAdmin(admin.ModelAdmin):
                 metadata = dumpfiles.read_metadata(record.path)
                 dumpfiles.verify(record.path, metadata)
             except SeeddumpError as exc:
-                self.message_user(request, f"{record.file_name}: FAILED: {exc}", messages.ERROR)
+                self.message_user(request, f"Checksum FAILED for {record.file_name}: {exc}", messages.ERROR)
             else:
-                self.message_user(request, f"{record.file_name}: checksum OK ({metadata.checksum[:19]}…)")
+                self.message_user(request, f"Checksum OK for {record.file_name} ({metadata.checksum[:19]}…)")
 
     @admin.action(description="Delete the selected records and their dump files", permissions=["delete"])
     def delete_with_files(self, request: HttpRequest, queryset: QuerySet) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
-from django.core.management import call_command
 
 from tests.conftest import REPO, run_command
 from tests.test_stale import dump_behind_the_code, migrate
@@ -36,13 +35,18 @@ def browser_page() -> Iterator:
         browser.close()
 
 
-def test_admin_filter_verify_and_screenshot(live_server, browser_page, dumps_dir: Path) -> None:
-    alias = "default"
-    stale = dump_behind_the_code(alias)
-    migrate(alias)
-    current = Path(run_command("generatedump", "dev", database=alias).out.split()[-1])
-    call_command("migrate", verbosity=0)
+@pytest.fixture
+def two_dumps(dumps_dir: Path) -> tuple[Path, Path]:
+    """A stale dump and a current one, and an admin user (before Playwright's event loop starts)."""
+    stale = dump_behind_the_code("default")
+    migrate("default")
+    current = Path(run_command("generatedump", "dev").out.split()[-1])
     User.objects.create_superuser("admin", "admin@example.com", "browser-pw")
+    return stale, current
+
+
+def test_admin_filter_verify_and_screenshot(live_server, two_dumps: tuple[Path, Path], browser_page) -> None:
+    stale, current = two_dumps
     page = browser_page
 
     page.goto(f"{live_server.url}/admin/login/?next=/admin/seeddump/dumprecord/")
@@ -56,14 +60,14 @@ def test_admin_filter_verify_and_screenshot(live_server, browser_page, dumps_dir
 
     page.click("#changelist-filter >> text=Stale")
     page.wait_for_url("**schema=stale**")
-    rows = page.locator("#result_list tbody tr")
+    rows = page.locator("#result_list > tbody > tr")
     assert rows.count() == 1 and stale.name in rows.first.inner_text()
 
     page.check("#action-toggle")
     page.select_option("select[name=action]", "verify_checksums")
     page.click("button[name=index]")
     message = page.locator(".messagelist li").first.inner_text()
-    assert f"{stale.name}: checksum OK" in message
+    assert f"Checksum OK for {stale.name}" in message
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shot = SCREENSHOTS / "admin-dump-list.png"
