@@ -327,12 +327,17 @@ def _restore(
             with contextlib.suppress(psycopg.Error):
                 _drop_database(admin, scratch)
             raise
-        # The old database is no longer reachable under its name; drop it now (or on the next run).
-        drop_leftovers(admin, target)
-
-    if record:
-        carried[plan.dump_path.name] = datetime.now(timezone.utc)
-        records.sync_from_disk(plan.using, conf.DIR, carried)
+        try:
+            # The old database is no longer reachable under its name; drop it now (or on the next run).
+            drop_leftovers(admin, target)
+            if record:
+                carried[plan.dump_path.name] = datetime.now(timezone.utc)
+                records.sync_from_disk(plan.using, conf.DIR, carried)
+        except KeyboardInterrupt:
+            raise SeeddumpError(
+                f"Interrupted after the restored database was put in place: '{target}' holds the dump; "
+                "the replaced database is dropped by the next restore."
+            ) from None
     return RestoreResult(
         plan=plan,
         database=target,

@@ -108,7 +108,11 @@ def latest_statuses(directory: Path) -> tuple[list[DumpStatus], list[str]]:
     """The status of the latest dump of every environment in ``directory``, and the problems reading them."""
     statuses, errors = [], []
     code: CodeMigrations | None = None
-    for environment in dumpfiles.environments(directory):
+    try:
+        found = dumpfiles.environments(directory)
+    except OSError as exc:
+        return [], [f"Cannot read the dumps folder {directory}: {exc.strerror}."]
+    for environment in found:
         try:
             dump_path = dumpfiles.resolve_latest(directory, environment)
             metadata = dumpfiles.read_metadata(dump_path)
