@@ -138,11 +138,12 @@ def pull(remote: RemoteDump, directory: Path, progress: Progress) -> Path:
         except Exception as exc:  # storages raise their own errors (botocore's, SFTP's, ...)
             raise _failure("download from", exc) from None
         size = partial.stat().st_size
-        if size != remote.metadata.size_bytes or "sha256:" + digest.hexdigest() != remote.metadata.checksum:
+        checksum_ok = "sha256:" + digest.hexdigest() == remote.metadata.checksum
+        if size != remote.metadata.size_bytes or not checksum_ok:
             raise SeeddumpError(
                 f"The download of {remote.name} does not match its metadata ({size} bytes, checksum "
-                f"{'ok' if 'sha256:' + digest.hexdigest() == remote.metadata.checksum else 'wrong'}): "
-                "the shared copy is damaged. Push the dump again from a machine that has it."
+                f"{'ok' if checksum_ok else 'wrong'}): the shared copy is damaged. "
+                "Push the dump again from a machine that has it."
             )
         with contextlib.suppress(FileNotFoundError):
             final.unlink()  # a damaged local copy of the same name
