@@ -77,6 +77,8 @@ if "SEEDDUMP_DUMP_COMPRESSION" in env:
     SEEDDUMP_DUMP_COMPRESSION = env.str("SEEDDUMP_DUMP_COMPRESSION")
 if "SEEDDUMP_VERSION" in env:
     SEEDDUMP_VERSION = env.str("SEEDDUMP_VERSION")
+SEEDDUMP_BACKGROUND = env.bool("SEEDDUMP_BACKGROUND", default=True)
+SEEDDUMP_READY_COPIES = env.bool("SEEDDUMP_READY_COPIES", default=True)
 SEEDDUMP_SMOKE_API_URLS = env.list("SEEDDUMP_SMOKE_API_URLS", default=["/api/teams/", "/api/agents/", "/api/nodes/"])
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

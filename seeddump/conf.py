@@ -87,6 +87,16 @@ class Settings:
         return int(getattr(settings, "SEEDDUMP_SNAPSHOTS_KEEP", 3))
 
     @property
+    def READY_COPIES(self) -> bool:
+        """Keep one more copy of the last restored dump per database, so that restoring it again is two renames."""
+        return bool(getattr(settings, "SEEDDUMP_READY_COPIES", True))
+
+    @property
+    def BACKGROUND(self) -> bool:
+        """restoredump returns once the database is in place and finishes the rest in a background process."""
+        return bool(getattr(settings, "SEEDDUMP_BACKGROUND", True))
+
+    @property
     def STORAGE(self) -> str | None:
         """Alias in STORAGES where dumps are shared with the team (generatedump --push, restoredump)."""
         return getattr(settings, "SEEDDUMP_STORAGE", None) or None

@@ -14,7 +14,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ from psycopg import sql
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
+# How seeddump's sessions show in pg_stat_activity (the background process says so).
+APPLICATION_NAME = "seeddump"
 # OPTIONS keys that Django understands but libpq does not.
 _DJANGO_ONLY_OPTIONS = {"isolation_level", "server_side_binding", "pool", "assume_role", "cursor_factory"}
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
@@ -104,7 +106,7 @@ def client_env(settings_dict: Mapping[str, Any], dbname: str | None = None) -> d
         "PGSSLROOTCERT": options.get("sslrootcert"),
         "PGSSLCERT": options.get("sslcert"),
         "PGSSLKEY": options.get("sslkey"),
-        "PGAPPNAME": "seeddump",
+        "PGAPPNAME": APPLICATION_NAME,
     }
     return {key: str(value) for key, value in values.items() if value not in (None, "")}
 
@@ -118,7 +120,7 @@ def _connect_kwargs(settings_dict: Mapping[str, Any], dbname: str) -> dict[str, 
         "password": settings_dict.get("PASSWORD") or None,
         "dbname": dbname,
         "connect_timeout": conf.CONNECT_TIMEOUT,
-        "application_name": "seeddump",
+        "application_name": APPLICATION_NAME,
         **options,
     }
     return {k: v for k, v in kwargs.items() if v is not None}
@@ -150,6 +152,52 @@ def connect(
                 f"Cannot connect to {server.describe()}: {reason}. "
                 "Check that PostgreSQL is running and that DATABASES is right."
             ) from None
+
+
+@contextlib.contextmanager
+def advisory_lock(
+    conn: psycopg.Connection,
+    key: tuple[int, int | str],
+    *,
+    waiting: Callable[[str], None],
+    busy: Callable[[str], str],
+) -> Iterator[None]:
+    """Holds the session advisory lock ``key`` (a text second part is hashed), released if the process dies.
+
+    When another session holds it, calls ``waiting`` with a description of the holder and waits up to
+    SEEDDUMP_LOCK_TIMEOUT seconds; then raises SeeddumpError(``busy(holder)``)."""
+    first, second = sql.Literal(key[0]), sql.Literal(key[1])
+    if isinstance(key[1], str):
+        second = sql.SQL("hashtext({})").format(second)
+    args = sql.SQL("{}, {}").format(first, second)
+    (acquired,) = conn.execute(sql.SQL("SELECT pg_try_advisory_lock({})").format(args)).fetchone()  # type: ignore[misc]
+    if not acquired:
+        holder = _lock_holder(conn, first, second)
+        waiting(holder)
+        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{conf.LOCK_TIMEOUT}s")))
+        try:
+            conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(args))
+        except psycopg.errors.LockNotAvailable:
+            raise SeeddumpError(busy(holder)) from None
+        finally:
+            conn.execute("RESET lock_timeout")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(args))
+
+
+def _lock_holder(conn: psycopg.Connection, first: sql.Composable, second: sql.Composable) -> str:
+    query = sql.SQL(
+        """
+        SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+          AND l.classid = ({})::int::oid AND l.objid = ({})::int::oid
+        """
+    ).format(first, second)
+    row = conn.execute(query).fetchone()
+    return "another session" if row is None else f"server process {row[0]} ({row[1] or 'no application name'})"
 
 
 def connect_maintenance(settings_dict: Mapping[str, Any]) -> psycopg.Connection:

@@ -14,7 +14,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,13 +51,39 @@ class RestorePlan:
 
 
 @dataclass(frozen=True)
+class Followup:
+    """What a restore leaves to do once the restored database is in place (see ``finish``)."""
+
+    using: str
+    database: str
+    dump_path: Path
+    retired: tuple[str, ...]  # the replaced database, under its new name
+    build_snapshot: bool  # restored with pg_restore: cache a snapshot of the dump
+    ready_copy: bool  # prepare a ready copy for the next restore of this dump into ``database``
+
+    def describe(self) -> list[str]:
+        work = ["drop the replaced database"] if self.retired else []
+        if self.build_snapshot:
+            work.append("cache a snapshot of the dump")
+        if self.ready_copy:
+            work.append("prepare a ready copy for the next restore")
+        return work
+
+
+@dataclass(frozen=True)
 class RestoreResult:
     plan: RestorePlan
     database: str
     seconds: float
     tables: int
     rows: int
-    from_snapshot: bool = False
+    source: str = "pg_restore"  # or "snapshot", or "ready copy"
+    followup: Followup | None = None  # work left to a background process
+    background_pid: int | None = None
+
+    @property
+    def from_snapshot(self) -> bool:
+        return self.source != "pg_restore"
 
 
 def check_not_protected(environment: str) -> None:
@@ -147,39 +173,31 @@ def retired_prefix(database: str) -> str:
     return f"seeddump_old_{_tag(database)}_"
 
 
-@contextlib.contextmanager
-def target_lock(admin: psycopg.Connection, database: str, progress: Progress) -> Iterator[None]:
+def target_lock(admin: psycopg.Connection, database: str, progress: Progress) -> contextlib.AbstractContextManager:
     """One restore per target database at a time, server-wide; released if the process dies."""
-    args = (_LOCK_CLASS, database)
-    (acquired,) = admin.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", args).fetchone()  # type: ignore[misc]
-    if not acquired:
-        progress(f"Waiting for another restore of '{database}' to finish")
-        admin.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{conf.LOCK_TIMEOUT}s")))
-        try:
-            admin.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", args)
-        except psycopg.errors.LockNotAvailable:
-            raise SeeddumpError(
-                f"Another restoredump of '{database}' is still running after {conf.LOCK_TIMEOUT}s. "
-                "Try again when it has finished."
-            ) from None
-        finally:
-            admin.execute("RESET lock_timeout")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(psycopg.Error):
-            admin.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", args)
+    return postgres.advisory_lock(
+        admin,
+        (_LOCK_CLASS, database),
+        waiting=lambda holder: progress(f"Waiting for another restore of '{database}' to finish ({holder})"),
+        busy=lambda holder: (
+            f"Another restoredump of '{database}' ({holder}) is still running after {conf.LOCK_TIMEOUT}s. "
+            "Try again when it has finished."
+        ),
+    )
 
 
 def _drop_database(admin: psycopg.Connection, name: str) -> None:
     admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def drop_leftovers(admin: psycopg.Connection, database: str) -> list[str]:
-    """Drops scratch and retired databases of ``database`` left by runs that were killed."""
+def drop_leftovers(admin: psycopg.Connection, database: str, *, scratch: bool = True) -> list[str]:
+    """Drops scratch and replaced databases of ``database`` left by runs that were killed or by ``finish``.
+
+    Only call it with ``scratch`` while holding the target's lock: a running restore's scratch database
+    looks the same. Replaced databases are never in use."""
+    prefixes = (scratch_prefix(database) if scratch else retired_prefix(database), retired_prefix(database))
     rows = admin.execute(
-        "SELECT datname FROM pg_database WHERE starts_with(datname, %s) OR starts_with(datname, %s)",
-        (scratch_prefix(database), retired_prefix(database)),
+        "SELECT datname FROM pg_database WHERE starts_with(datname, %s) OR starts_with(datname, %s)", prefixes
     ).fetchall()
     names = [name for (name,) in rows]
     for name in names:
@@ -252,6 +270,8 @@ def _swap(admin: psycopg.Connection, target: str, scratch: str, retired: str, ex
                 admin.execute(
                     sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(scratch), sql.Identifier(target))
                 )
+                # A ready copy was closed to connections until now.
+                admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(target)))
             return
         except psycopg.errors.ObjectInUse:
             if attempt == 2:
@@ -267,21 +287,37 @@ def restore(
     jobs: int | None = None,
     use_snapshots: bool | None = None,
     database: str | None = None,
+    background: bool = False,
     progress: Progress = _quiet,
 ) -> RestoreResult:
     """Restores a planned dump in place of the alias's database; see the module docstring.
 
-    With ``use_snapshots`` (default: the SEEDDUMP_SNAPSHOTS setting) a cached snapshot of the same dump is
-    copied instead of running pg_restore, and a cold restore leaves one behind for next time.
+    With ``use_snapshots`` (default: the SEEDDUMP_SNAPSHOTS setting) a ready copy or a cached snapshot of
+    the same dump is used instead of running pg_restore, and a cold restore leaves a snapshot behind.
     ``database`` restores into another database on the alias's server; the admin records of the alias's
     own database are then left alone.
+
+    With ``background``, the function returns as soon as the restored database is in place and leaves
+    the rest (dropping the replaced database, caching the snapshot, preparing a ready copy for the next
+    restore) to a background process (``seeddump.background``); ``RestoreResult.background_pid`` is its
+    process id. Otherwise that work is done before returning, without a ready copy.
     """
     settings_dict = postgres.settings_for(plan.using)
     if database is not None:  # another database on the alias's server, such as its test database
         settings_dict = {**settings_dict, "NAME": database}
     use_snapshots = conf.SNAPSHOTS if use_snapshots is None else use_snapshots
     with postgres.user_errors(settings_dict):
-        return _restore(plan, settings_dict, jobs, use_snapshots, progress, record=database is None)
+        result = _restore(plan, settings_dict, jobs, use_snapshots, background, progress, record=database is None)
+    if result.followup is None:
+        return result
+    from seeddump import background as background_process
+
+    pid = background_process.start(result.followup)
+    if pid is None:  # no settings module a new process could load: finish here
+        with postgres.user_errors(settings_dict):
+            finish(result.followup, settings_dict, progress)
+        return replace(result, followup=None)
+    return replace(result, background_pid=pid)
 
 
 def _restore(
@@ -289,6 +325,7 @@ def _restore(
     settings_dict: Mapping[str, Any],
     jobs: int | None,
     use_snapshots: bool,
+    background: bool,
     progress: Progress,
     record: bool = True,
 ) -> RestoreResult:
@@ -305,31 +342,37 @@ def _restore(
             "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %s)", (target,)
         ).fetchone()
         scratch = scratch_prefix(target) + secrets.token_hex(4)
-        snapshot = None
+        retired = retired_prefix(target) + secrets.token_hex(4)
+        source = "pg_restore"
         try:
             if use_snapshots:
-                with snapshots.snapshot_lock(admin):
-                    snapshot = snapshots.find(admin, metadata)
-                    if snapshot is not None:
-                        progress(f"Copying the cached snapshot {snapshot.name}")
-                        snapshots.clone(admin, snapshot, scratch, _owner_clause(admin, target))
-            if snapshot is None:
-                _restore_cold(admin, plan, settings_dict, scratch, target, jobs, progress)
-                if use_snapshots:
+                source = _copy_cached(admin, metadata, target, scratch, progress)
+            if source == "pg_restore":
+                _restore_cold(admin, plan.dump_path, metadata, settings_dict, scratch, target, jobs, progress)
+                if use_snapshots and not background:
                     _cache_snapshot(admin, scratch, metadata, progress)
             # Verified now, or when the snapshot was made (a snapshot accepts no connections since).
             counts = metadata.record_counts
             carried = records.restore_times(plan.using) if exists and record else {}
             connections[plan.using].close()
             progress(f"Swapping the restored database in for '{target}'")
-            _swap(admin, target, scratch, retired_prefix(target) + secrets.token_hex(4), exists)
+            _swap(admin, target, scratch, retired, exists)
         except BaseException:
             with contextlib.suppress(psycopg.Error):
                 _drop_database(admin, scratch)
             raise
+        followup = Followup(
+            using=plan.using,
+            database=target,
+            dump_path=plan.dump_path,
+            retired=(retired,) if exists else (),
+            build_snapshot=use_snapshots and source == "pg_restore",
+            ready_copy=use_snapshots and conf.READY_COPIES,
+        )
         try:
-            # The old database is no longer reachable under its name; drop it now (or on the next run).
-            drop_leftovers(admin, target)
+            if not background:
+                # The old database is no longer reachable under its name; drop it now (or on the next run).
+                drop_leftovers(admin, target)
             if record:
                 carried[plan.dump_path.name] = datetime.now(timezone.utc)
                 records.sync_from_disk(plan.using, conf.DIR, carried)
@@ -344,39 +387,107 @@ def _restore(
         seconds=time.monotonic() - started,
         tables=len(counts),
         rows=sum(counts.values()),
-        from_snapshot=snapshot is not None,
+        source=source,
+        followup=followup if background else None,
     )
+
+
+def _copy_cached(
+    admin: psycopg.Connection, metadata: dumpfiles.Metadata, target: str, scratch: str, progress: Progress
+) -> str:
+    """Makes ``scratch`` from this dump's ready copy or snapshot, if the server has one; says which."""
+    with snapshots.snapshot_lock(admin, progress):
+        ready = snapshots.find_ready(admin, metadata, target) if conf.READY_COPIES else None
+        if ready is not None:
+            progress(f"Using the ready copy {ready.name}")
+            snapshots.claim_ready(admin, ready, scratch)
+            return "ready copy"
+        snapshot = snapshots.find(admin, metadata)
+        if snapshot is not None:
+            progress(f"Copying the cached snapshot {snapshot.name}")
+            snapshots.clone(admin, snapshot, scratch, _owner_clause(admin, target))
+            return "snapshot"
+    return "pg_restore"
+
+
+def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progress = _quiet) -> None:
+    """Does what a restore left for later: drops the replaced database, caches the dump's snapshot (with
+    pg_restore, into a build database renamed once verified) and prepares the ready copy.
+
+    Safe to run while the restored database is in use, and next to another restore: snapshots and ready
+    copies are made under the snapshot lock, which a restore takes to look for them.
+    """
+    with postgres.connect_maintenance(settings_dict) as admin:
+        for name in drop_leftovers(admin, followup.database, scratch=False):
+            progress(f"Dropped the replaced database {name}")
+        if not (followup.build_snapshot or followup.ready_copy):
+            return
+        metadata = dumpfiles.read_metadata(followup.dump_path)
+        with snapshots.snapshot_lock(admin, progress):
+            snapshot = snapshots.find(admin, metadata)
+            if snapshot is None and followup.build_snapshot:
+                snapshot = _build_snapshot(admin, followup, metadata, settings_dict, progress)
+            for name in snapshots.prune(admin):
+                progress(f"Dropped {name}")
+            if snapshot is None or not followup.ready_copy or snapshots.find(admin, metadata) is None:
+                return
+            if snapshots.find_ready(admin, metadata, followup.database) is None:
+                owner = _owner_clause(admin, followup.database)
+                ready = snapshots.make_ready(admin, snapshot, followup.database, owner)
+                progress(f"Prepared the ready copy {ready.name}")
+
+
+def _build_snapshot(
+    admin: psycopg.Connection,
+    followup: Followup,
+    metadata: dumpfiles.Metadata,
+    settings_dict: Mapping[str, Any],
+    progress: Progress,
+) -> snapshots.Snapshot:
+    """Restores the dump (again: the first copy is in use) into a build database and adopts it as snapshot."""
+    dumpfiles.verify(followup.dump_path, metadata)  # the file may have changed since the restore
+    build = snapshots.build_name(metadata.checksum)
+    try:
+        _restore_cold(admin, followup.dump_path, metadata, settings_dict, build, followup.database, None, progress)
+        snapshot = snapshots.adopt(admin, build, metadata)
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            _drop_database(admin, build)
+        raise
+    progress(f"Cached the dump as snapshot {snapshot.name}")
+    return snapshot
 
 
 def _restore_cold(
     admin: psycopg.Connection,
-    plan: RestorePlan,
+    dump_path: Path,
+    metadata: dumpfiles.Metadata,
     settings_dict: Mapping[str, Any],
     scratch: str,
-    target: str,
+    like: str,
     jobs: int | None,
     progress: Progress,
 ) -> None:
-    """pg_restore into a new ``scratch`` database, then check every table's row count."""
-    pg_restore = postgres.find_program("pg_restore", postgres.server_major(admin), at_least=plan.metadata.pg_dump_major)
+    """pg_restore into a new ``scratch`` database (made like the database ``like``), then check the counts."""
+    pg_restore = postgres.find_program("pg_restore", postgres.server_major(admin), at_least=metadata.pg_dump_major)
     progress(f"Using {pg_restore}")
-    _create_empty(admin, scratch, like=target)
+    _create_empty(admin, scratch, like=like)
     jobs = jobs or conf.RESTORE_JOBS
-    progress(f"Restoring {plan.dump_path.name} into a scratch database with {jobs} jobs")
-    args = [f"--dbname={scratch}", "--no-owner", "--no-privileges", "--exit-on-error", str(plan.dump_path)]
+    progress(f"Restoring {dump_path.name} into {scratch} with {jobs} jobs")
+    args = [f"--dbname={scratch}", "--no-owner", "--no-privileges", "--exit-on-error", str(dump_path)]
     if jobs > 1:
         args.insert(0, f"--jobs={jobs}")
     postgres.run(pg_restore, args, settings_dict, dbname=scratch, what="pg_restore")
     progress("Checking row counts against the metadata")
     with postgres.connect(settings_dict, scratch) as restored:
         counts = postgres.count_rows(restored)
-    _check_counts(plan.metadata.record_counts, counts)
+    _check_counts(metadata.record_counts, counts)
 
 
 def _cache_snapshot(admin: psycopg.Connection, scratch: str, metadata: dumpfiles.Metadata, progress: Progress) -> None:
     """Keeps a copy of the verified scratch database for the next restore of this dump; never fails it."""
     try:
-        with snapshots.snapshot_lock(admin):
+        with snapshots.snapshot_lock(admin, progress):
             snapshot = snapshots.create(admin, scratch, metadata)
             dropped = snapshots.prune(admin)
     except psycopg.Error as exc:

@@ -6,6 +6,12 @@ server never touch each other's snapshots) and ``<checksum>`` the start of the d
 accepts no connections, so it stays exactly as verified; its database comment records the full checksum
 and the dump it came from. Snapshots whose dump is gone are dropped, and at most SEEDDUMP_SNAPSHOTS_KEEP
 are kept, newest first.
+
+A *ready copy* (``seeddump_ready_<folder>_<database>_<checksum>``) is one more copy of a snapshot made
+for one target database, so that restoring that dump into it again is two renames instead of a copy.
+There is at most one per target database; it goes when its snapshot goes. A snapshot being built in
+the background is ``seeddump_build_<folder>_<checksum>`` until it is complete. All of them are created,
+claimed and dropped under one server-wide advisory lock (``snapshot_lock``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +31,9 @@ from seeddump import dumpfiles, postgres
 from seeddump.conf import conf
 
 PREFIX = "seeddump_snap_"
+READY_PREFIX = "seeddump_ready_"
+BUILD_PREFIX = "seeddump_build_"
+_CLOSED = sql.SQL(" ALLOW_CONNECTIONS false")  # a copy nobody may connect to stays exactly as verified
 _LOCK = (0x5EED, 0x5A495)  # one server-wide lock for creating, cloning and dropping snapshots
 
 
@@ -36,35 +45,65 @@ class Snapshot:
     environment: str
     created: datetime | None
     size_bytes: int
+    database: str = ""  # the target database of a ready copy
 
 
-def folder_prefix(directory: Path | None = None) -> str:
-    folder = str((directory or conf.DIR).resolve())
-    return f"{PREFIX}{hashlib.sha256(folder.encode()).hexdigest()[:8]}_"
+def _hash8(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _short(checksum: str) -> str:
+    return checksum.removeprefix("sha256:")[:24]
+
+
+def folder_prefix(directory: Path | None = None, kind: str = PREFIX) -> str:
+    """Start of the names of this dumps folder's snapshots (or of its ready copies or builds, by ``kind``)."""
+    return f"{kind}{_hash8(str((directory or conf.DIR).resolve()))}_"
 
 
 def snapshot_name(checksum: str, directory: Path | None = None) -> str:
-    return folder_prefix(directory) + checksum.removeprefix("sha256:")[:24]
+    return folder_prefix(directory) + _short(checksum)
 
 
-@contextlib.contextmanager
-def snapshot_lock(admin: psycopg.Connection) -> Iterator[None]:
-    admin.execute("SELECT pg_advisory_lock(%s, %s)", _LOCK)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(psycopg.Error):
-            admin.execute("SELECT pg_advisory_unlock(%s, %s)", _LOCK)
+def ready_prefix(target: str, directory: Path | None = None) -> str:
+    return f"{folder_prefix(directory, READY_PREFIX)}{_hash8(target)}_"
 
 
-def list_snapshots(admin: psycopg.Connection, directory: Path | None = None) -> list[Snapshot]:
-    """This dumps folder's snapshots on the server, newest first."""
+def ready_name(target: str, checksum: str, directory: Path | None = None) -> str:
+    return ready_prefix(target, directory) + _short(checksum)
+
+
+def build_name(checksum: str, directory: Path | None = None) -> str:
+    return folder_prefix(directory, BUILD_PREFIX) + _short(checksum)
+
+
+def snapshot_lock(
+    admin: psycopg.Connection, progress: Callable[[str], None] | None = None
+) -> contextlib.AbstractContextManager:
+    """The server-wide lock for creating, claiming and dropping snapshots, ready copies and builds."""
+    return postgres.advisory_lock(
+        admin,
+        _LOCK,
+        waiting=lambda holder: (progress or _quiet)(f"Waiting for the snapshot cache, in use by {holder}"),
+        busy=lambda holder: (
+            f"The snapshot cache on this server is still in use by {holder} after {conf.LOCK_TIMEOUT}s. "
+            "Try again later, or restore with --no-snapshot."
+        ),
+    )
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def list_snapshots(admin: psycopg.Connection, directory: Path | None = None, kind: str = PREFIX) -> list[Snapshot]:
+    """This dumps folder's snapshots on the server (or its ready copies, by ``kind``), newest first."""
     rows = admin.execute(
         """
         SELECT datname, pg_database_size(oid), shobj_description(oid, 'pg_database')
         FROM pg_database WHERE starts_with(datname, %s)
         """,
-        (folder_prefix(directory),),
+        (folder_prefix(directory, kind),),
     ).fetchall()
     snapshots = []
     for name, size, comment in rows:
@@ -81,6 +120,7 @@ def list_snapshots(admin: psycopg.Connection, directory: Path | None = None) -> 
                 environment=str(info.get("environment", "")),
                 created=created,
                 size_bytes=int(size),
+                database=str(info.get("database", "")),
             )
         )
     oldest = datetime.min.replace(tzinfo=timezone.utc)
@@ -89,8 +129,16 @@ def list_snapshots(admin: psycopg.Connection, directory: Path | None = None) -> 
 
 def find(admin: psycopg.Connection, metadata: dumpfiles.Metadata) -> Snapshot | None:
     """The snapshot of exactly this dump (full checksum and file name), if one is cached."""
-    name = snapshot_name(metadata.checksum)
-    for snapshot in list_snapshots(admin):
+    return _find(list_snapshots(admin), snapshot_name(metadata.checksum), metadata)
+
+
+def find_ready(admin: psycopg.Connection, metadata: dumpfiles.Metadata, target: str) -> Snapshot | None:
+    """The ready copy of exactly this dump for the database ``target``, if there is one."""
+    return _find(list_snapshots(admin, kind=READY_PREFIX), ready_name(target, metadata.checksum), metadata)
+
+
+def _find(candidates: list[Snapshot], name: str, metadata: dumpfiles.Metadata) -> Snapshot | None:
+    for snapshot in candidates:
         same_dump = snapshot.checksum == metadata.checksum and snapshot.dump_file == metadata.dump_file
         if snapshot.name == name and same_dump:
             return snapshot
@@ -106,36 +154,63 @@ def _file_copy(admin: psycopg.Connection) -> sql.Composable:
     return sql.SQL(" STRATEGY FILE_COPY") if postgres.server_major(admin) >= 15 else sql.SQL("")
 
 
+def _label(admin: psycopg.Connection, name: str, dump: dumpfiles.Metadata | Snapshot, **extra: str) -> Snapshot:
+    """Records in the database's comment which dump ``name`` is a copy of (for a ready copy: for whom)."""
+    created = datetime.now(timezone.utc)
+    comment = {
+        "checksum": dump.checksum,
+        "dumpFile": dump.dump_file,
+        "environment": dump.environment,
+        "created": dumpfiles.isoformat(created),
+        **extra,
+    }
+    admin.execute(
+        sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(json.dumps(comment)))
+    )
+    return Snapshot(name, dump.checksum, dump.dump_file, dump.environment, created, 0, extra.get("database", ""))
+
+
 def create(admin: psycopg.Connection, source: str, metadata: dumpfiles.Metadata) -> Snapshot | None:
     """Copies the verified database ``source`` into this dump's snapshot. None if one appeared meanwhile."""
     name = snapshot_name(metadata.checksum)
-    created = datetime.now(timezone.utc)
-    comment = json.dumps(
-        {
-            "checksum": metadata.checksum,
-            "dumpFile": metadata.dump_file,
-            "environment": metadata.environment,
-            "created": dumpfiles.isoformat(created),
-        }
-    )
-    identifier = sql.Identifier(name)
     try:
-        query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(identifier, sql.Identifier(source))
-        admin.execute(query + _file_copy(admin))
+        _copy(admin, source, name, _CLOSED)
     except psycopg.errors.DuplicateDatabase:
         return None
-    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(identifier, sql.Literal(comment)))
-    admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(identifier))
-    return Snapshot(name, metadata.checksum, metadata.dump_file, metadata.environment, created, 0)
+    return _label(admin, name, metadata)
+
+
+def adopt(admin: psycopg.Connection, build: str, metadata: dumpfiles.Metadata) -> Snapshot:
+    """Makes the complete, verified database ``build`` this dump's snapshot: a rename, not a copy."""
+    name = sql.Identifier(snapshot_name(metadata.checksum))
+    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(build), name))
+    admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(name))
+    return _label(admin, snapshot_name(metadata.checksum), metadata)
+
+
+def make_ready(admin: psycopg.Connection, snapshot: Snapshot, target: str, owner: sql.Composable | None) -> Snapshot:
+    """Copies ``snapshot`` into the ready copy for ``target``, replacing that target's other ready copy."""
+    for other in list_snapshots(admin, kind=READY_PREFIX):
+        if other.name.startswith(ready_prefix(target)):
+            drop(admin, other.name)
+    name = ready_name(target, snapshot.checksum)
+    _copy(admin, snapshot.name, name, _CLOSED + (sql.SQL(" ") + owner if owner is not None else sql.SQL("")))
+    return _label(admin, name, snapshot, database=target)
+
+
+def claim_ready(admin: psycopg.Connection, ready: Snapshot, scratch: str) -> None:
+    """Renames the ready copy to ``scratch``: from now on it is the restore's, dropped if the restore fails."""
+    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(ready.name), sql.Identifier(scratch)))
+
+
+def _copy(admin: psycopg.Connection, source: str, name: str, options: sql.Composable) -> None:
+    query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(source))
+    admin.execute(query + _file_copy(admin) + options)
 
 
 def clone(admin: psycopg.Connection, snapshot: Snapshot, target: str, owner: sql.Composable | None = None) -> None:
     """Creates the database ``target`` as a copy of ``snapshot``."""
-    query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(target), sql.Identifier(snapshot.name))
-    query += _file_copy(admin)
-    if owner is not None:
-        query += sql.SQL(" ") + owner
-    admin.execute(query)
+    _copy(admin, snapshot.name, target, sql.SQL(" ") + owner if owner is not None else sql.SQL(""))
 
 
 def drop(admin: psycopg.Connection, name: str) -> None:
@@ -143,18 +218,31 @@ def drop(admin: psycopg.Connection, name: str) -> None:
 
 
 def prune(admin: psycopg.Connection, directory: Path | None = None, keep: int | None = None) -> list[str]:
-    """Drops snapshots whose dump is gone, then all but the newest ``keep``. Returns the dropped names."""
+    """Drops snapshots whose dump is gone, then all but the newest ``keep``, with their ready copies
+    (all ready copies when SEEDDUMP_READY_COPIES is off).
+
+    Also drops builds that a killed background process left. Call it holding ``snapshot_lock``.
+    Returns the dropped names."""
     directory = directory or conf.DIR
     keep = conf.SNAPSHOTS_KEEP if keep is None else keep
     dropped = []
-    kept = 0
+    kept = set()
     for snapshot in list_snapshots(admin, directory):
         dump_gone = not snapshot.dump_file or not (directory / snapshot.dump_file).is_file()
-        if dump_gone or kept >= keep:
+        if dump_gone or len(kept) >= keep:
             drop(admin, snapshot.name)
             dropped.append(snapshot.name)
         else:
-            kept += 1
+            kept.add(snapshot.checksum)
+    orphans = [
+        ready
+        for ready in list_snapshots(admin, directory, READY_PREFIX)
+        if ready.checksum not in kept or not conf.READY_COPIES
+    ]
+    orphans += list_snapshots(admin, directory, BUILD_PREFIX)  # nobody builds while we hold the lock
+    for orphan in orphans:
+        drop(admin, orphan.name)
+        dropped.append(orphan.name)
     return dropped
 
 

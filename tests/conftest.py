@@ -161,6 +161,7 @@ def manage_env(alias: str, dumps_dir: Path, env: dict[str, str] | None = None) -
         "SEEDDUMP_DIR": str(dumps_dir),
         "SEEDDUMP_PG_BIN_DIRS": ",".join(str(p) for p in django_settings.SEEDDUMP_PG_BIN_DIRS),
         "PYTHONUNBUFFERED": "1",
+        "SEEDDUMP_BACKGROUND": "false",  # see tests/settings.py
         **(env or {}),
     }
 

@@ -37,4 +37,6 @@ else:
     DATABASES["system"] = {**_system, "TEST": {"NAME": "test_seeddump_system"}}
 
 SEEDDUMP_CONNECT_TIMEOUT = 3
+# Restores finish before returning unless a test asks for the background (tests/test_background.py).
+SEEDDUMP_BACKGROUND = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -46,7 +46,9 @@ class Gate:
                 "exit $status\n"
             )
             script.chmod(0o755)
-        self.reader = os.open(self.reached, os.O_RDONLY | os.O_NONBLOCK)
+        # Read-write: this end then counts as a writer too, so the FIFO never reads as closed between
+        # two wrappers and the gate can be met more than once.
+        self.reader = os.open(self.reached, os.O_RDWR | os.O_NONBLOCK)
 
     @property
     def env(self) -> dict[str, str]:

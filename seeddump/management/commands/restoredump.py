@@ -7,6 +7,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
+from seeddump import background
+from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 from seeddump.management.progress import progress_writer
 from seeddump.restore import RestorePlan, interrupt_on_sigterm, plan_restore, restore
@@ -32,6 +34,13 @@ class Command(BaseCommand):
             action="store_false",
             dest="snapshot",
             help="Neither use nor keep a cached snapshot of the dump; always run pg_restore.",
+        )
+        parser.add_argument(
+            "--wait",
+            action="store_false",
+            dest="background",
+            default=None,
+            help="Drop the replaced database and cache the snapshot before returning, not in the background.",
         )
         parser.add_argument("--migrate", action="store_true", help="Apply the code's newer migrations after restoring.")
         parser.add_argument(
@@ -75,6 +84,7 @@ class Command(BaseCommand):
                     plan,
                     jobs=options["jobs"],
                     use_snapshots=None if options["snapshot"] else False,
+                    background=conf.BACKGROUND if options["background"] is None else options["background"],
                     progress=progress,
                 )
         except SeeddumpError as exc:
@@ -82,13 +92,19 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             raise CommandError("Restore interrupted; the database was not changed.") from None
         if verbosity >= 1 and not as_json:
+            source = {"snapshot": " from its cached snapshot", "ready copy": " from its ready copy"}
             self.stdout.write(
                 self.style.SUCCESS(
                     f"Restored {plan.dump_path.name} into '{result.database}'"
-                    f"{' from its cached snapshot' if result.from_snapshot else ''}: {result.rows} rows in "
+                    f"{source.get(result.source, '')}: {result.rows} rows in "
                     f"{result.tables} tables, {result.seconds:.1f}s."
                 )
             )
+            if result.followup is not None:
+                self.stdout.write(
+                    f"Finishing in the background (pid {result.background_pid}): "
+                    f"{', '.join(result.followup.describe())}; log: {background.log_path()}"
+                )
         migrated = self._report_migrations(plan, options)
         if as_json:
             status = plan.status
@@ -100,6 +116,10 @@ class Command(BaseCommand):
                 "version": plan.metadata.version,
                 "checksum": plan.metadata.checksum,
                 "fromSnapshot": result.from_snapshot,
+                "source": result.source,
+                "background": None
+                if result.followup is None
+                else {"pid": result.background_pid, "work": result.followup.describe()},
                 "seconds": round(result.seconds, 3),
                 "tables": result.tables,
                 "rows": result.rows,

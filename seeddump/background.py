@@ -1,0 +1,110 @@
+"""Finishing a restore in a background process, so that restoredump returns once the database is in place.
+
+What is left after the swap (dropping the replaced database, caching the dump's snapshot, preparing a
+ready copy for the next restore) is not needed by whoever waits for the restore, and takes as long as
+the restore itself when the snapshot has to be built. ``start`` hands it to a new Python process in its
+own session, with the same settings module and import path, that runs ``restore.finish`` and exits.
+
+The job travels on the child's stdin as JSON (database names and a path: nothing secret); the child
+reads the password from the settings like any other process of the project. Its output goes to
+``.seeddump-background.log`` in the dumps folder. Killing it at any point leaves nothing wrong: the next
+restore drops the replaced database, and half-built snapshots are dropped under the snapshot lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
+from seeddump import dumpfiles, postgres, restore
+from seeddump.conf import conf
+from seeddump.exceptions import SeeddumpError
+
+LOG_NAME = ".seeddump-background.log"
+_LOG_LIMIT = 1_000_000  # bytes; the log starts over beyond this
+_CHILD = "import django; django.setup(); from seeddump import background; background.main()"
+
+
+def log_path() -> Path:
+    return conf.DIR / LOG_NAME
+
+
+def start(followup: restore.Followup) -> int | None:
+    """Starts a process that runs ``restore.finish(followup)``; its pid, or None if none can be started.
+
+    A process can only load the project when its settings come from a module (DJANGO_SETTINGS_MODULE),
+    not from ``settings.configure()``."""
+    from django.conf import settings
+
+    module = os.environ.get("DJANGO_SETTINGS_MODULE") or getattr(settings, "SETTINGS_MODULE", None)
+    if not module:
+        return None
+    job = {
+        "using": followup.using,
+        "database": followup.database,
+        "dump": str(followup.dump_path),
+        "retired": list(followup.retired),
+        "buildSnapshot": followup.build_snapshot,
+        "readyCopy": followup.ready_copy,
+    }
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": module,
+        "PYTHONPATH": os.pathsep.join(path for path in sys.path if path),
+    }
+    with _open_log() as log:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,  # not killed with the terminal's Ctrl-C, nor waited for
+            text=True,
+        )
+    assert child.stdin is not None
+    child.stdin.write(json.dumps(job))
+    child.stdin.close()
+    return child.pid
+
+
+def _open_log() -> TextIO:
+    path = log_path()
+    dumpfiles.ensure_directory(path.parent)
+    mode = "w" if path.exists() and path.stat().st_size > _LOG_LIMIT else "a"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if mode == "w" else os.O_APPEND), 0o600)
+    return os.fdopen(fd, mode)
+
+
+def main() -> None:
+    """The background process: reads the job from stdin, finishes it, logs one line per step."""
+    job = json.load(sys.stdin)
+    followup = restore.Followup(
+        using=job["using"],
+        database=job["database"],
+        dump_path=Path(job["dump"]),
+        retired=tuple(job["retired"]),
+        build_snapshot=job["buildSnapshot"],
+        ready_copy=job["readyCopy"],
+    )
+    os.nice(10)  # the restored database's users come first
+    postgres.APPLICATION_NAME = "seeddump background"
+
+    def log(message: str) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{stamp} [{os.getpid()}] {followup.database}: {message}", flush=True)
+
+    log(f"finishing the restore of {followup.dump_path.name}: {', '.join(followup.describe())}")
+    settings_dict = {**postgres.settings_for(followup.using), "NAME": followup.database}
+    try:
+        with postgres.user_errors(settings_dict):
+            restore.finish(followup, settings_dict, progress=log)
+    except SeeddumpError as exc:
+        log(f"failed: {exc} The next restore tidies up.")
+        sys.exit(1)
+    log("done")

@@ -1,0 +1,166 @@
+"""restoredump returns once the database is in place; a background process finishes the rest.
+
+These tests run restoredump as a user does (a new process, background on, as the demo's default) and
+wait for the background process through its pid, which ``--json`` reports: a pidfd becomes readable
+when the process exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.db import connections
+
+from project.reality.models import Team
+from seeddump import background, postgres, snapshots
+from tests.conftest import database_names, demo_snapshot, manage, start_manage
+from tests.test_hardening import Gate, gate  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+BACKGROUND = {"SEEDDUMP_BACKGROUND": "true"}
+
+
+def restoredump(alias: str, dumps_dir: Path, *args: str, env: dict[str, str] | None = None) -> dict:
+    result = manage(
+        "restoredump",
+        "dev",
+        "--no-input",
+        "--json",
+        *args,
+        alias=alias,
+        dumps_dir=dumps_dir,
+        env={**BACKGROUND, **(env or {})},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def wait_for_exit(pid: int, timeout: float = 120) -> None:
+    """Blocks until the process ``pid`` has exited (it is not our child, so no waitpid)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already gone
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        assert ready, f"background process {pid} still running after {timeout}s"
+    finally:
+        os.close(fd)
+
+
+def cache_of(alias: str, dumps_dir: Path) -> dict[str, list[str]]:
+    names = sorted(database_names(alias))
+    return {
+        kind: [n for n in names if n.startswith(snapshots.folder_prefix(dumps_dir, prefix))]
+        for kind, prefix in (
+            ("snapshots", snapshots.PREFIX),
+            ("ready", snapshots.READY_PREFIX),
+            ("builds", snapshots.BUILD_PREFIX),
+        )
+    }
+
+
+def replaced_databases(alias: str) -> list[str]:
+    return [n for n in database_names(alias) if n.startswith(("seeddump_tmp_", "seeddump_old_"))]
+
+
+def test_the_background_drops_the_old_database_and_prepares_the_next_restore(
+    alias: str, seeded_dump: Path, dumps_dir: Path
+) -> None:
+    first = restoredump(alias, dumps_dir)
+    assert first["source"] == "pg_restore"
+    assert first["background"]["work"] == [
+        "drop the replaced database",
+        "cache a snapshot of the dump",
+        "prepare a ready copy for the next restore",
+    ]
+    seeded = demo_snapshot(alias)  # usable at once, while the background works
+    wait_for_exit(first["background"]["pid"])
+
+    assert replaced_databases(alias) == []
+    cache = cache_of(alias, dumps_dir)
+    assert len(cache["snapshots"]) == 1 and len(cache["ready"]) == 1 and cache["builds"] == []
+    log = (dumps_dir / background.LOG_NAME).read_text()
+    assert f"[{first['background']['pid']}]" in log and log.rstrip().endswith("done")
+    assert (dumps_dir / background.LOG_NAME).stat().st_mode & 0o777 == 0o600
+
+    Team.objects.using(alias).all().delete()
+    second = restoredump(alias, dumps_dir)
+    assert second["source"] == "ready copy"
+    assert demo_snapshot(alias) == seeded
+    [ready] = cache["ready"]
+    assert ready not in database_names(alias)  # it became the database
+    wait_for_exit(second["background"]["pid"])
+    assert cache_of(alias, dumps_dir) == cache  # a new ready copy of the same dump, under the same name
+    assert replaced_databases(alias) == []
+
+    listing = manage("snapshots", alias=alias, dumps_dir=dumps_dir)
+    assert f"(ready copy for '{second['database']}')" in listing.stdout
+    assert "1 snapshot(s), 1 ready copy" in listing.stdout
+
+
+def test_a_ready_copy_accepts_no_connections(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
+    wait_for_exit(restoredump(alias, dumps_dir)["background"]["pid"])
+    [ready] = cache_of(alias, dumps_dir)["ready"]
+    with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
+        psycopg.connect(**postgres._connect_kwargs(connections[alias].settings_dict, ready)).close()
+
+
+def test_wait_finishes_before_returning(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
+    result = restoredump(alias, dumps_dir, "--wait")
+    assert result["background"] is None
+    assert replaced_databases(alias) == []
+    cache = cache_of(alias, dumps_dir)
+    assert len(cache["snapshots"]) == 1 and cache["ready"] == []  # a ready copy only pays off in the background
+
+
+@pytest.fixture
+def background_pids() -> Iterator[list[int]]:
+    """Background processes a test starts; should the test fail, they are killed with their pg_restore."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # its own session: its process group
+
+
+def test_killed_background_process_leaves_nothing_wrong(
+    alias: str,
+    seeded_dump: Path,
+    dumps_dir: Path,
+    gate: Gate,  # noqa: F811
+    background_pids: list[int],
+) -> None:
+    process = start_manage(
+        "restoredump", "dev", "--no-input", "--json", alias=alias, dumps_dir=dumps_dir, env={**BACKGROUND, **gate.env}
+    )
+    assert gate.wait() == "pg_restore"  # the restore's own
+    gate.release()
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    pid = json.loads(out)["background"]["pid"]
+    background_pids.append(pid)
+    assert gate.wait() == "pg_restore"  # the background's, building the snapshot
+    assert len(cache_of(alias, dumps_dir)["builds"]) == 1
+    os.kill(pid, signal.SIGKILL)
+    wait_for_exit(pid)
+    gate.release()
+
+    seeded = demo_snapshot(alias)  # the restored database is in place all the same
+    assert Team.objects.using(alias).count() == 2
+
+    again = restoredump(alias, dumps_dir, "--wait")
+    assert again["source"] == "pg_restore"  # no snapshot was cached
+    assert demo_snapshot(alias) == seeded
+    assert replaced_databases(alias) == []
+    cache = cache_of(alias, dumps_dir)
+    assert len(cache["snapshots"]) == 1 and cache["builds"] == []
