@@ -51,6 +51,7 @@ def start(followup: restore.Followup) -> int | None:
         "retired": list(followup.retired),
         "buildSnapshot": followup.build_snapshot,
         "readyCopy": followup.ready_copy,
+        "emptyDatabase": followup.empty_database,
     }
     env = {
         **os.environ,
@@ -91,6 +92,7 @@ def main() -> None:
         retired=tuple(job["retired"]),
         build_snapshot=job["buildSnapshot"],
         ready_copy=job["readyCopy"],
+        empty_database=job["emptyDatabase"],
     )
     os.nice(10)  # the restored database's users come first
     postgres.APPLICATION_NAME = "seeddump background"

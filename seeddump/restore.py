@@ -60,6 +60,7 @@ class Followup:
     retired: tuple[str, ...]  # the replaced database, under its new name
     build_snapshot: bool  # restored with pg_restore: cache a snapshot of the dump
     ready_copy: bool  # prepare a ready copy for the next restore of this dump into ``database``
+    empty_database: bool = True  # prepare an empty database for the next pg_restore into ``database``
 
     def describe(self) -> list[str]:
         work = ["drop the replaced database"] if self.retired else []
@@ -67,6 +68,8 @@ class Followup:
             work.append("cache a snapshot of the dump")
         if self.ready_copy:
             work.append("prepare a ready copy for the next restore")
+        if self.empty_database:
+            work.append("prepare an empty database for the next pg_restore")
         return work
 
 
@@ -217,6 +220,44 @@ def _owner_clause(admin: psycopg.Connection, like: str) -> sql.Composable | None
     if row is None or not row[1]:
         return None
     return sql.SQL("OWNER {}").format(sql.Identifier(row[0]))
+
+
+def _claim_empty(admin: psycopg.Connection, name: str, like: str) -> bool:
+    """Renames the empty database prepared for ``like`` to ``name``, if one is there and still made like it.
+
+    Saves a CREATE DATABASE (a quarter of a second) on the cold path. Call it holding the target lock."""
+    prepared = snapshots.empty_name(like)
+    row = admin.execute(
+        """
+        SELECT (e.encoding, e.datcollate, e.datctype, e.datdba) = (t.encoding, t.datcollate, t.datctype, t.datdba)
+        FROM pg_database e JOIN pg_database t ON t.datname = %s WHERE e.datname = %s
+        """,
+        (like, prepared),
+    ).fetchone()
+    if row is None:
+        return False
+    if not row[0]:  # the target was recreated differently since
+        _drop_database(admin, prepared)
+        return False
+    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(prepared), sql.Identifier(name)))
+    admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
+    return True
+
+
+def _prepare_empty(admin: psycopg.Connection, like: str) -> str | None:
+    """Creates the empty database for the next pg_restore into ``like``, closed to connections until then."""
+    prepared = snapshots.empty_name(like)
+    (exists,) = admin.execute(  # type: ignore[misc]
+        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %s)", (prepared,)
+    ).fetchone()
+    if exists:
+        return None
+    try:
+        _create_empty(admin, prepared, like)
+    except psycopg.errors.DuplicateDatabase:  # another background process was quicker
+        return None
+    snapshots.label_empty(admin, prepared, like)
+    return prepared
 
 
 def _create_empty(admin: psycopg.Connection, name: str, like: str) -> None:
@@ -412,7 +453,8 @@ def _copy_cached(
 
 def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progress = _quiet) -> None:
     """Does what a restore left for later: drops the replaced database, caches the dump's snapshot (with
-    pg_restore, into a build database renamed once verified) and prepares the ready copy.
+    pg_restore, into a build database renamed once verified), prepares the ready copy and an empty
+    database for the next pg_restore.
 
     Safe to run while the restored database is in use, and next to another restore: snapshots and ready
     copies are made under the snapshot lock, which a restore takes to look for them.
@@ -420,21 +462,29 @@ def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progr
     with postgres.connect_maintenance(settings_dict) as admin:
         for name in drop_leftovers(admin, followup.database, scratch=False):
             progress(f"Dropped the replaced database {name}")
-        if not (followup.build_snapshot or followup.ready_copy):
+        if followup.build_snapshot or followup.ready_copy:
+            _finish_cache(admin, followup, settings_dict, progress)
+        if followup.empty_database and (prepared := _prepare_empty(admin, followup.database)):
+            progress(f"Prepared the empty database {prepared}")
+
+
+def _finish_cache(
+    admin: psycopg.Connection, followup: Followup, settings_dict: Mapping[str, Any], progress: Progress
+) -> None:
+    """Caches the dump's snapshot (if asked and missing) and makes the target's ready copy of it."""
+    metadata = dumpfiles.read_metadata(followup.dump_path)
+    with snapshots.snapshot_lock(admin, progress):
+        snapshot = snapshots.find(admin, metadata)
+        if snapshot is None and followup.build_snapshot:
+            snapshot = _build_snapshot(admin, followup, metadata, settings_dict, progress)
+        for name in snapshots.prune(admin):
+            progress(f"Dropped {name}")
+        if snapshot is None or not followup.ready_copy or snapshots.find(admin, metadata) is None:
             return
-        metadata = dumpfiles.read_metadata(followup.dump_path)
-        with snapshots.snapshot_lock(admin, progress):
-            snapshot = snapshots.find(admin, metadata)
-            if snapshot is None and followup.build_snapshot:
-                snapshot = _build_snapshot(admin, followup, metadata, settings_dict, progress)
-            for name in snapshots.prune(admin):
-                progress(f"Dropped {name}")
-            if snapshot is None or not followup.ready_copy or snapshots.find(admin, metadata) is None:
-                return
-            if snapshots.find_ready(admin, metadata, followup.database) is None:
-                owner = _owner_clause(admin, followup.database)
-                ready = snapshots.make_ready(admin, snapshot, followup.database, owner)
-                progress(f"Prepared the ready copy {ready.name}")
+        if snapshots.find_ready(admin, metadata, followup.database) is None:
+            owner = _owner_clause(admin, followup.database)
+            ready = snapshots.make_ready(admin, snapshot, followup.database, owner)
+            progress(f"Prepared the ready copy {ready.name}")
 
 
 def _build_snapshot(
@@ -448,7 +498,9 @@ def _build_snapshot(
     dumpfiles.verify(followup.dump_path, metadata)  # the file may have changed since the restore
     build = snapshots.build_name(metadata.checksum)
     try:
-        _restore_cold(admin, followup.dump_path, metadata, settings_dict, build, followup.database, None, progress)
+        _restore_cold(
+            admin, followup.dump_path, metadata, settings_dict, build, followup.database, None, progress, claim=False
+        )
         snapshot = snapshots.adopt(admin, build, metadata)
     except BaseException:
         with contextlib.suppress(psycopg.Error):
@@ -467,11 +519,18 @@ def _restore_cold(
     like: str,
     jobs: int | None,
     progress: Progress,
+    *,
+    claim: bool = True,
 ) -> None:
-    """pg_restore into a new ``scratch`` database (made like the database ``like``), then check the counts."""
+    """pg_restore into a new ``scratch`` database (made like the database ``like``), then check the counts.
+
+    With ``claim`` (the caller holds the lock of ``like``), the empty database prepared for it is used."""
     pg_restore = postgres.find_program("pg_restore", postgres.server_major(admin), at_least=metadata.pg_dump_major)
     progress(f"Using {pg_restore}")
-    _create_empty(admin, scratch, like=like)
+    if claim and _claim_empty(admin, scratch, like):
+        progress("Using the empty database the last restore prepared")
+    else:
+        _create_empty(admin, scratch, like=like)
     jobs = jobs or conf.RESTORE_JOBS
     progress(f"Restoring {dump_path.name} into {scratch} with {jobs} jobs")
     args = [f"--dbname={scratch}", "--no-owner", "--no-privileges", "--exit-on-error", str(dump_path)]

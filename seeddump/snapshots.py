@@ -11,7 +11,9 @@ A *ready copy* (``seeddump_ready_<folder>_<database>_<checksum>``) is one more c
 for one target database, so that restoring that dump into it again is two renames instead of a copy.
 There is at most one per target database; it goes when its snapshot goes. A snapshot being built in
 the background is ``seeddump_build_<folder>_<checksum>`` until it is complete. All of them are created,
-claimed and dropped under one server-wide advisory lock (``snapshot_lock``).
+claimed and dropped under one server-wide advisory lock (``snapshot_lock``). Besides, the background
+process leaves an empty database per target, ``seeddump_empty_<folder>_<database>``, for the next
+pg_restore into that target (claimed under the target's lock).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from seeddump.conf import conf
 PREFIX = "seeddump_snap_"
 READY_PREFIX = "seeddump_ready_"
 BUILD_PREFIX = "seeddump_build_"
+EMPTY_PREFIX = "seeddump_empty_"
 _CLOSED = sql.SQL(" ALLOW_CONNECTIONS false")  # a copy nobody may connect to stays exactly as verified
 _LOCK = (0x5EED, 0x5A495)  # one server-wide lock for creating, cloning and dropping snapshots
 
@@ -75,6 +78,11 @@ def ready_name(target: str, checksum: str, directory: Path | None = None) -> str
 
 def build_name(checksum: str, directory: Path | None = None) -> str:
     return folder_prefix(directory, BUILD_PREFIX) + _short(checksum)
+
+
+def empty_name(target: str, directory: Path | None = None) -> str:
+    """The empty database made ready for the next pg_restore into ``target`` (see ``restore.finish``)."""
+    return folder_prefix(directory, EMPTY_PREFIX) + _hash8(target)
 
 
 def snapshot_lock(
@@ -246,5 +254,18 @@ def prune(admin: psycopg.Connection, directory: Path | None = None, keep: int | 
     return dropped
 
 
+def label_empty(admin: psycopg.Connection, name: str, target: str) -> None:
+    """Closes the prepared empty database ``name`` to connections and records whom it is for."""
+    comment = json.dumps({"database": target, "created": dumpfiles.isoformat(datetime.now(timezone.utc))})
+    identifier = sql.Identifier(name)
+    admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(identifier))
+    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(identifier, sql.Literal(comment)))
+
+
 def drop_all(admin: psycopg.Connection, directory: Path | None = None) -> list[str]:
-    return prune(admin, directory, keep=0)
+    """Drops every snapshot, ready copy, build and prepared empty database of the dumps folder."""
+    dropped = prune(admin, directory, keep=0)
+    for empty in list_snapshots(admin, directory, EMPTY_PREFIX):
+        drop(admin, empty.name)
+        dropped.append(empty.name)
+    return dropped

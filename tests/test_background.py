@@ -65,6 +65,7 @@ def cache_of(alias: str, dumps_dir: Path) -> dict[str, list[str]]:
             ("snapshots", snapshots.PREFIX),
             ("ready", snapshots.READY_PREFIX),
             ("builds", snapshots.BUILD_PREFIX),
+            ("empty", snapshots.EMPTY_PREFIX),
         )
     }
 
@@ -82,6 +83,7 @@ def test_the_background_drops_the_old_database_and_prepares_the_next_restore(
         "drop the replaced database",
         "cache a snapshot of the dump",
         "prepare a ready copy for the next restore",
+        "prepare an empty database for the next pg_restore",
     ]
     seeded = demo_snapshot(alias)  # usable at once, while the background works
     wait_for_exit(first["background"]["pid"])
@@ -89,6 +91,7 @@ def test_the_background_drops_the_old_database_and_prepares_the_next_restore(
     assert replaced_databases(alias) == []
     cache = cache_of(alias, dumps_dir)
     assert len(cache["snapshots"]) == 1 and len(cache["ready"]) == 1 and cache["builds"] == []
+    assert len(cache["empty"]) == 1
     log = (dumps_dir / background.LOG_NAME).read_text()
     assert f"[{first['background']['pid']}]" in log and log.rstrip().endswith("done")
     assert (dumps_dir / background.LOG_NAME).stat().st_mode & 0o777 == 0o600
@@ -105,7 +108,40 @@ def test_the_background_drops_the_old_database_and_prepares_the_next_restore(
 
     listing = manage("snapshots", alias=alias, dumps_dir=dumps_dir)
     assert f"(ready copy for '{second['database']}')" in listing.stdout
+    assert f"(empty, for the next pg_restore into '{second['database']}')" in listing.stdout
     assert "1 snapshot(s), 1 ready copy" in listing.stdout
+
+
+def test_a_cold_restore_uses_the_prepared_empty_database(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
+    first = restoredump(alias, dumps_dir, "--no-snapshot")
+    assert first["background"]["work"] == [
+        "drop the replaced database",
+        "prepare an empty database for the next pg_restore",
+    ]
+    wait_for_exit(first["background"]["pid"])
+    [empty] = cache_of(alias, dumps_dir)["empty"]
+    seeded = demo_snapshot(alias)
+    Team.objects.using(alias).all().delete()
+
+    second = manage(
+        "restoredump",
+        "dev",
+        "--no-input",
+        "--no-snapshot",
+        "--json",
+        "-v2",
+        alias=alias,
+        dumps_dir=dumps_dir,
+        env=BACKGROUND,
+    )
+    assert second.returncode == 0, second.stderr
+    assert "Using the empty database the last restore prepared" in second.stderr  # progress, beside the JSON
+    assert demo_snapshot(alias) == seeded
+    wait_for_exit(json.loads(second.stdout)["background"]["pid"])
+    third = restoredump(alias, dumps_dir, "--no-snapshot")  # and the one prepared meanwhile is used too
+    wait_for_exit(third["background"]["pid"])
+    assert cache_of(alias, dumps_dir)["empty"] == [empty]
+    assert replaced_databases(alias) == []
 
 
 def test_a_ready_copy_accepts_no_connections(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:

@@ -39,6 +39,7 @@ from urllib.parse import quote
 
 REPO = Path(__file__).resolve().parents[2]
 DB = "seeddump_bench"
+SETTLE: tuple[list[str], dict[str, str]] | None = None  # the command that flushes the server (see settle)
 PLAIN_DB = "seeddump_bench_plain"
 
 
@@ -103,6 +104,9 @@ def main() -> None:
     pg_env = {**env, **postgres.client_env(settings_dict)}
     jobs = os.cpu_count() or 1
 
+    global SETTLE
+    SETTLE = ([str(tools["psql"]), "-q", "-d", "postgres", "-c", "CHECKPOINT"], pg_env)
+
     def manage(*argv: str) -> Callable[[], None]:
         return lambda: run([sys.executable, "manage.py", *argv], env)
 
@@ -138,7 +142,7 @@ def main() -> None:
         if cold:
             run([sys.executable, "manage.py", "snapshots", "--drop-all", "-v0"], env)
         argv = [sys.executable, "manage.py", "restoredump", "bench", "--no-input", "--json", *flags]
-        os.sync()
+        settle()
         started = time.perf_counter()
         document = json.loads(run(argv, {**env, **(extra_env or {})}))
         returned = time.perf_counter() - started
@@ -197,8 +201,16 @@ def wait_for_exit(pid: int) -> None:
         os.close(fd)
 
 
+def settle() -> None:
+    """Every step starts with the previous one's writes on disk: a CHECKPOINT that lands in the middle of
+    a timed step (writing another step's 250 MB) was the largest source of noise."""
+    if SETTLE is not None:  # needs superuser (or pg_checkpoint); without it, only the OS is flushed
+        subprocess.run(SETTLE[0], env=SETTLE[1], capture_output=True)
+    os.sync()
+
+
 def timed(action: Callable[[], None]) -> float:
-    os.sync()  # every step starts with the previous one's writes on disk, not still being flushed
+    settle()
     started = time.perf_counter()
     action()
     return time.perf_counter() - started

@@ -36,9 +36,10 @@ class Command(BaseCommand):
                     return
                 found = snapshots.list_snapshots(admin)
                 ready = snapshots.list_snapshots(admin, kind=snapshots.READY_PREFIX)
+                empty = snapshots.list_snapshots(admin, kind=snapshots.EMPTY_PREFIX)
         except SeeddumpError as exc:
             raise CommandError(str(exc)) from None
-        if not found and not ready:
+        if not found and not ready and not empty:
             self.stdout.write("No cached snapshots.")
             return
         for snapshot in found + ready:
@@ -48,7 +49,12 @@ class Command(BaseCommand):
                 f"{snapshot.dump_file or '(no dump recorded)'}"
                 + (f"  (ready copy for '{snapshot.database}')" if snapshot.database else "")
             )
-        total = sum(s.size_bytes for s in found + ready) / 1e6
+        for database in empty:
+            self.stdout.write(
+                f"{database.name}  {database.size_bytes / 1e6:8.1f} MB  "
+                f"(empty, for the next pg_restore into '{database.database}')"
+            )
+        total = sum(s.size_bytes for s in found + ready + empty) / 1e6
         self.stdout.write(
             f"{len(found)} snapshot(s), {len(ready)} ready cop{'y' if len(ready) == 1 else 'ies'}, {total:.1f} MB."
         )
