@@ -52,6 +52,9 @@ def start(followup: restore.Followup) -> int | None:
         "buildSnapshot": followup.build_snapshot,
         "readyCopy": followup.ready_copy,
         "emptyDatabase": followup.empty_database,
+        "restoreTimes": None
+        if followup.restore_times is None
+        else {name: dumpfiles.isoformat(when) for name, when in followup.restore_times.items()},
     }
     env = {
         **os.environ,
@@ -93,6 +96,9 @@ def main() -> None:
         build_snapshot=job["buildSnapshot"],
         ready_copy=job["readyCopy"],
         empty_database=job["emptyDatabase"],
+        restore_times=None
+        if job["restoreTimes"] is None
+        else {name: dumpfiles.parse_isoformat(when) for name, when in job["restoreTimes"].items()},
     )
     os.nice(10)  # the restored database's users come first
     postgres.APPLICATION_NAME = "seeddump background"

@@ -61,6 +61,8 @@ class Followup:
     build_snapshot: bool  # restored with pg_restore: cache a snapshot of the dump
     ready_copy: bool  # prepare a ready copy for the next restore of this dump into ``database``
     empty_database: bool = True  # prepare an empty database for the next pg_restore into ``database``
+    # The admin's dump records to write into the restored database: when each dump was last restored.
+    restore_times: dict[str, datetime] | None = None
 
     def describe(self) -> list[str]:
         work = ["drop the replaced database"] if self.retired else []
@@ -402,6 +404,8 @@ def _restore(
             with contextlib.suppress(psycopg.Error):
                 _drop_database(admin, scratch)
             raise
+        if record:
+            carried[plan.dump_path.name] = datetime.now(timezone.utc)
         followup = Followup(
             using=plan.using,
             database=target,
@@ -409,14 +413,14 @@ def _restore(
             retired=(retired,) if exists else (),
             build_snapshot=use_snapshots and source == "pg_restore",
             ready_copy=use_snapshots and conf.READY_COPIES,
+            restore_times=carried if record else None,
         )
         try:
             if not background:
                 # The old database is no longer reachable under its name; drop it now (or on the next run).
                 drop_leftovers(admin, target)
-            if record:
-                carried[plan.dump_path.name] = datetime.now(timezone.utc)
-                records.sync_from_disk(plan.using, conf.DIR, carried)
+                if record:
+                    records.sync_from_disk(plan.using, conf.DIR, carried)
         except KeyboardInterrupt:
             raise SeeddumpError(
                 f"Interrupted after the restored database was put in place: '{target}' holds the dump; "
@@ -464,6 +468,9 @@ def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progr
             progress(f"Dropped the replaced database {name}")
         if followup.build_snapshot or followup.ready_copy:
             _finish_cache(admin, followup, settings_dict, progress)
+        if followup.restore_times is not None:
+            recorded = records.sync_from_disk(followup.using, conf.DIR, followup.restore_times)
+            progress(f"Recorded {recorded} dump(s) for the admin")
         if followup.empty_database and (prepared := _prepare_empty(admin, followup.database)):
             progress(f"Prepared the empty database {prepared}")
 

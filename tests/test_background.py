@@ -21,6 +21,7 @@ from django.db import connections
 
 from project.reality.models import Team
 from seeddump import background, postgres, snapshots
+from seeddump.models import DumpRecord
 from tests.conftest import database_names, demo_snapshot, manage, start_manage
 from tests.test_hardening import Gate, gate  # noqa: F401 (fixture)
 
@@ -92,6 +93,8 @@ def test_the_background_drops_the_old_database_and_prepares_the_next_restore(
     cache = cache_of(alias, dumps_dir)
     assert len(cache["snapshots"]) == 1 and len(cache["ready"]) == 1 and cache["builds"] == []
     assert len(cache["empty"]) == 1
+    # The admin's records were written into the restored database.
+    assert DumpRecord.objects.using(alias).get(file_name=seeded_dump.name).last_restored_at is not None
     log = (dumps_dir / background.LOG_NAME).read_text()
     assert f"[{first['background']['pid']}]" in log and log.rstrip().endswith("done")
     assert (dumps_dir / background.LOG_NAME).stat().st_mode & 0o777 == 0o600
