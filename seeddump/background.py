@@ -19,7 +19,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from seeddump import dumpfiles, postgres, restore
 from seeddump.conf import conf
@@ -56,6 +56,7 @@ def start(followup: restore.Followup) -> int | None:
         if followup.restore_times is None
         else {name: dumpfiles.isoformat(when) for name, when in followup.restore_times.items()},
     }
+    job["settings"] = _effective_settings()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": module,
@@ -77,6 +78,21 @@ def start(followup: restore.Followup) -> int | None:
     return child.pid
 
 
+def _effective_settings() -> dict[str, Any]:
+    """The seeddump settings this process runs with, which the settings module alone may not give
+    (``override_settings``, a test runner's changes)."""
+    return {
+        "SEEDDUMP_DIR": str(conf.DIR),
+        "SEEDDUMP_PG_BIN_DIRS": [str(path) for path in conf.PG_BIN_DIRS],
+        "SEEDDUMP_RESTORE_JOBS": conf.RESTORE_JOBS,
+        "SEEDDUMP_MAINTENANCE_DB": conf.MAINTENANCE_DB,
+        "SEEDDUMP_CONNECT_TIMEOUT": conf.CONNECT_TIMEOUT,
+        "SEEDDUMP_LOCK_TIMEOUT": conf.LOCK_TIMEOUT,
+        "SEEDDUMP_SNAPSHOTS_KEEP": conf.SNAPSHOTS_KEEP,
+        "SEEDDUMP_READY_COPIES": conf.READY_COPIES,
+    }
+
+
 def _open_log() -> TextIO:
     path = log_path()
     dumpfiles.ensure_directory(path.parent)
@@ -87,7 +103,14 @@ def _open_log() -> TextIO:
 
 def main() -> None:
     """The background process: reads the job from stdin, finishes it, logs one line per step."""
+    from django.conf import settings
+    from django.db import connections
+
     job = json.load(sys.stdin)
+    for name, value in job["settings"].items():
+        setattr(settings, name, value)
+    # The database the parent restored, under a test runner's name too, for the ORM (dump records) as well.
+    connections[job["using"]].settings_dict["NAME"] = job["database"]
     followup = restore.Followup(
         using=job["using"],
         database=job["database"],
@@ -108,7 +131,7 @@ def main() -> None:
         print(f"{stamp} [{os.getpid()}] {followup.database}: {message}", flush=True)
 
     log(f"finishing the restore of {followup.dump_path.name}: {', '.join(followup.describe())}")
-    settings_dict = {**postgres.settings_for(followup.using), "NAME": followup.database}
+    settings_dict = postgres.settings_for(followup.using)
     try:
         with postgres.user_errors(settings_dict):
             restore.finish(followup, settings_dict, progress=log)

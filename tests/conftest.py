@@ -45,13 +45,16 @@ def alias(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def dumps_dir(tmp_path: Path, settings: Any) -> Iterator[Path]:
-    """A private dumps folder; the snapshots cached for it are dropped afterwards on every server."""
+    """A private dumps folder; the snapshots cached for it (or for the folder the test switched to, such as a
+    teammate's) are dropped afterwards on every server."""
     directory = tmp_path / "dumps"
     settings.SEEDDUMP_DIR = directory
     yield directory
+    folders = {directory, Path(settings.SEEDDUMP_DIR)}
     for alias in connections.settings:
         with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
-            snapshots.drop_all(admin, directory)
+            for folder in folders:
+                snapshots.drop_all(admin, folder)
 
 
 @dataclass

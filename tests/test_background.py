@@ -22,7 +22,7 @@ from django.db import connections
 from project.reality.models import Team
 from seeddump import background, postgres, snapshots
 from seeddump.models import DumpRecord
-from tests.conftest import database_names, demo_snapshot, manage, start_manage
+from tests.conftest import database_names, demo_snapshot, manage, run_command, start_manage
 from tests.test_hardening import Gate, gate  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -203,3 +203,19 @@ def test_killed_background_process_leaves_nothing_wrong(
     assert replaced_databases(alias) == []
     cache = cache_of(alias, dumps_dir)
     assert len(cache["snapshots"]) == 1 and cache["builds"] == []
+
+
+def test_called_in_process_the_background_uses_the_callers_settings_and_database(
+    alias: str, seeded_dump: Path, dumps_dir: Path, settings
+) -> None:
+    # Under pytest the database is the test database and SEEDDUMP_DIR a temporary folder: neither is what the
+    # settings module says, and the background process must finish the restore that was made.
+    settings.SEEDDUMP_BACKGROUND = True
+    document = json.loads(run_command("restoredump", "dev", database=alias, interactive=False, json=True).out)
+    wait_for_exit(document["background"]["pid"])
+
+    assert document["database"] == connections[alias].settings_dict["NAME"]
+    cache = cache_of(alias, dumps_dir)
+    assert len(cache["snapshots"]) == 1 and len(cache["ready"]) == 1 and len(cache["empty"]) == 1
+    assert DumpRecord.objects.using(alias).get(file_name=seeded_dump.name).last_restored_at is not None
+    assert replaced_databases(alias) == []
