@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import stat
 import subprocess
@@ -202,6 +203,20 @@ def start_manage(*args: str, alias: str, dumps_dir: Path, env: dict[str, str] | 
         text=True,
         start_new_session=True,
     )
+
+
+def wait_for_exit(pid: int, timeout: float = 120) -> None:
+    """Blocks until the process ``pid`` has exited, such as restoredump's background process (not our child,
+    so no waitpid: its pidfd becomes readable when it exits)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already gone
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        assert ready, f"process {pid} still running after {timeout}s"
+    finally:
+        os.close(fd)
 
 
 def psycopg_connect(alias: str, name: str) -> psycopg.Connection:

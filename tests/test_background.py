@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from django.db import connections
 from project.reality.models import Team
 from seeddump import background, postgres, snapshots
 from seeddump.models import DumpRecord
-from tests.conftest import database_names, demo_snapshot, manage, run_command, start_manage
+from tests.conftest import database_names, demo_snapshot, manage, run_command, start_manage, wait_for_exit
 from tests.test_hardening import Gate, gate  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -43,19 +42,6 @@ def restoredump(alias: str, dumps_dir: Path, *args: str, env: dict[str, str] | N
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def wait_for_exit(pid: int, timeout: float = 120) -> None:
-    """Blocks until the process ``pid`` has exited (it is not our child, so no waitpid)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return  # already gone
-    try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        assert ready, f"background process {pid} still running after {timeout}s"
-    finally:
-        os.close(fd)
 
 
 def cache_of(alias: str, dumps_dir: Path) -> dict[str, list[str]]:

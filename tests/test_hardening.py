@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -17,7 +18,7 @@ from django.db import connections
 from project import embedded
 from project.reality.models import Team
 from seeddump import dumpfiles, postgres
-from tests.conftest import copy_dump, database_names, database_url, manage, run_command, start_manage
+from tests.conftest import copy_dump, database_names, database_url, manage, run_command, start_manage, wait_for_exit
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -289,6 +290,21 @@ def test_password_never_leaks_through_any_command(password_server, dumps_dir: Pa
         outputs.append(result.stdout + result.stderr)
     assert "from its cached snapshot" in outputs[4]
     assert "Smoke test passed" in outputs[5]
+    # A restore that finishes in the background: its process and its log file.
+    background = manage(
+        "restoredump",
+        "dev",
+        "--no-input",
+        "--json",
+        "-v3",
+        alias="default",
+        dumps_dir=dumps_dir,
+        env={**env, "SEEDDUMP_BACKGROUND": "true"},
+    )
+    assert background.returncode == 0, background.stderr
+    wait_for_exit(json.loads(background.stdout)["background"]["pid"])
+    outputs.append(background.stdout + background.stderr)
+    assert (dumps_dir / ".seeddump-background.log").read_text().rstrip().endswith("done")
     for output in outputs:
         assert PASSWORD not in output
     assert PASSWORD not in log.read_text()
