@@ -48,7 +48,8 @@ class Snapshot:
     environment: str
     created: datetime | None
     size_bytes: int
-    database: str = ""  # the target database of a ready copy
+    database: str = ""  # the target database of a ready copy or an empty database
+    folder: str = ""  # the dumps folder it belongs to (earlier versions did not record it)
 
 
 def _hash8(text: str) -> str:
@@ -104,14 +105,17 @@ def _quiet(message: str) -> None:
     pass
 
 
-def list_snapshots(admin: psycopg.Connection, directory: Path | None = None, kind: str = PREFIX) -> list[Snapshot]:
-    """This dumps folder's snapshots on the server (or its ready copies, by ``kind``), newest first."""
+def list_snapshots(
+    admin: psycopg.Connection, directory: Path | None = None, kind: str = PREFIX, *, all_folders: bool = False
+) -> list[Snapshot]:
+    """This dumps folder's snapshots on the server (or its ready copies, builds or empty databases, by
+    ``kind``; or those of every folder), newest first."""
     rows = admin.execute(
         """
         SELECT datname, pg_database_size(oid), shobj_description(oid, 'pg_database')
         FROM pg_database WHERE starts_with(datname, %s)
         """,
-        (folder_prefix(directory, kind),),
+        (kind if all_folders else folder_prefix(directory, kind),),
     ).fetchall()
     snapshots = []
     for name, size, comment in rows:
@@ -129,6 +133,7 @@ def list_snapshots(admin: psycopg.Connection, directory: Path | None = None, kin
                 created=created,
                 size_bytes=int(size),
                 database=str(info.get("database", "")),
+                folder=str(info.get("folder", "")),
             )
         )
     oldest = datetime.min.replace(tzinfo=timezone.utc)
@@ -165,17 +170,20 @@ def _file_copy(admin: psycopg.Connection) -> sql.Composable:
 def _label(admin: psycopg.Connection, name: str, dump: dumpfiles.Metadata | Snapshot, **extra: str) -> Snapshot:
     """Records in the database's comment which dump ``name`` is a copy of (for a ready copy: for whom)."""
     created = datetime.now(timezone.utc)
+    folder = str(conf.DIR.resolve())
     comment = {
         "checksum": dump.checksum,
         "dumpFile": dump.dump_file,
         "environment": dump.environment,
         "created": dumpfiles.isoformat(created),
+        "folder": folder,
         **extra,
     }
     admin.execute(
         sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(json.dumps(comment)))
     )
-    return Snapshot(name, dump.checksum, dump.dump_file, dump.environment, created, 0, extra.get("database", ""))
+    target = extra.get("database", "")
+    return Snapshot(name, dump.checksum, dump.dump_file, dump.environment, created, 0, target, folder)
 
 
 def create(admin: psycopg.Connection, source: str, metadata: dumpfiles.Metadata) -> Snapshot | None:
@@ -256,7 +264,8 @@ def prune(admin: psycopg.Connection, directory: Path | None = None, keep: int | 
 
 def label_empty(admin: psycopg.Connection, name: str, target: str) -> None:
     """Closes the prepared empty database ``name`` to connections and records whom it is for."""
-    comment = json.dumps({"database": target, "created": dumpfiles.isoformat(datetime.now(timezone.utc))})
+    created = dumpfiles.isoformat(datetime.now(timezone.utc))
+    comment = json.dumps({"database": target, "created": created, "folder": str(conf.DIR.resolve())})
     identifier = sql.Identifier(name)
     admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(identifier))
     admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(identifier, sql.Literal(comment)))
@@ -268,4 +277,24 @@ def drop_all(admin: psycopg.Connection, directory: Path | None = None) -> list[s
     for empty in list_snapshots(admin, directory, EMPTY_PREFIX):
         drop(admin, empty.name)
         dropped.append(empty.name)
+    return dropped
+
+
+def prune_all_folders(admin: psycopg.Connection) -> list[str]:
+    """``prune`` for every dumps folder whose snapshots are on this server, as their comments record it.
+
+    Everything of a folder that does not exist on this machine is dropped (a deleted checkout, a CI
+    workspace, a temporary folder), and every unfinished build. Copies made before the folder was
+    recorded are left alone. Run it on the machine that owns the folders, holding ``snapshot_lock``."""
+    dropped = []
+    folders = set()
+    for kind in (PREFIX, READY_PREFIX, EMPTY_PREFIX, BUILD_PREFIX):
+        for copy in list_snapshots(admin, kind=kind, all_folders=True):
+            if kind == BUILD_PREFIX or (copy.folder and not Path(copy.folder).is_dir()):
+                drop(admin, copy.name)
+                dropped.append(copy.name)
+            elif copy.folder:
+                folders.add(Path(copy.folder))
+    for folder in sorted(folders):
+        dropped += prune(admin, folder)
     return dropped

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,15 @@ from django.db import connections
 from project.reality.models import Team
 from seeddump import background, postgres, snapshots
 from seeddump.models import DumpRecord
-from tests.conftest import database_names, demo_snapshot, manage, run_command, start_manage, wait_for_exit
+from tests.conftest import (
+    copy_dump,
+    database_names,
+    demo_snapshot,
+    manage,
+    run_command,
+    start_manage,
+    wait_for_exit,
+)
 from tests.test_hardening import Gate, gate  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -205,3 +214,23 @@ def test_called_in_process_the_background_uses_the_callers_settings_and_database
     assert len(cache["snapshots"]) == 1 and len(cache["ready"]) == 1 and len(cache["empty"]) == 1
     assert DumpRecord.objects.using(alias).get(file_name=seeded_dump.name).last_restored_at is not None
     assert replaced_databases(alias) == []
+
+
+def test_prune_all_folders_drops_everything_a_deleted_folder_left(
+    alias: str, seeded_dumps, dumps_dir: Path, settings, tmp_path: Path
+) -> None:
+    gone = tmp_path / "deleted-workspace"
+    copy_dump(seeded_dumps[alias], gone)
+    settings.SEEDDUMP_DIR = gone
+    settings.SEEDDUMP_BACKGROUND = True
+    document = json.loads(run_command("restoredump", "dev", database=alias, interactive=False, json=True).out)
+    wait_for_exit(document["background"]["pid"])
+    left = cache_of(alias, gone)
+    assert [len(left[kind]) for kind in ("snapshots", "ready", "empty")] == [1, 1, 1]
+    shutil.rmtree(gone)
+    settings.SEEDDUMP_DIR = dumps_dir
+
+    pruned = run_command("snapshots", database=alias, prune=True, all_folders=True).out
+    for name in left["snapshots"] + left["ready"] + left["empty"]:
+        assert f"Dropped {name}" in pruned
+    assert cache_of(alias, gone) == {"snapshots": [], "ready": [], "builds": [], "empty": []}

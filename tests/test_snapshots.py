@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from django.core.management import CommandError
 from django.db import connections
 
 from project.reality.models import Team
@@ -111,3 +112,31 @@ def test_snapshots_of_another_dumps_folder_are_left_alone(
     finally:
         run_command("snapshots", database=alias, drop_all=True)
         shutil.rmtree(other)
+
+
+def test_prune_all_folders_drops_what_vanished_folders_left(
+    alias: str, seeded_dump: Path, seeded_dumps, dumps_dir: Path, settings, tmp_path: Path
+) -> None:
+    restore(alias)
+    mine = snapshot_names(alias)
+    gone = tmp_path / "deleted-checkout"  # a CI workspace or an old checkout, deleted since
+    copy_dump(seeded_dumps[alias], gone)
+    settings.SEEDDUMP_DIR = gone
+    restore(alias)
+    [theirs] = snapshot_names(alias)
+    shutil.rmtree(gone)
+    settings.SEEDDUMP_DIR = dumps_dir
+
+    assert f"[{gone}]" in run_command("snapshots", database=alias, all_folders=True).out
+    assert "No snapshot to drop." in run_command("snapshots", database=alias, prune=True).out  # this folder only
+    assert snapshot_names(alias, gone) == [theirs]
+
+    pruned = run_command("snapshots", database=alias, prune=True, all_folders=True).out
+    assert f"Dropped {theirs}" in pruned
+    assert snapshot_names(alias, gone) == []
+    assert snapshot_names(alias) == mine  # a folder that exists keeps its snapshot
+
+
+def test_all_folders_does_not_go_with_drop_all(alias: str, dumps_dir: Path) -> None:
+    with pytest.raises(CommandError, match="--all-folders goes with --prune or a listing"):
+        run_command("snapshots", database=alias, drop_all=True, all_folders=True)
