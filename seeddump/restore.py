@@ -355,8 +355,12 @@ def restore(
         return result
     from seeddump import background as background_process
 
-    pid = background_process.start(result.followup)
-    if pid is None:  # no settings module a new process could load: finish here
+    try:
+        pid = background_process.start(result.followup)
+    except OSError as exc:  # the log cannot be written, or no process can be started: the restore stands
+        progress(f"Could not start the background process ({exc.strerror or exc}); finishing here")
+        pid = None
+    if pid is None:  # or no settings module a new process could load
         with postgres.user_errors(settings_dict):
             finish(result.followup, settings_dict, progress)
         return replace(result, followup=None)

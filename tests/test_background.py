@@ -234,3 +234,15 @@ def test_prune_all_folders_drops_everything_a_deleted_folder_left(
     for name in left["snapshots"] + left["ready"] + left["empty"]:
         assert f"Dropped {name}" in pruned
     assert cache_of(alias, gone) == {"snapshots": [], "ready": [], "builds": [], "empty": []}
+
+
+def test_no_background_process_means_finishing_before_returning(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
+    (dumps_dir / background.LOG_NAME).mkdir()  # its log cannot be opened, even by root
+    result = manage(
+        "restoredump", "dev", "--no-input", "--json", "-v2", alias=alias, dumps_dir=dumps_dir, env=BACKGROUND
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Could not start the background process" in result.stderr
+    assert json.loads(result.stdout)["background"] is None
+    assert replaced_databases(alias) == []
+    assert len(cache_of(alias, dumps_dir)["snapshots"]) == 1
