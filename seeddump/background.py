@@ -3,7 +3,7 @@
 What is left after the swap (dropping the replaced database, caching the dump's snapshot, preparing a
 ready copy for the next restore) is not needed by whoever waits for the restore, and takes as long as
 the restore itself when the snapshot has to be built. ``start`` hands it to a new Python process in its
-own session, with the same settings module and import path, that runs ``restore.finish`` and exits.
+own session, with the same settings module and import path, that runs ``finishing.finish`` and exits.
 
 The job travels on the child's stdin as JSON (database names and a path: nothing secret); the child
 reads the password from the settings like any other process of the project. Its output goes to
@@ -17,11 +17,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from seeddump import dumpfiles, postgres, restore
+from seeddump import dumpfiles, finishing, postgres
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -34,8 +35,29 @@ def log_path() -> Path:
     return conf.DIR / LOG_NAME
 
 
-def start(followup: restore.Followup) -> int | None:
-    """Starts a process that runs ``restore.finish(followup)``; its pid, or None if none can be started.
+def finish_later(followup: finishing.Followup, progress: Callable[[str], None]) -> int | None:
+    """Leaves ``followup`` to a background process and returns its pid; when none can be started, finishes
+    here and returns None."""
+    try:
+        pid = start(followup)
+    except OSError as exc:  # the log cannot be written, or no process can be started: the restore stands
+        progress(f"Could not start the background process ({exc.strerror or exc}); finishing here")
+        pid = None
+    if pid is None:  # or no settings module a new process could load
+        settings_dict = {**postgres.settings_for(followup.using), "NAME": followup.database}
+        try:
+            with postgres.user_errors(settings_dict):
+                finishing.finish(followup, settings_dict, progress)
+        except KeyboardInterrupt:
+            raise SeeddumpError(
+                f"Interrupted after the restored database was put in place: '{followup.database}' holds the "
+                "dump; the replaced database is dropped by the next restore."
+            ) from None
+    return pid
+
+
+def start(followup: finishing.Followup) -> int | None:
+    """Starts a process that runs ``finishing.finish(followup)``; its pid, or None if none can be started.
 
     A process can only load the project when its settings come from a module (DJANGO_SETTINGS_MODULE),
     not from ``settings.configure()``."""
@@ -90,6 +112,7 @@ def _effective_settings() -> dict[str, Any]:
         "SEEDDUMP_LOCK_TIMEOUT": conf.LOCK_TIMEOUT,
         "SEEDDUMP_SNAPSHOTS_KEEP": conf.SNAPSHOTS_KEEP,
         "SEEDDUMP_READY_COPIES": conf.READY_COPIES,
+        "SEEDDUMP_OWNER": conf.OWNER,
     }
 
 
@@ -111,7 +134,7 @@ def main() -> None:
         setattr(settings, name, value)
     # The database the parent restored, under a test runner's name too, for the ORM (dump records) as well.
     connections[job["using"]].settings_dict["NAME"] = job["database"]
-    followup = restore.Followup(
+    followup = finishing.Followup(
         using=job["using"],
         database=job["database"],
         dump_path=Path(job["dump"]),
@@ -134,7 +157,7 @@ def main() -> None:
     settings_dict = postgres.settings_for(followup.using)
     try:
         with postgres.user_errors(settings_dict):
-            restore.finish(followup, settings_dict, progress=log)
+            finishing.finish(followup, settings_dict, progress=log)
     except SeeddumpError as exc:
         log(f"failed: {exc} The next restore tidies up.")
         sys.exit(1)

@@ -97,6 +97,12 @@ class Settings:
         return bool(getattr(settings, "SEEDDUMP_BACKGROUND", True))
 
     @property
+    def OWNER(self) -> str | None:
+        """The role that owns what restoredump restores; default: the alias's OPTIONS["assume_role"],
+        else the target database's owner (else, for a new database, the role seeddump connects as)."""
+        return getattr(settings, "SEEDDUMP_OWNER", None) or None
+
+    @property
     def STORAGE(self) -> str | None:
         """Alias in STORAGES where dumps are shared with the team (generatedump --push, restoredump)."""
         return getattr(settings, "SEEDDUMP_STORAGE", None) or None

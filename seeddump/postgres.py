@@ -12,7 +12,9 @@ import functools
 import glob
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -154,6 +156,10 @@ def connect(
             ) from None
 
 
+class LockBusy(SeeddumpError):
+    """An advisory lock was still held by another session after SEEDDUMP_LOCK_TIMEOUT."""
+
+
 @contextlib.contextmanager
 def advisory_lock(
     conn: psycopg.Connection,
@@ -178,7 +184,7 @@ def advisory_lock(
         try:
             conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(args))
         except psycopg.errors.LockNotAvailable:
-            raise SeeddumpError(busy(holder)) from None
+            raise LockBusy(busy(holder)) from None
         finally:
             conn.execute("RESET lock_timeout")
     try:
@@ -227,7 +233,7 @@ def server_version_text(conn: psycopg.Connection) -> str:
 
 # --- Tables and row counts -------------------------------------------------------------------------
 
-_TABLES_SQL = """
+TABLES_SQL = """
     SELECT n.nspname, c.relname
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p')
@@ -251,7 +257,7 @@ def count_rows(conn: psycopg.Connection) -> dict[str, int]:
     """Exact row counts of every user table, as pg_dump sees them (partitioned tables as one)."""
     counts: dict[str, int] = {}
     with conn.cursor() as cursor:
-        tables = cursor.execute(_TABLES_SQL).fetchall()
+        tables = cursor.execute(TABLES_SQL).fetchall()
         for schema, table in tables:
             query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
             (count,) = cursor.execute(query).fetchone()  # type: ignore[misc]
@@ -377,8 +383,79 @@ def run(
 def program_error(stderr: str, settings_dict: Mapping[str, Any]) -> str:
     """The most useful line of a PostgreSQL program's error output, password removed."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if "error:" in line or "FATAL:" in line] or lines or ["no error output"]
+    markers = ("error:", "FATAL:", "ERROR:")
+    errors = [line for line in lines if any(marker in line for marker in markers)] or lines or ["no error output"]
     line = errors[0]
     for prefix in ("pg_dump: error:", "pg_restore: error:"):
         line = line.removeprefix(prefix).strip()
+    if "ERROR:" in line:  # psql: "psql:<stdin>:12: ERROR:  relation ..."
+        line = line.split("ERROR:", 1)[1].strip()
     return scrub(line, settings_dict)
+
+
+class ScriptFailed(SeeddumpError):
+    """``restore_in_transaction`` failed and its transaction was rolled back; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def restore_in_transaction(
+    pg_restore: Program,
+    psql: Program,
+    dump_path: Path,
+    prologue: str,
+    epilogue: str,
+    settings_dict: Mapping[str, Any],
+    dbname: str,
+) -> None:
+    """Runs ``prologue``, the dump's SQL (pg_restore's script output) and ``epilogue`` in one transaction
+    in ``dbname``, through psql, and commits only if every statement succeeded and pg_restore read the
+    whole archive. Anything else rolls the whole transaction back and raises ScriptFailed."""
+    env = {**os.environ, **client_env(settings_dict, dbname)}
+    with tempfile.TemporaryFile("w+") as restore_errors, tempfile.TemporaryFile("w+") as psql_errors:
+        try:
+            client = subprocess.Popen(
+                command(psql, ["--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1", "--file=-"]),
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=psql_errors,
+            )
+        except OSError as exc:
+            raise SeeddumpError(f"Could not start {psql.path}: {exc.strerror}.") from None
+        try:
+            source = subprocess.Popen(
+                command(pg_restore, ["--no-owner", "--no-privileges", "--file=-", str(dump_path)]),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=restore_errors,
+            )
+        except OSError as exc:
+            client.kill()
+            client.wait()
+            raise SeeddumpError(f"Could not start {pg_restore.path}: {exc.strerror}.") from None
+        assert client.stdin is not None and source.stdout is not None
+        try:
+            client.stdin.write(b"BEGIN;\n" + prologue.encode())
+            shutil.copyfileobj(source.stdout, client.stdin)
+            complete = source.wait() == 0
+            if complete:  # the COMMIT is only sent after pg_restore has written the whole archive
+                client.stdin.write(epilogue.encode() + b"\nCOMMIT;\n")
+            client.stdin.close()
+        except BrokenPipeError:  # psql stopped at an error
+            complete = False
+        finally:
+            source.kill()
+            source.wait()
+            with contextlib.suppress(BrokenPipeError):
+                client.stdin.close()
+            client.wait()
+        if complete and client.returncode == 0:
+            return
+        psql_errors.seek(0)
+        restore_errors.seek(0)
+        errors = psql_errors.read() if client.returncode != 0 else restore_errors.read()
+    raise ScriptFailed(program_error(errors, settings_dict))

@@ -1,43 +1,49 @@
-"""The snapshot cache: template databases of restored dumps, so that a repeated restore is a file copy.
+"""The snapshot cache: copies of restored dumps kept on the server, so that a repeated restore is a file copy.
 
 After a dump has been restored and verified once, a copy of it is kept on the same server as
-``seeddump_snap_<folder>_<checksum>``: ``<folder>`` is a hash of the dumps folder (two projects sharing a
-server never touch each other's snapshots) and ``<checksum>`` the start of the dump's sha256. A snapshot
-accepts no connections, so it stays exactly as verified; its database comment records the full checksum
-and the dump it came from. Snapshots whose dump is gone are dropped, and at most SEEDDUMP_SNAPSHOTS_KEEP
-are kept, newest first.
+``seeddump_snap_<folder>_<key>_<checksum>``: ``<folder>`` is a hash of the dumps folder (two projects
+sharing a server never touch each other's copies), ``<key>`` a hash of the role that made it, the owner
+of the objects in it and its encoding and locale (``databases.Identity.cache_key``: a copy never serves a
+target it was not made for), and ``<checksum>`` the start of the dump's sha256. A snapshot accepts no
+connections, so it stays exactly as verified; its database comment (its label) records the full
+checksum, the dump, the key and the folder. Snapshots whose dump is gone are dropped, and at most
+SEEDDUMP_SNAPSHOTS_KEEP are kept, newest first.
 
 A *ready copy* (``seeddump_ready_<folder>_<database>_<checksum>``) is one more copy of a snapshot made
 for one target database, so that restoring that dump into it again is two renames instead of a copy.
 There is at most one per target database; it goes when its snapshot goes. A snapshot being built in
-the background is ``seeddump_build_<folder>_<checksum>`` until it is complete. All of them are created,
-claimed and dropped under one server-wide advisory lock (``snapshot_lock``). Besides, the background
-process leaves an empty database per target, ``seeddump_empty_<folder>_<database>``, for the next
-pg_restore into that target (claimed under the target's lock).
+the background is ``seeddump_build_<folder>_<key>_<checksum>`` until it is complete. Besides, the
+background process leaves an empty database per target, ``seeddump_empty_<folder>_<database>``, for the
+next pg_restore into that target.
+
+Only copies that the connecting role owns and whose label says what they are are used (see
+``seeddump.databases``); anything else under these names is foreign: listed, never used or dropped.
+Copies are created, claimed and dropped under one advisory lock (``snapshot_lock``); empty databases
+are claimed under the target's lock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
-from seeddump import dumpfiles, postgres
+from seeddump import databases, dumpfiles, postgres
 from seeddump.conf import conf
 
 PREFIX = "seeddump_snap_"
 READY_PREFIX = "seeddump_ready_"
 BUILD_PREFIX = "seeddump_build_"
 EMPTY_PREFIX = "seeddump_empty_"
-_CLOSED = sql.SQL(" ALLOW_CONNECTIONS false")  # a copy nobody may connect to stays exactly as verified
+_KINDS = {PREFIX: "snapshot", READY_PREFIX: "ready", BUILD_PREFIX: "build", EMPTY_PREFIX: "empty"}
 _LOCK = (0x5EED, 0x5A495)  # one server-wide lock for creating, cloning and dropping snapshots
+
+Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,11 @@ class Snapshot:
     created: datetime | None
     size_bytes: int
     database: str = ""  # the target database of a ready copy or an empty database
-    folder: str = ""  # the dumps folder it belongs to (earlier versions did not record it)
+    folder: str = ""  # the dumps folder it belongs to
+    key: str = ""  # whose and of what shape (databases.Identity.cache_key)
+    kind: str = ""  # what its label says it is: snapshot, ready, build, empty ("" when unlabelled)
+    owner: str = ""  # the role that owns the database itself
+    ours: bool = True  # owned by the connecting role; foreign copies are never used
 
 
 def _hash8(text: str) -> str:
@@ -57,7 +67,7 @@ def _hash8(text: str) -> str:
 
 
 def _short(checksum: str) -> str:
-    return checksum.removeprefix("sha256:")[:24]
+    return checksum.removeprefix("sha256:")[:16]
 
 
 def folder_prefix(directory: Path | None = None, kind: str = PREFIX) -> str:
@@ -65,8 +75,8 @@ def folder_prefix(directory: Path | None = None, kind: str = PREFIX) -> str:
     return f"{kind}{_hash8(str((directory or conf.DIR).resolve()))}_"
 
 
-def snapshot_name(checksum: str, directory: Path | None = None) -> str:
-    return folder_prefix(directory) + _short(checksum)
+def snapshot_name(checksum: str, key: str, directory: Path | None = None) -> str:
+    return f"{folder_prefix(directory)}{key}_{_short(checksum)}"
 
 
 def ready_prefix(target: str, directory: Path | None = None) -> str:
@@ -77,18 +87,16 @@ def ready_name(target: str, checksum: str, directory: Path | None = None) -> str
     return ready_prefix(target, directory) + _short(checksum)
 
 
-def build_name(checksum: str, directory: Path | None = None) -> str:
-    return folder_prefix(directory, BUILD_PREFIX) + _short(checksum)
+def build_name(checksum: str, key: str, directory: Path | None = None) -> str:
+    return f"{folder_prefix(directory, BUILD_PREFIX)}{key}_{_short(checksum)}"
 
 
 def empty_name(target: str, directory: Path | None = None) -> str:
-    """The empty database made ready for the next pg_restore into ``target`` (see ``restore.finish``)."""
+    """The empty database made ready for the next pg_restore into ``target``."""
     return folder_prefix(directory, EMPTY_PREFIX) + _hash8(target)
 
 
-def snapshot_lock(
-    admin: psycopg.Connection, progress: Callable[[str], None] | None = None
-) -> contextlib.AbstractContextManager:
+def snapshot_lock(admin: psycopg.Connection, progress: Progress | None = None) -> contextlib.AbstractContextManager:
     """The server-wide lock for creating, claiming and dropping snapshots, ready copies and builds."""
     return postgres.advisory_lock(
         admin,
@@ -105,137 +113,176 @@ def _quiet(message: str) -> None:
     pass
 
 
-def list_snapshots(
-    admin: psycopg.Connection, directory: Path | None = None, kind: str = PREFIX, *, all_folders: bool = False
+def _from_database(database: databases.Database) -> Snapshot:
+    info = database.label
+    try:
+        created = dumpfiles.parse_isoformat(str(info["created"]))
+    except (ValueError, KeyError, TypeError):
+        created = None
+    return Snapshot(
+        name=database.name,
+        checksum=str(info.get("checksum", "")),
+        dump_file=str(info.get("dumpFile", "")),
+        environment=str(info.get("environment", "")),
+        created=created,
+        size_bytes=database.size_bytes,
+        database=str(info.get("database", "")),
+        folder=str(info.get("folder", "")),
+        key=str(info.get("key", "")),
+        kind=str(info.get("seeddump", "")),
+        owner=database.owner,
+        ours=database.ours,
+    )
+
+
+def list_all(
+    admin: psycopg.Connection,
+    directory: Path | None = None,
+    kind: str = PREFIX,
+    *,
+    all_folders: bool = False,
+    sizes: bool = True,
 ) -> list[Snapshot]:
-    """This dumps folder's snapshots on the server (or its ready copies, builds or empty databases, by
-    ``kind``; or those of every folder), newest first."""
-    rows = admin.execute(
-        """
-        SELECT datname, pg_database_size(oid), shobj_description(oid, 'pg_database')
-        FROM pg_database WHERE starts_with(datname, %s)
-        """,
-        (kind if all_folders else folder_prefix(directory, kind),),
-    ).fetchall()
-    snapshots = []
-    for name, size, comment in rows:
-        try:
-            info = json.loads(comment or "{}")
-            created = dumpfiles.parse_isoformat(info["created"])
-        except (ValueError, KeyError, TypeError):
-            info, created = {}, None
-        snapshots.append(
-            Snapshot(
-                name=name,
-                checksum=str(info.get("checksum", "")),
-                dump_file=str(info.get("dumpFile", "")),
-                environment=str(info.get("environment", "")),
-                created=created,
-                size_bytes=int(size),
-                database=str(info.get("database", "")),
-                folder=str(info.get("folder", "")),
-            )
-        )
+    """Every database named like this folder's snapshots (or ready copies, builds or empty databases, by
+    ``kind``; or those of every folder), ours and foreign, newest first."""
+    prefix = kind if all_folders else folder_prefix(directory, kind)
+    found = [_from_database(database) for database in databases.with_prefix(admin, prefix, sizes=sizes)]
     oldest = datetime.min.replace(tzinfo=timezone.utc)
-    return sorted(snapshots, key=lambda s: s.created or oldest, reverse=True)
+    return sorted(found, key=lambda s: s.created or oldest, reverse=True)
 
 
-def find(admin: psycopg.Connection, metadata: dumpfiles.Metadata) -> Snapshot | None:
-    """The snapshot of exactly this dump (full checksum and file name), if one is cached."""
-    return _find(list_snapshots(admin), snapshot_name(metadata.checksum), metadata)
+def list_snapshots(
+    admin: psycopg.Connection,
+    directory: Path | None = None,
+    kind: str = PREFIX,
+    *,
+    all_folders: bool = False,
+    sizes: bool = True,
+) -> list[Snapshot]:
+    """This dumps folder's copies of ``kind`` that are ours (owned by the connecting role), newest first."""
+    return [s for s in list_all(admin, directory, kind, all_folders=all_folders, sizes=sizes) if s.ours]
 
 
-def find_ready(admin: psycopg.Connection, metadata: dumpfiles.Metadata, target: str) -> Snapshot | None:
-    """The ready copy of exactly this dump for the database ``target``, if there is one."""
-    return _find(list_snapshots(admin, kind=READY_PREFIX), ready_name(target, metadata.checksum), metadata)
+def foreign(admin: psycopg.Connection, *, all_folders: bool = False) -> list[Snapshot]:
+    """Databases under this folder's seeddump names that another role owns: never used nor dropped."""
+    return [
+        copy
+        for kind in _KINDS
+        for copy in list_all(admin, kind=kind, all_folders=all_folders, sizes=False)
+        if not copy.ours
+    ]
 
 
-def _find(candidates: list[Snapshot], name: str, metadata: dumpfiles.Metadata) -> Snapshot | None:
-    for snapshot in candidates:
-        same_dump = snapshot.checksum == metadata.checksum and snapshot.dump_file == metadata.dump_file
-        if snapshot.name == name and same_dump:
-            return snapshot
+def _trusted(copy: Snapshot, kind: str, metadata: dumpfiles.Metadata | None, key: str) -> bool:
+    """Ours, labelled as ``kind`` for this key (and this dump), in this folder."""
+    same_dump = metadata is None or (copy.checksum == metadata.checksum and copy.dump_file == metadata.dump_file)
+    return copy.ours and copy.kind == _KINDS[kind] and copy.key == key and same_dump
+
+
+def _find(admin: psycopg.Connection, name: str, kind: str, metadata: dumpfiles.Metadata, key: str) -> Snapshot | None:
+    for copy in list_all(admin, kind=kind, sizes=False):
+        if copy.name == name and _trusted(copy, kind, metadata, key):
+            return copy
     return None
 
 
-def _file_copy(admin: psycopg.Connection) -> sql.Composable:
-    """Copy the template's files (after one checkpoint) rather than write every page to WAL (the default).
-
-    In the benchmark (250 MB) this made a cold restore with its snapshot 1.2 s slower than pg_restore
-    alone against 1.6 s with WAL_LOG, and a warm restore's copy 0.6 s against 0.8 s.
-    """
-    return sql.SQL(" STRATEGY FILE_COPY") if postgres.server_major(admin) >= 15 else sql.SQL("")
+def find(admin: psycopg.Connection, metadata: dumpfiles.Metadata, key: str) -> Snapshot | None:
+    """Our snapshot of exactly this dump (full checksum and file name) for ``key``, if one is cached."""
+    return _find(admin, snapshot_name(metadata.checksum, key), PREFIX, metadata, key)
 
 
-def _label(admin: psycopg.Connection, name: str, dump: dumpfiles.Metadata | Snapshot, **extra: str) -> Snapshot:
-    """Records in the database's comment which dump ``name`` is a copy of (for a ready copy: for whom)."""
+def find_ready(admin: psycopg.Connection, metadata: dumpfiles.Metadata, target: str, key: str) -> Snapshot | None:
+    """Our ready copy of exactly this dump for the database ``target`` and ``key``, if there is one."""
+    return _find(admin, ready_name(target, metadata.checksum), READY_PREFIX, metadata, key)
+
+
+def _label(
+    admin: psycopg.Connection, name: str, kind: str, dump: dumpfiles.Metadata | Snapshot, key: str, **extra: str
+) -> Snapshot:
     created = datetime.now(timezone.utc)
     folder = str(conf.DIR.resolve())
-    comment = {
-        "checksum": dump.checksum,
-        "dumpFile": dump.dump_file,
-        "environment": dump.environment,
-        "created": dumpfiles.isoformat(created),
-        "folder": folder,
-        **extra,
-    }
-    admin.execute(
-        sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(json.dumps(comment)))
+    databases.label(
+        admin,
+        name,
+        {
+            "seeddump": _KINDS[kind],
+            "checksum": dump.checksum,
+            "dumpFile": dump.dump_file,
+            "environment": dump.environment,
+            "created": dumpfiles.isoformat(created),
+            "folder": folder,
+            "key": key,
+            **extra,
+        },
     )
     target = extra.get("database", "")
-    return Snapshot(name, dump.checksum, dump.dump_file, dump.environment, created, 0, target, folder)
+    kind_name = _KINDS[kind]
+    return Snapshot(name, dump.checksum, dump.dump_file, dump.environment, created, 0, target, folder, key, kind_name)
 
 
-def create(admin: psycopg.Connection, source: str, metadata: dumpfiles.Metadata) -> Snapshot | None:
-    """Copies the verified database ``source`` into this dump's snapshot. None if one appeared meanwhile."""
-    name = snapshot_name(metadata.checksum)
+def create(admin: psycopg.Connection, source: str, metadata: dumpfiles.Metadata, key: str) -> Snapshot | None:
+    """Copies the verified database ``source`` into this dump's snapshot. None if the name is taken."""
+    name = snapshot_name(metadata.checksum, key)
     try:
-        _copy(admin, source, name, _CLOSED)
+        databases.clone(admin, source, name, closed=True)
     except psycopg.errors.DuplicateDatabase:
         return None
-    return _label(admin, name, metadata)
+    return _label(admin, name, PREFIX, metadata, key)
 
 
-def adopt(admin: psycopg.Connection, build: str, metadata: dumpfiles.Metadata) -> Snapshot:
+def start_build(admin: psycopg.Connection, metadata: dumpfiles.Metadata, key: str, shape: databases.Shape) -> str:
+    """Creates the empty build database of this dump's snapshot; its name."""
+    name = build_name(metadata.checksum, key)
+    databases.create(admin, name, shape)
+    databases.label(admin, name, {"seeddump": "build", "key": key, "folder": str(conf.DIR.resolve())})
+    return name
+
+
+def adopt(admin: psycopg.Connection, build: str, metadata: dumpfiles.Metadata, key: str) -> Snapshot:
     """Makes the complete, verified database ``build`` this dump's snapshot: a rename, not a copy."""
-    name = sql.Identifier(snapshot_name(metadata.checksum))
-    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(build), name))
-    admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(name))
-    return _label(admin, snapshot_name(metadata.checksum), metadata)
+    name = snapshot_name(metadata.checksum, key)
+    databases.rename(admin, build, name)
+    databases.close(admin, name)
+    return _label(admin, name, PREFIX, metadata, key)
 
 
-def make_ready(admin: psycopg.Connection, snapshot: Snapshot, target: str, owner: sql.Composable | None) -> Snapshot:
+def make_ready(admin: psycopg.Connection, snapshot: Snapshot, target: str) -> Snapshot:
     """Copies ``snapshot`` into the ready copy for ``target``, replacing that target's other ready copy."""
-    for other in list_snapshots(admin, kind=READY_PREFIX):
+    for other in list_snapshots(admin, kind=READY_PREFIX, sizes=False):
         if other.name.startswith(ready_prefix(target)):
-            drop(admin, other.name)
+            databases.drop(admin, other.name)
     name = ready_name(target, snapshot.checksum)
-    _copy(admin, snapshot.name, name, _CLOSED + (sql.SQL(" ") + owner if owner is not None else sql.SQL("")))
-    return _label(admin, name, snapshot, database=target)
+    databases.clone(admin, snapshot.name, name, closed=True)
+    return _label(admin, name, READY_PREFIX, snapshot, snapshot.key, database=target)
 
 
 def claim_ready(admin: psycopg.Connection, ready: Snapshot, scratch: str) -> None:
-    """Renames the ready copy to ``scratch``: from now on it is the restore's, dropped if the restore fails."""
-    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(ready.name), sql.Identifier(scratch)))
+    """Renames the ready copy to ``scratch``: from now on it is the restore's (see ``unclaim_ready``)."""
+    databases.rename(admin, ready.name, scratch)
 
 
-def _copy(admin: psycopg.Connection, source: str, name: str, options: sql.Composable) -> None:
-    query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(source))
-    admin.execute(query + _file_copy(admin) + options)
+def unclaim_ready(admin: psycopg.Connection, ready: Snapshot, scratch: str) -> bool:
+    """Gives back a ready copy a restore claimed but could not swap in (it is unchanged: closed to
+    connections, its label travelled with it). False if that was not possible; then drop it."""
+    try:
+        databases.rename(admin, scratch, ready.name)
+    except psycopg.Error:
+        return False
+    return True
 
 
-def clone(admin: psycopg.Connection, snapshot: Snapshot, target: str, owner: sql.Composable | None = None) -> None:
+def clone(admin: psycopg.Connection, snapshot: Snapshot, target: str) -> None:
     """Creates the database ``target`` as a copy of ``snapshot``."""
-    _copy(admin, snapshot.name, target, sql.SQL(" ") + owner if owner is not None else sql.SQL(""))
+    databases.clone(admin, snapshot.name, target)
 
 
-def drop(admin: psycopg.Connection, name: str) -> None:
-    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+def drop(admin: psycopg.Connection, name: str) -> bool:
+    return databases.drop(admin, name)
 
 
 def prune(admin: psycopg.Connection, directory: Path | None = None, keep: int | None = None) -> list[str]:
-    """Drops snapshots whose dump is gone, then all but the newest ``keep``, with their ready copies
-    (all ready copies when SEEDDUMP_READY_COPIES is off).
+    """Drops our snapshots whose dump is gone or that are unlabelled, then all but the newest ``keep``,
+    with their ready copies (all ready copies when SEEDDUMP_READY_COPIES is off).
 
     Also drops builds that a killed background process left. Call it holding ``snapshot_lock``.
     Returns the dropped names."""
@@ -243,58 +290,135 @@ def prune(admin: psycopg.Connection, directory: Path | None = None, keep: int | 
     keep = conf.SNAPSHOTS_KEEP if keep is None else keep
     dropped = []
     kept = set()
-    for snapshot in list_snapshots(admin, directory):
+    for snapshot in list_snapshots(admin, directory, sizes=False):
         dump_gone = not snapshot.dump_file or not (directory / snapshot.dump_file).is_file()
-        if dump_gone or len(kept) >= keep:
-            drop(admin, snapshot.name)
-            dropped.append(snapshot.name)
+        if dump_gone or snapshot.kind != "snapshot" or len(kept) >= keep:
+            if databases.drop(admin, snapshot.name):
+                dropped.append(snapshot.name)
         else:
-            kept.add(snapshot.checksum)
+            kept.add((snapshot.checksum, snapshot.key))
     orphans = [
         ready
-        for ready in list_snapshots(admin, directory, READY_PREFIX)
-        if ready.checksum not in kept or not conf.READY_COPIES
+        for ready in list_snapshots(admin, directory, READY_PREFIX, sizes=False)
+        if (ready.checksum, ready.key) not in kept or not conf.READY_COPIES
     ]
-    orphans += list_snapshots(admin, directory, BUILD_PREFIX)  # nobody builds while we hold the lock
+    orphans += list_snapshots(admin, directory, BUILD_PREFIX, sizes=False)  # nobody builds while we hold the lock
     for orphan in orphans:
-        drop(admin, orphan.name)
-        dropped.append(orphan.name)
+        if databases.drop(admin, orphan.name):
+            dropped.append(orphan.name)
     return dropped
 
 
-def label_empty(admin: psycopg.Connection, name: str, target: str) -> None:
-    """Closes the prepared empty database ``name`` to connections and records whom it is for."""
-    created = dumpfiles.isoformat(datetime.now(timezone.utc))
-    comment = json.dumps({"database": target, "created": created, "folder": str(conf.DIR.resolve())})
-    identifier = sql.Identifier(name)
-    admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(identifier))
-    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(identifier, sql.Literal(comment)))
-
-
 def drop_all(admin: psycopg.Connection, directory: Path | None = None) -> list[str]:
-    """Drops every snapshot, ready copy, build and prepared empty database of the dumps folder."""
+    """Drops every snapshot, ready copy, build and prepared empty database of the dumps folder that is ours."""
     dropped = prune(admin, directory, keep=0)
-    for empty in list_snapshots(admin, directory, EMPTY_PREFIX):
-        drop(admin, empty.name)
-        dropped.append(empty.name)
+    for empty in list_snapshots(admin, directory, EMPTY_PREFIX, sizes=False):
+        if databases.drop(admin, empty.name):
+            dropped.append(empty.name)
     return dropped
 
 
 def prune_all_folders(admin: psycopg.Connection) -> list[str]:
-    """``prune`` for every dumps folder whose snapshots are on this server, as their comments record it.
+    """``prune`` for every dumps folder whose snapshots (ours) are on this server, as their labels record it.
 
     Everything of a folder that does not exist on this machine is dropped (a deleted checkout, a CI
-    workspace, a temporary folder), and every unfinished build. Copies made before the folder was
-    recorded are left alone. Run it on the machine that owns the folders, holding ``snapshot_lock``."""
+    workspace, a temporary folder), and every unfinished build. Unlabelled copies are left alone. Run it
+    on the machine that owns the folders, holding ``snapshot_lock``."""
     dropped = []
     folders = set()
-    for kind in (PREFIX, READY_PREFIX, EMPTY_PREFIX, BUILD_PREFIX):
-        for copy in list_snapshots(admin, kind=kind, all_folders=True):
+    for kind in _KINDS:
+        for copy in list_snapshots(admin, kind=kind, all_folders=True, sizes=False):
             if kind == BUILD_PREFIX or (copy.folder and not Path(copy.folder).is_dir()):
-                drop(admin, copy.name)
-                dropped.append(copy.name)
+                if databases.drop(admin, copy.name):
+                    dropped.append(copy.name)
             elif copy.folder:
                 folders.add(Path(copy.folder))
     for folder in sorted(folders):
         dropped += prune(admin, folder)
     return dropped
+
+
+# --- Copies for a restore ------------------------------------------------------------------------------
+
+
+def copy_for(
+    admin: psycopg.Connection,
+    metadata: dumpfiles.Metadata,
+    target: str,
+    key: str,
+    scratch: str,
+    progress: Progress = _quiet,
+) -> Snapshot | None:
+    """Makes ``scratch`` from this dump's ready copy for ``target`` (claimed: returned, so that a failed
+    restore can give it back) or its snapshot, when the server has ours for ``key``.
+
+    Returns the ready copy claimed, or None; ``scratch`` exists afterwards only if a copy was made."""
+    with snapshot_lock(admin, progress):
+        ready = find_ready(admin, metadata, target, key) if conf.READY_COPIES else None
+        if ready is not None:
+            progress(f"Using the ready copy {ready.name}")
+            claim_ready(admin, ready, scratch)
+            return ready
+        snapshot = find(admin, metadata, key)
+        if snapshot is not None:
+            progress(f"Copying the cached snapshot {snapshot.name}")
+            clone(admin, snapshot, scratch)
+    return None
+
+
+def keep(
+    admin: psycopg.Connection, source: str, metadata: dumpfiles.Metadata, key: str, progress: Progress = _quiet
+) -> None:
+    """Keeps a copy of the verified database ``source`` for the next restore of this dump; never fails it."""
+    try:
+        with snapshot_lock(admin, progress):
+            snapshot = create(admin, source, metadata, key)
+            dropped = prune(admin)
+    except (psycopg.Error, postgres.LockBusy) as exc:
+        progress(f"Could not cache a snapshot ({str(exc).strip().splitlines()[0]}); the restore goes on")
+        return
+    if snapshot is not None:
+        progress(f"Cached the restored database as snapshot {snapshot.name}")
+    else:
+        progress("Did not cache a snapshot: its name is taken by a database that is not ours")
+    for name in dropped:
+        progress(f"Dropped the snapshot {name}")
+
+
+# --- Prepared empty databases ----------------------------------------------------------------------------
+
+
+def claim_empty(admin: psycopg.Connection, name: str, target: str, key: str) -> bool:
+    """Renames our empty database prepared for ``target`` to ``name``, if one is there for ``key``.
+
+    Saves a CREATE DATABASE (a quarter of a second) on the cold path. Call it holding the target lock."""
+    prepared = empty_name(target)
+    for empty in list_all(admin, kind=EMPTY_PREFIX, sizes=False):
+        if empty.name != prepared or not empty.ours:
+            continue
+        if empty.kind != "empty" or empty.key != key or empty.database != target:  # made for another owner or shape
+            databases.drop(admin, prepared)
+            return False
+        databases.rename(admin, prepared, name)
+        databases.close(admin, name, closed=False)
+        return True
+    return False
+
+
+def prepare_empty(admin: psycopg.Connection, target: str, key: str, shape: databases.Shape) -> str | None:
+    """Creates the empty database for the next pg_restore into ``target``, closed to connections until then."""
+    prepared = empty_name(target)
+    if databases.exists(admin, prepared):
+        return None
+    try:
+        databases.create(admin, prepared, shape)
+    except psycopg.errors.DuplicateDatabase:  # another background process was quicker
+        return None
+    databases.close(admin, prepared)
+    created = dumpfiles.isoformat(datetime.now(timezone.utc))
+    databases.label(
+        admin,
+        prepared,
+        {"seeddump": "empty", "database": target, "key": key, "created": created, "folder": str(conf.DIR.resolve())},
+    )
+    return prepared

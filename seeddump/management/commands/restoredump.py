@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from django.core.management import call_command
@@ -42,6 +43,12 @@ class Command(BaseCommand):
             default=None,
             help="Drop the replaced database and cache the snapshot before returning, not in the background.",
         )
+        parser.add_argument(
+            "--in-place",
+            action="store_true",
+            help="Restore into the existing database in one transaction, for a role that may not create "
+            "databases. Slower; never cached.",
+        )
         parser.add_argument("--migrate", action="store_true", help="Apply the code's newer migrations after restoring.")
         parser.add_argument(
             "--force", action="store_true", help="Restore a dump that holds migrations this code does not have."
@@ -79,20 +86,29 @@ class Command(BaseCommand):
             )
             if options["interactive"] and not self._confirmed(plan):
                 raise CommandError("Restore cancelled; the database was not changed.")
+            in_background = conf.BACKGROUND if options["background"] is None else options["background"]
             with interrupt_on_sigterm():
                 result = restore(
                     plan,
                     jobs=options["jobs"],
                     use_snapshots=None if options["snapshot"] else False,
-                    background=conf.BACKGROUND if options["background"] is None else options["background"],
+                    defer=in_background,
+                    in_place=options["in_place"],
                     progress=progress,
                 )
+                if result.followup is not None:
+                    pid = background.finish_later(result.followup, progress)
+                    result = replace(result, followup=result.followup if pid else None, background_pid=pid)
         except SeeddumpError as exc:
             raise CommandError(str(exc)) from None
         except KeyboardInterrupt:
             raise CommandError("Restore interrupted; the database was not changed.") from None
         if verbosity >= 1 and not as_json:
-            source = {"snapshot": " from its cached snapshot", "ready copy": " from its ready copy"}
+            source = {
+                "snapshot": " from its cached snapshot",
+                "ready copy": " from its ready copy",
+                "in place": " in place",
+            }
             self.stdout.write(
                 self.style.SUCCESS(
                     f"Restored {plan.dump_path.name} into '{result.database}'"

@@ -49,8 +49,16 @@ class Command(BaseCommand):
                 found = snapshots.list_snapshots(admin, all_folders=all_folders)
                 ready = snapshots.list_snapshots(admin, kind=snapshots.READY_PREFIX, all_folders=all_folders)
                 empty = snapshots.list_snapshots(admin, kind=snapshots.EMPTY_PREFIX, all_folders=all_folders)
+                foreign = snapshots.foreign(admin, all_folders=all_folders)
         except SeeddumpError as exc:
             raise CommandError(str(exc)) from None
+        for copy in foreign:
+            self.stderr.write(
+                self.style.WARNING(
+                    f"{copy.name}  foreign: owned by '{copy.owner}', not by the role seeddump connects as; "
+                    "never used or dropped by seeddump. Drop it yourself if nobody should have made it."
+                )
+            )
         if not found and not ready and not empty:
             self.stdout.write("No cached snapshots.")
             return

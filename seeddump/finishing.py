@@ -1,0 +1,163 @@
+"""What a restore leaves to do once the restored database is in place.
+
+Dropping the replaced database, caching the dump's snapshot (a second pg_restore into a build database,
+adopted by rename once verified), preparing the ready copy and an empty database for the next restore,
+and writing the admin's dump records. ``restore`` runs ``finish`` before it returns, or leaves it to a
+background process (``seeddump.background``) that calls the same function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from seeddump import databases, dumpfiles, load, postgres, records, snapshots
+from seeddump.conf import conf
+
+Progress = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Followup:
+    """What a restore leaves to do once the restored database is in place (see ``finish``)."""
+
+    using: str
+    database: str
+    dump_path: Path
+    retired: tuple[str, ...]  # the replaced database, under its new name
+    build_snapshot: bool  # restored with pg_restore: cache a snapshot of the dump
+    ready_copy: bool  # prepare a ready copy for the next restore of this dump into ``database``
+    empty_database: bool = True  # prepare an empty database for the next pg_restore into ``database``
+    # The admin's dump records to write into the restored database: when each dump was last restored.
+    restore_times: dict[str, datetime] | None = None
+
+    def describe(self) -> list[str]:
+        work = ["drop the replaced database"] if self.retired else []
+        if self.build_snapshot:
+            work.append("cache a snapshot of the dump")
+        if self.ready_copy:
+            work.append("prepare a ready copy for the next restore")
+        if self.empty_database:
+            work.append("prepare an empty database for the next pg_restore")
+        return work
+
+
+def _tag(database: str) -> str:
+    return hashlib.sha256(database.encode()).hexdigest()[:8]
+
+
+def scratch_prefix(database: str) -> str:
+    return f"seeddump_tmp_{_tag(database)}_"
+
+
+def retired_prefix(database: str) -> str:
+    return f"seeddump_old_{_tag(database)}_"
+
+
+def drop_leftovers(admin: psycopg.Connection, database: str, *, scratch: bool = True) -> list[str]:
+    """Drops our scratch and replaced databases of ``database`` left by killed runs or by ``finish``.
+
+    Only call it with ``scratch`` while holding the target's lock: a running restore's scratch database
+    looks the same. Replaced databases are never in use. Databases of these names that another role
+    owns are left alone."""
+    prefixes = [retired_prefix(database)] + ([scratch_prefix(database)] if scratch else [])
+    dropped = []
+    for prefix in prefixes:
+        for leftover in databases.ours(admin, prefix, sizes=False):
+            if databases.drop(admin, leftover.name):
+                dropped.append(leftover.name)
+    return dropped
+
+
+def cache_key(admin: psycopg.Connection, database: str) -> tuple[str, databases.Identity] | None:
+    """The cache key of the database ``database`` as it now is (owner and shape), with its identity."""
+    identity = databases.identity_of(admin, database)
+    if identity is None:
+        return None
+    return identity.cache_key(databases.current_user(admin)), identity
+
+
+def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progress = _quiet) -> None:
+    """Does what a restore left for later; see the module docstring.
+
+    Safe to run while the restored database is in use, and next to another restore: snapshots and ready
+    copies are made under the snapshot lock, which a restore takes to look for them.
+    """
+    with postgres.connect_maintenance(settings_dict) as admin:
+        for name in drop_leftovers(admin, followup.database, scratch=False):
+            progress(f"Dropped the replaced database {name}")
+        keyed = cache_key(admin, followup.database)
+        if keyed is not None and (followup.build_snapshot or followup.ready_copy):
+            _finish_cache(admin, followup, settings_dict, *keyed, progress)
+        if followup.restore_times is not None:
+            recorded = records.sync_from_disk(followup.using, conf.DIR, followup.restore_times)
+            progress(f"Recorded {recorded} dump(s) for the admin")
+        if keyed is not None and followup.empty_database:
+            key, identity = keyed
+            if prepared := snapshots.prepare_empty(admin, followup.database, key, identity.shape):
+                progress(f"Prepared the empty database {prepared}")
+
+
+def _finish_cache(
+    admin: psycopg.Connection,
+    followup: Followup,
+    settings_dict: Mapping[str, Any],
+    key: str,
+    identity: databases.Identity,
+    progress: Progress,
+) -> None:
+    """Caches the dump's snapshot (if asked and missing) and makes the target's ready copy of it."""
+    metadata = dumpfiles.read_metadata(followup.dump_path)
+    with snapshots.snapshot_lock(admin, progress):
+        snapshot = snapshots.find(admin, metadata, key)
+        if snapshot is None and followup.build_snapshot:
+            snapshot = _build_snapshot(admin, followup, metadata, settings_dict, key, identity, progress)
+        for name in snapshots.prune(admin):
+            progress(f"Dropped {name}")
+        if snapshot is None or not followup.ready_copy or snapshots.find(admin, metadata, key) is None:
+            return
+        if snapshots.find_ready(admin, metadata, followup.database, key) is None:
+            ready = snapshots.make_ready(admin, snapshot, followup.database)
+            progress(f"Prepared the ready copy {ready.name}")
+
+
+def _build_snapshot(
+    admin: psycopg.Connection,
+    followup: Followup,
+    metadata: dumpfiles.Metadata,
+    settings_dict: Mapping[str, Any],
+    key: str,
+    identity: databases.Identity,
+    progress: Progress,
+) -> snapshots.Snapshot | None:
+    """Restores the dump (again: the first copy is in use) into a build database and adopts it as snapshot."""
+    dumpfiles.verify(followup.dump_path, metadata)  # the file may have changed since the restore
+    try:
+        build = snapshots.start_build(admin, metadata, key, identity.shape)
+    except psycopg.errors.DuplicateDatabase:  # a foreign database has the name: no snapshot then
+        progress("Did not cache a snapshot: its build database's name is taken by a database that is not ours")
+        return None
+    try:
+        load.into_new(admin, followup.dump_path, metadata, settings_dict, build, identity.owner, None, progress)
+        snapshot = snapshots.adopt(admin, build, metadata, key)
+    except psycopg.errors.DuplicateDatabase:
+        databases.drop(admin, build)
+        progress("Did not cache a snapshot: its name is taken by a database that is not ours")
+        return None
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            databases.drop(admin, build)
+        raise
+    progress(f"Cached the dump as snapshot {snapshot.name}")
+    return snapshot
