@@ -155,6 +155,8 @@ def identity_of(admin: psycopg.Connection, name: str) -> Identity | None:
             (oid,),
         ).fetchall()
         acl = tuple(Grant(*grant) for grant in grants)
+        if set(acl) == set(default_acl_of(_unquote(owner))):
+            acl = None  # as good as PostgreSQL's defaults
     settings = []
     for role, config in admin.execute(
         """
@@ -404,6 +406,13 @@ def _setting_name(name: str) -> sql.Composable:
     return sql.SQL(".").join(sql.Identifier(part) for part in name.split("."))
 
 
+def default_acl_of(owner: str) -> tuple[Grant, ...]:
+    """PostgreSQL's default privileges on a database: the owner may do everything, everyone may connect
+    and make temporary tables."""
+    owners = (Grant(owner, privilege, False) for privilege in ("CREATE", "TEMPORARY", "CONNECT"))
+    return (*owners, Grant(None, "TEMPORARY", False), Grant(None, "CONNECT", False))
+
+
 def _whose(setting: Setting) -> sql.Composable:
     if setting.role is None:
         return sql.SQL("DATABASE")
@@ -414,9 +423,12 @@ def _grantee(role: str | None) -> sql.Composable:
     return sql.SQL("PUBLIC") if role is None else sql.Identifier(role)
 
 
-def give_identity(admin: psycopg.Connection, name: str, identity: Identity) -> None:
+def give_identity(admin: psycopg.Connection, name: str, identity: Identity) -> list[str]:
     """Makes the database ``name`` what ``identity`` describes, apart from its shape. Run it inside the
-    transaction that puts ``name`` in place, so that nobody sees it without its identity."""
+    transaction that puts ``name`` in place, so that nobody sees it without its identity.
+
+    A setting this role may not make (another role's, or one only a superuser may set) is skipped: the
+    statements that would make them are returned, for the user to run as a role that may."""
     database = sql.Identifier(name)
     if not is_owned_by(admin, name, identity.owner):
         admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(database, sql.Identifier(identity.owner)))
@@ -426,16 +438,7 @@ def give_identity(admin: psycopg.Connection, name: str, identity: Identity) -> N
     grantees = {grant.grantee for grant in current.acl or ()} | {None, identity.owner}
     for grantee in sorted(grantees, key=lambda role: role or ""):
         admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {} CASCADE").format(database, _grantee(grantee)))
-    acl = identity.acl
-    if acl is None:  # PostgreSQL's defaults: the owner may do everything, everyone may connect and use TEMP
-        acl = (
-            Grant(identity.owner, "CREATE", False),
-            Grant(identity.owner, "TEMPORARY", False),
-            Grant(identity.owner, "CONNECT", False),
-            Grant(None, "TEMPORARY", False),
-            Grant(None, "CONNECT", False),
-        )
-    for grant in acl:
+    for grant in identity.acl or default_acl_of(identity.owner):
         option = sql.SQL(" WITH GRANT OPTION") if grant.grantable else sql.SQL("")
         admin.execute(
             sql.SQL("GRANT {} ON DATABASE {} TO {}").format(sql.SQL(grant.privilege), database, _grantee(grant.grantee))
@@ -444,15 +447,22 @@ def give_identity(admin: psycopg.Connection, name: str, identity: Identity) -> N
     # Settings: none but the target's.
     for setting in current.settings:
         admin.execute(sql.SQL("ALTER {} {} RESET ALL").format(_whose(setting), database))
+    skipped = []
     for setting in identity.settings:
         name, value = _setting_name(setting.name), _setting_value(setting)
-        admin.execute(sql.SQL("ALTER {} {} SET {} = {}").format(_whose(setting), database, name, value))
+        statement = sql.SQL("ALTER {} {} SET {} = {}").format(_whose(setting), database, name, value)
+        try:
+            with admin.transaction():  # a savepoint
+                admin.execute(statement)
+        except psycopg.errors.InsufficientPrivilege:
+            skipped.append(statement.as_string(admin))
     admin.execute(
         sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {} ALLOW_CONNECTIONS {}").format(
             database, sql.Literal(identity.connection_limit), sql.Literal(identity.allow_connections)
         )
     )
     admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(database, sql.Literal(identity.comment)))
+    return skipped
 
 
 def is_owned_by(admin: psycopg.Connection, name: str, role: str) -> bool:
@@ -494,12 +504,16 @@ def end_sessions(admin: psycopg.Connection, name: str) -> None:
         )
 
 
-def swap(admin: psycopg.Connection, target: str, source: str, retired: str, owner: str) -> bool:
+@dataclass(frozen=True)
+class Swapped:
+    replaced: bool  # a database was there and is now ``retired``
+    skipped_settings: list[str]  # statements of settings this role could not copy (see ``give_identity``)
+
+
+def swap(admin: psycopg.Connection, target: str, source: str, retired: str, owner: str) -> Swapped:
     """Puts ``source`` in the place of ``target`` in one transaction, with the target's identity (read in
     that transaction) and ``owner``; a target that did not exist gets PostgreSQL's defaults. The replaced
-    database becomes ``retired``, ours (so that the next run may drop it) and labelled.
-
-    True if a database was replaced."""
+    database becomes ``retired``, ours (so that the next run may drop it) and labelled."""
     user = current_user(admin)
     for attempt in range(3):
         end_sessions(admin, target)
@@ -521,19 +535,19 @@ def swap(admin: psycopg.Connection, target: str, source: str, retired: str, owne
                     identity = Identity(owner=owner, shape=Shape("", "", ""))  # the shape is the source's
                 rename(admin, source, target)
                 try:
-                    give_identity(admin, target, identity)
+                    skipped = give_identity(admin, target, identity)
                 except psycopg.errors.ObjectInUse:
                     raise
                 except psycopg.Error as exc:
                     raise _identity_error(target, exc) from None
-            return replaced
+            return Swapped(replaced, skipped)
         except psycopg.errors.ObjectInUse:
             if attempt == 2:
                 raise SeeddumpError(
                     f"Database '{target}' kept getting new connections, so it could not be replaced. "
                     "Stop the processes that use it (runserver, workers, shells) and try again."
                 ) from None
-    return False
+    raise AssertionError("unreachable")
 
 
 def _identity_error(target: str, exc: psycopg.Error) -> SeeddumpError:

@@ -129,7 +129,10 @@ def _finish_cache(
             return
         if snapshots.find_ready(admin, metadata, followup.database, key) is None:
             ready = snapshots.make_ready(admin, snapshot, followup.database)
-            progress(f"Prepared the ready copy {ready.name}")
+            if ready is None:
+                progress("Did not prepare a ready copy: its name is taken by a database that is not ours")
+            else:
+                progress(f"Prepared the ready copy {ready.name}")
 
 
 def _build_snapshot(

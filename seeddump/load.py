@@ -73,7 +73,8 @@ def into_new(
     args = [f"--dbname={database}", *_owner_args(owner, user), "--no-owner", "--no-privileges", "--exit-on-error"]
     if jobs > 1:
         args.insert(0, f"--jobs={jobs}")
-    postgres.run(pg_restore, [*args, str(dump_path)], settings_dict, dbname=database, what="pg_restore")
+    what = "pg_restore" if owner == user else f"pg_restore as '{owner}'"  # the dump's SQL has that role's rights
+    postgres.run(pg_restore, [*args, str(dump_path)], settings_dict, dbname=database, what=what)
     progress("Checking row counts against the metadata")
     with postgres.connect(settings_dict, database) as conn:
         if owner != user:

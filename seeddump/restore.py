@@ -63,6 +63,8 @@ class RestoreResult:
     source: str = "pg_restore"  # or "snapshot", or "ready copy"
     followup: finishing.Followup | None = None  # work left for later (see ``restore``'s ``defer``)
     background_pid: int | None = None
+    # Settings of the replaced database this role could not copy: the statements that would.
+    skipped_settings: tuple[str, ...] = ()
 
     @property
     def from_snapshot(self) -> bool:
@@ -259,7 +261,7 @@ def _restore(
             carried = records.restore_times(plan.using) if exists and record else {}
             connections[plan.using].close()
             progress(f"Swapping the restored database in for '{target}'")
-            replaced = databases.swap(admin, target, scratch, retired, owner)
+            swapped = databases.swap(admin, target, scratch, retired, owner)
         except BaseException:
             if claimed is not None and snapshots.unclaim_ready(admin, claimed, scratch):
                 progress(f"Kept the ready copy {claimed.name} for the next restore")
@@ -274,7 +276,7 @@ def _restore(
         using=plan.using,
         database=target,
         dump_path=plan.dump_path,
-        retired=(retired,) if replaced else (),
+        retired=(retired,) if swapped.replaced else (),
         build_snapshot=use_snapshots and source == "pg_restore" and defer,
         ready_copy=use_snapshots and conf.READY_COPIES and defer,
         empty_database=defer,
@@ -288,6 +290,7 @@ def _restore(
         rows=sum(counts.values()),
         source=source,
         followup=followup,
+        skipped_settings=tuple(swapped.skipped_settings),
     )
 
 

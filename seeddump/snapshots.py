@@ -9,11 +9,11 @@ connections, so it stays exactly as verified; its database comment (its label) r
 checksum, the dump, the key and the folder. Snapshots whose dump is gone are dropped, and at most
 SEEDDUMP_SNAPSHOTS_KEEP are kept, newest first.
 
-A *ready copy* (``seeddump_ready_<folder>_<database>_<checksum>``) is one more copy of a snapshot made
+A *ready copy* (``seeddump_ready_<folder>_<database>_<key>_<checksum>``) is one more copy of a snapshot made
 for one target database, so that restoring that dump into it again is two renames instead of a copy.
 There is at most one per target database; it goes when its snapshot goes. A snapshot being built in
 the background is ``seeddump_build_<folder>_<key>_<checksum>`` until it is complete. Besides, the
-background process leaves an empty database per target, ``seeddump_empty_<folder>_<database>``, for the
+background process leaves an empty database per target, ``seeddump_empty_<folder>_<database>_<key>``, for the
 next pg_restore into that target.
 
 Only copies that the connecting role owns and whose label says what they are are used (see
@@ -83,17 +83,17 @@ def ready_prefix(target: str, directory: Path | None = None) -> str:
     return f"{folder_prefix(directory, READY_PREFIX)}{_hash8(target)}_"
 
 
-def ready_name(target: str, checksum: str, directory: Path | None = None) -> str:
-    return ready_prefix(target, directory) + _short(checksum)
+def ready_name(target: str, checksum: str, key: str, directory: Path | None = None) -> str:
+    return f"{ready_prefix(target, directory)}{key}_{_short(checksum)}"
 
 
 def build_name(checksum: str, key: str, directory: Path | None = None) -> str:
     return f"{folder_prefix(directory, BUILD_PREFIX)}{key}_{_short(checksum)}"
 
 
-def empty_name(target: str, directory: Path | None = None) -> str:
+def empty_name(target: str, key: str, directory: Path | None = None) -> str:
     """The empty database made ready for the next pg_restore into ``target``."""
-    return folder_prefix(directory, EMPTY_PREFIX) + _hash8(target)
+    return f"{folder_prefix(directory, EMPTY_PREFIX)}{_hash8(target)}_{key}"
 
 
 def snapshot_lock(admin: psycopg.Connection, progress: Progress | None = None) -> contextlib.AbstractContextManager:
@@ -193,7 +193,7 @@ def find(admin: psycopg.Connection, metadata: dumpfiles.Metadata, key: str) -> S
 
 def find_ready(admin: psycopg.Connection, metadata: dumpfiles.Metadata, target: str, key: str) -> Snapshot | None:
     """Our ready copy of exactly this dump for the database ``target`` and ``key``, if there is one."""
-    return _find(admin, ready_name(target, metadata.checksum), READY_PREFIX, metadata, key)
+    return _find(admin, ready_name(target, metadata.checksum, key), READY_PREFIX, metadata, key)
 
 
 def _label(
@@ -246,13 +246,17 @@ def adopt(admin: psycopg.Connection, build: str, metadata: dumpfiles.Metadata, k
     return _label(admin, name, PREFIX, metadata, key)
 
 
-def make_ready(admin: psycopg.Connection, snapshot: Snapshot, target: str) -> Snapshot:
-    """Copies ``snapshot`` into the ready copy for ``target``, replacing that target's other ready copy."""
+def make_ready(admin: psycopg.Connection, snapshot: Snapshot, target: str) -> Snapshot | None:
+    """Copies ``snapshot`` into the ready copy for ``target``, replacing our other ready copy for that
+    target. None if the name is taken."""
     for other in list_snapshots(admin, kind=READY_PREFIX, sizes=False):
-        if other.name.startswith(ready_prefix(target)):
+        if other.name.startswith(ready_prefix(target)) and other.key == snapshot.key:
             databases.drop(admin, other.name)
-    name = ready_name(target, snapshot.checksum)
-    databases.clone(admin, snapshot.name, name, closed=True)
+    name = ready_name(target, snapshot.checksum, snapshot.key)
+    try:
+        databases.clone(admin, snapshot.name, name, closed=True)
+    except psycopg.errors.DuplicateDatabase:
+        return None
     return _label(admin, name, READY_PREFIX, snapshot, snapshot.key, database=target)
 
 
@@ -392,11 +396,11 @@ def claim_empty(admin: psycopg.Connection, name: str, target: str, key: str) -> 
     """Renames our empty database prepared for ``target`` to ``name``, if one is there for ``key``.
 
     Saves a CREATE DATABASE (a quarter of a second) on the cold path. Call it holding the target lock."""
-    prepared = empty_name(target)
+    prepared = empty_name(target, key)
     for empty in list_all(admin, kind=EMPTY_PREFIX, sizes=False):
         if empty.name != prepared or not empty.ours:
             continue
-        if empty.kind != "empty" or empty.key != key or empty.database != target:  # made for another owner or shape
+        if empty.kind != "empty" or empty.key != key or empty.database != target:
             databases.drop(admin, prepared)
             return False
         databases.rename(admin, prepared, name)
@@ -407,7 +411,7 @@ def claim_empty(admin: psycopg.Connection, name: str, target: str, key: str) -> 
 
 def prepare_empty(admin: psycopg.Connection, target: str, key: str, shape: databases.Shape) -> str | None:
     """Creates the empty database for the next pg_restore into ``target``, closed to connections until then."""
-    prepared = empty_name(target)
+    prepared = empty_name(target, key)
     if databases.exists(admin, prepared):
         return None
     try:

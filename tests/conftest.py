@@ -145,10 +145,10 @@ def seeded_dump(alias: str, seeded_dumps: dict[str, Path], dumps_dir: Path) -> P
     return copy_dump(seeded_dumps[alias], dumps_dir)
 
 
-def database_url(alias: str, name: str | None = None) -> str:
-    """A DATABASE_URL for the alias's test database (or another database on its server)."""
+def database_url(alias: str, name: str | None = None, user: str | None = None) -> str:
+    """A DATABASE_URL for the alias's test database (or another database on its server, or as another role)."""
     sd = connections[alias].settings_dict
-    user = quote(sd["USER"] or "")
+    user = quote(user or sd["USER"] or "")
     password = f":{quote(str(sd['PASSWORD']))}" if sd.get("PASSWORD") else ""
     host, port = str(sd["HOST"] or ""), f":{sd['PORT']}" if sd.get("PORT") else ""
     if host.startswith("/"):  # a socket folder goes in the path

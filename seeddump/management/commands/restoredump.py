@@ -121,6 +121,13 @@ class Command(BaseCommand):
                     f"Finishing in the background (pid {result.background_pid}): "
                     f"{', '.join(result.followup.describe())}; log: {background.log_path()}"
                 )
+        if result.skipped_settings:
+            self.stderr.write(
+                self.style.WARNING(
+                    f"'{result.database}' lost {len(result.skipped_settings)} setting(s) this role may not make; "
+                    f"run as a superuser: {'; '.join(result.skipped_settings)}"
+                )
+            )
         migrated = self._report_migrations(plan, options)
         if as_json:
             status = plan.status
@@ -143,6 +150,7 @@ class Command(BaseCommand):
                 "missingMigrations": [f"{app}.{name}" for app, name in status.missing],
                 "unknownMigrations": [f"{app}.{name}" for app, name in status.unknown],
                 "migrated": migrated,
+                "skippedSettings": list(result.skipped_settings),
             }
             self.stdout.write(json.dumps(document, indent=2))
 
