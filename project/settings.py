@@ -78,6 +78,9 @@ if "SEEDDUMP_DUMP_COMPRESSION" in env:
 if "SEEDDUMP_VERSION" in env:
     SEEDDUMP_VERSION = env.str("SEEDDUMP_VERSION")
 SEEDDUMP_BACKGROUND = env.bool("SEEDDUMP_BACKGROUND", default=True)
+SEEDDUMP_OWNER = env.str("SEEDDUMP_OWNER", default="") or None
+if "SEEDDUMP_LOCK_TIMEOUT" in env:
+    SEEDDUMP_LOCK_TIMEOUT = env.int("SEEDDUMP_LOCK_TIMEOUT")
 SEEDDUMP_READY_COPIES = env.bool("SEEDDUMP_READY_COPIES", default=True)
 SEEDDUMP_SMOKE_API_URLS = env.list("SEEDDUMP_SMOKE_API_URLS", default=["/api/teams/", "/api/agents/", "/api/nodes/"])
 

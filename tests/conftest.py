@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import signal
 import shutil
 import stat
 import subprocess
@@ -166,6 +168,7 @@ def manage_env(alias: str, dumps_dir: Path, env: dict[str, str] | None = None) -
         "SEEDDUMP_PG_BIN_DIRS": ",".join(str(p) for p in django_settings.SEEDDUMP_PG_BIN_DIRS),
         "PYTHONUNBUFFERED": "1",
         "SEEDDUMP_BACKGROUND": "false",  # see tests/settings.py
+        "SEEDDUMP_LOCK_TIMEOUT": "60",  # a stuck test fails alone, long before CI's limit
         **(env or {}),
     }
 
@@ -179,21 +182,46 @@ def manage(
     the database it replaces, and the next query here reconnects.
     """
     connections.close_all()
-    return subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "manage.py", *args],
         cwd=REPO,
         env=manage_env(alias, dumps_dir, env),
-        input=stdin if stdin is not None else "",
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
+        start_new_session=True,
     )
+    try:
+        out, err = process.communicate(stdin if stdin is not None else "", timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # with whatever it started
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_started_processes() -> Iterator[None]:
+    """Every process a test started with ``start_manage`` (and what it started: its pg_restore, a gate
+    wrapper) is killed when the test ends, so that a failing test cannot leave a restore holding a lock
+    that every later test would wait for."""
+    yield
+    while _started:
+        process = _started.pop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: its process group
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.communicate(timeout=30)
 
 
 def start_manage(*args: str, alias: str, dumps_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Starts ``python manage.py ...`` in its own session, without waiting for it."""
+    """Starts ``python manage.py ...`` in its own session, without waiting for it (killed with the test)."""
     connections.close_all()
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "manage.py", *args],
         cwd=REPO,
         env=manage_env(alias, dumps_dir, env),
@@ -203,6 +231,8 @@ def start_manage(*args: str, alias: str, dumps_dir: Path, env: dict[str, str] | 
         text=True,
         start_new_session=True,
     )
+    _started.append(process)
+    return process
 
 
 def wait_for_exit(pid: int, timeout: float = 120) -> None:

@@ -37,6 +37,7 @@ else:
     DATABASES["system"] = {**_system, "TEST": {"NAME": "test_seeddump_system"}}
 
 SEEDDUMP_CONNECT_TIMEOUT = 3
+SEEDDUMP_LOCK_TIMEOUT = 60  # a stuck test fails alone, long before CI's limit
 # Restores finish before returning unless a test asks for the background (tests/test_background.py).
 SEEDDUMP_BACKGROUND = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -50,6 +50,10 @@ class Gate:
         # Read-write: this end then counts as a writer too, so the FIFO never reads as closed between
         # two wrappers and the gate can be met more than once.
         self.reader = os.open(self.reached, os.O_RDWR | os.O_NONBLOCK)
+        # Read-write too, so that "go" can be written before a wrapper has opened the FIFO to read it: it
+        # waits in the pipe (which has a reader: this end) until the wrapper reads it. A write-only open
+        # would fail while no wrapper is reading.
+        self.releaser = os.open(self.release_fifo, os.O_RDWR | os.O_NONBLOCK)
 
     @property
     def env(self) -> dict[str, str]:
@@ -62,12 +66,11 @@ class Gate:
         return os.read(self.reader, 100).decode().strip()
 
     def release(self) -> None:
-        fd = os.open(self.release_fifo, os.O_WRONLY | os.O_NONBLOCK)
-        os.write(fd, b"go\n")
-        os.close(fd)
+        os.write(self.releaser, b"go\n")
 
     def close(self) -> None:
         os.close(self.reader)
+        os.close(self.releaser)
 
 
 @pytest.fixture

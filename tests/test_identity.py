@@ -175,6 +175,24 @@ def test_a_snapshot_never_serves_a_target_with_another_owner(
     assert table_owners(server, first) == {first_app}
 
 
+@pytest.mark.parametrize("how", ["SEEDDUMP_OWNER", "assume_role"])
+def test_the_owner_can_be_named(server: Server, seeded_dump: Path, dumps_dir: Path, how: str) -> None:
+    """A superuser restoring a database that does not exist yet: by default it would be the superuser's."""
+    admin_user = connections[server.alias].settings_dict["USER"]
+    app = server.role("app", "LOGIN")
+    target = f"sdt_target_{server.suffix}_new"
+    url = database_url(server.alias, target, admin_user)
+    env = {"SEEDDUMP_OWNER": app} if how == "SEEDDUMP_OWNER" else {}
+    if how == "assume_role":  # Django 5.2's OPTIONS["assume_role"], from the URL's query (django-environ)
+        url += f"?assume_role={app}"
+    result = manage(
+        "restoredump", "dev", "--no-input", alias=server.alias, dumps_dir=dumps_dir, env={**env, "DATABASE_URL": url}
+    )
+    assert result.returncode == 0, result.stderr
+    assert identity(server, target)["owner"] == app
+    assert table_owners(server, target) == {app}
+
+
 def test_a_role_that_may_not_act_as_the_owner_is_refused(server: Server, seeded_dump: Path, dumps_dir: Path) -> None:
     app, creator = server.role("app", "LOGIN"), server.role("creator", "LOGIN CREATEDB")
     target = server.database(app)
