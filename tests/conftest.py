@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import signal
 import shutil
+import signal
 import stat
 import subprocess
 import sys
