@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -28,7 +30,14 @@ from seeddump.exceptions import SeeddumpError
 
 LOG_NAME = ".seeddump-background.log"
 _LOG_LIMIT = 1_000_000  # bytes; the log starts over beyond this
-_CHILD = "import django; django.setup(); from seeddump import background; background.main()"
+_LINE_RE = re.compile(r"^\S+ \S+ \[(?P<pid>\d+)\] [^:]*: (?P<message>.*)$")
+# ``python -c`` puts the working directory first on sys.path: a ``django.py`` wherever the user happened to
+# be would be imported instead of Django. The child drops that entry before importing anything, and runs
+# in the (private) dumps folder; its import path is the parent's, through PYTHONPATH.
+_CHILD = (
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    "import django; django.setup(); from seeddump import background; background.main()"
+)
 
 
 def log_path() -> Path:
@@ -40,8 +49,8 @@ def finish_later(followup: finishing.Followup, progress: Callable[[str], None]) 
     here and returns None."""
     try:
         pid = start(followup)
-    except OSError as exc:  # the log cannot be written, or no process can be started: the restore stands
-        progress(f"Could not start the background process ({exc.strerror or exc}); finishing here")
+    except (OSError, SeeddumpError) as exc:  # the log cannot be written, or no process can start
+        progress(f"Could not start the background process ({getattr(exc, 'strerror', None) or exc}); finishing here")
         pid = None
     if pid is None:  # or no settings module a new process could load
         settings_dict = {**postgres.settings_for(followup.using), "NAME": followup.database}
@@ -85,19 +94,61 @@ def start(followup: finishing.Followup) -> int | None:
         "PYTHONPATH": os.pathsep.join(path for path in sys.path if path),
     }
     with _open_log() as log:
+        log.flush()
         child = subprocess.Popen(
             [sys.executable, "-c", _CHILD],
             stdin=subprocess.PIPE,
             stdout=log,
             stderr=log,
             env=env,
+            cwd=conf.DIR,
             start_new_session=True,  # not killed with the terminal's Ctrl-C, nor waited for
             text=True,
         )
+        log.write(_line(child.pid, followup.database, _STARTED))  # how the next run knows it ever ran
     assert child.stdin is not None
     child.stdin.write(json.dumps(job))
     child.stdin.close()
     return child.pid
+
+
+_STARTED = "started"
+_DONE = "done"
+
+
+def _line(pid: int, database: str, message: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stamp} [{pid}] {database}: {message}\n"
+
+
+def last_failure() -> str | None:
+    """What went wrong with the last background process, if it ended without finishing its work (it
+    failed, was killed, or could not even start Python and Django); None if it finished or still runs."""
+    try:
+        with log_path().open("rb") as handle:
+            handle.seek(max(handle.seek(0, os.SEEK_END) - 65536, 0))
+            lines = handle.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    pids = [m for line in lines if (m := _LINE_RE.match(line)) and m["message"] == _STARTED]
+    if not pids:
+        return None
+    pid = pids[-1]["pid"]
+    after = lines[lines.index(pids[-1].string) + 1 :]
+    own = [m for line in after if (m := _LINE_RE.match(line)) and m["pid"] == pid]
+    if own and own[-1]["message"] == _DONE:
+        return None
+    if own and own[-1]["message"].startswith("failed:"):
+        return f"the background process {pid} {own[-1]['message']}"
+    try:
+        os.kill(int(pid), 0)
+        return None  # still at work
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return None
+    last = next((line.strip() for line in reversed(after) if line.strip()), "no output")
+    return f"the background process {pid} stopped before it finished (its last words: {last[:200]})"
 
 
 def _effective_settings() -> dict[str, Any]:
@@ -117,11 +168,23 @@ def _effective_settings() -> dict[str, Any]:
 
 
 def _open_log() -> TextIO:
+    """The log, opened to append without following a link, checked to be a file of ours; past its limit it
+    is moved aside (to ``.1``, replacing the older one) and started anew: never truncated."""
     path = log_path()
     dumpfiles.ensure_directory(path.parent)
-    mode = "w" if path.exists() and path.stat().st_size > _LOG_LIMIT else "a"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if mode == "w" else os.O_APPEND), 0o600)
-    return os.fdopen(fd, mode)
+    for _ in range(2):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+            os.close(fd)
+            raise SeeddumpError(
+                f"{path} is not a file of seeddump's (another user's, or a link); remove it and try again."
+            )
+        if info.st_size <= _LOG_LIMIT:
+            return os.fdopen(fd, "a")
+        os.close(fd)
+        os.replace(path, path.with_name(path.name + ".1"))  # renames the entry itself, never a link's target
+    raise SeeddumpError(f"Cannot start a new {path}.")
 
 
 def main() -> None:
@@ -150,8 +213,7 @@ def main() -> None:
     postgres.APPLICATION_NAME = "seeddump background"
 
     def log(message: str) -> None:
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{stamp} [{os.getpid()}] {followup.database}: {message}", flush=True)
+        print(_line(os.getpid(), followup.database, message), end="", flush=True)
 
     log(f"finishing the restore of {followup.dump_path.name}: {', '.join(followup.describe())}")
     settings_dict = postgres.settings_for(followup.using)
@@ -161,4 +223,4 @@ def main() -> None:
     except SeeddumpError as exc:
         log(f"failed: {exc} The next restore tidies up.")
         sys.exit(1)
-    log("done")
+    log(_DONE)

@@ -15,9 +15,10 @@ import json
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,19 @@ DUMP_NAME_RE = re.compile(
 ARCHIVE_MAGIC = b"PGDMP"
 _STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _CHUNK = 4 * 1024 * 1024
+# Bounds of what a metadata file may hold: far above any real dump's, far below what hurts to read.
+MAX_METADATA_BYTES = 4_000_000
+_MAX_TABLES = 20_000
+_MAX_MIGRATIONS = 50_000
+_MAX_NOTE = 10_000
+_MAX_INT = 2**63 - 1
+_CLOCK_SKEW = timedelta(minutes=10)
+_PG_VERSION_RE = re.compile(r"(\d{1,3})(?:\.\d{1,5}){0,2}(?:[a-z]+\d{0,3})?(?: .{0,60})?")
+_REQUIRED = (
+    "environment", "version", "timestamp", "checksum", "recordCounts", "migrations", "migrationsFingerprint",
+    "serverVersion", "pgDumpVersion", "database", "sizeBytes", "durationSeconds", "dumpFile",
+)  # fmt: skip
+_KNOWN = {*_REQUIRED, "format", "totalRecords", "compression", "note", "signature"}
 
 
 def validate_environment(environment: str) -> str:
@@ -76,6 +90,8 @@ class Metadata:
     compression: str = ""
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    signature: str = ""  # see seeddump.signing
+    signed_text: bytes = field(default=b"", compare=False, repr=False)  # what the signature covers
 
     @property
     def total_rows(self) -> int:
@@ -83,7 +99,8 @@ class Metadata:
 
     @property
     def pg_dump_major(self) -> int:
-        return int(self.pg_dump_version.split(".")[0])
+        match = _PG_VERSION_RE.fullmatch(self.pg_dump_version)
+        return int(match.group(1)) if match else 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,10 +122,14 @@ class Metadata:
             "compression": self.compression,
             "note": self.note,
             **self.extra,
+            **({"signature": self.signature} if self.signature else {}),
         }
 
     @classmethod
     def from_json(cls, data: Any, source: Path) -> Metadata:
+        """The metadata in ``data`` (parsed JSON), every field checked for its type and range: metadata
+        travels with dumps from teammates and shared storages, so it is input like any other."""
+
         def bad(why: str) -> SeeddumpError:
             return SeeddumpError(
                 f"Metadata {source} is not valid ({why}). Regenerate the dump with: python manage.py generatedump <env>"
@@ -116,53 +137,81 @@ class Metadata:
 
         if not isinstance(data, dict):
             raise bad("not a JSON object")
-        known = {
-            "format", "environment", "version", "timestamp", "checksum", "recordCounts", "totalRecords",
-            "migrations", "migrationsFingerprint", "serverVersion", "pgDumpVersion", "database", "sizeBytes",
-            "durationSeconds", "dumpFile", "compression", "note",
-        }  # fmt: skip
-        try:
-            if data.get("format") != FORMAT:
-                raise bad(f"unknown format {data.get('format')!r}")
-            counts = data["recordCounts"]
-            if not isinstance(counts, dict) or not all(
-                isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in counts.items()
-            ):
+        if data.get("format") != FORMAT:
+            raise bad(f"unknown format {str(data.get('format'))[:20]!r}")
+        missing = [name for name in _REQUIRED if name not in data]
+        if missing:
+            raise bad(f"the field {missing[0]!r} is missing")
+
+        def text(name: str, limit: int = 200, pattern: re.Pattern[str] | None = None) -> str:
+            value = data.get(name, "")
+            if not isinstance(value, str) or len(value) > limit or (pattern and not pattern.fullmatch(value)):
+                raise bad(f"{name} must be text of at most {limit} characters" + (" in its format" if pattern else ""))
+            return value
+
+        def whole(value: Any, name: str) -> int:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INT:
+                raise bad(f"{name} must be a whole number from 0 to {_MAX_INT}")
+            return value
+
+        counts = data["recordCounts"]
+        if not isinstance(counts, dict) or len(counts) > _MAX_TABLES:
+            raise bad("recordCounts must map table names to row counts")
+        for table, count in counts.items():
+            if len(table) > 200:
                 raise bad("recordCounts must map table names to row counts")
-            checksum = data["checksum"]
-            if not (isinstance(checksum, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", checksum)):
-                raise bad("checksum must be 'sha256:' and 64 hex digits")
-            grouped = data["migrations"]
-            if not isinstance(grouped, dict):
-                raise bad("migrations must map each app to its applied migrations")
+            whole(count, f"the row count of {table[:40]}")
+        checksum = text("checksum", 71, re.compile(r"sha256:[0-9a-f]{64}"))
+        grouped = data["migrations"]
+        if not isinstance(grouped, dict) or len(grouped) > _MAX_TABLES:
+            raise bad("migrations must map each app to its applied migrations")
+        try:
             migrations = ungroup_migrations(grouped)
-            size = data["sizeBytes"]
-            if not isinstance(size, int) or size < 0:
-                raise bad("sizeBytes must be a whole number")
-            return cls(
-                environment=validate_environment(str(data["environment"])),
-                version=str(data["version"]),
-                timestamp=parse_isoformat(str(data["timestamp"])),
-                checksum=checksum,
-                record_counts=dict(counts),
-                migrations=migrations,
-                migrations_fingerprint=str(data["migrationsFingerprint"]),
-                server_version=str(data["serverVersion"]),
-                pg_dump_version=str(data["pgDumpVersion"]),
-                database=str(data["database"]),
-                size_bytes=size,
-                duration_seconds=float(data["durationSeconds"]),
-                dump_file=str(data["dumpFile"]),
-                compression=str(data.get("compression", "")),
-                note=str(data.get("note", "")),
-                extra={k: v for k, v in data.items() if k not in known},
-            )
-        except SeeddumpError:
-            raise
-        except KeyError as exc:
-            raise bad(f"the field {exc.args[0]!r} is missing") from None
-        except (TypeError, ValueError) as exc:
+        except ValueError as exc:
             raise bad(str(exc)) from None
+        if len(migrations) > _MAX_MIGRATIONS or any(len(app) + len(name) > 300 for app, name in migrations):
+            raise bad("migrations lists too many or too long names")
+        duration = data["durationSeconds"]
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 <= duration < 1e9:
+            raise bad("durationSeconds must be a number of seconds")
+        try:
+            timestamp = parse_isoformat(text("timestamp", 20))
+        except ValueError:
+            raise bad("timestamp must be like 2026-01-31T12:00:00Z") from None
+        if timestamp > datetime.now(timezone.utc) + _CLOCK_SKEW:
+            raise bad(f"its timestamp {isoformat(timestamp)} is in the future")
+        environment = text("environment", 32)
+        if not ENVIRONMENT_RE.fullmatch(environment):
+            raise bad("environment must be a valid environment name")
+        signature = data.get("signature", "")
+        if not isinstance(signature, str) or len(signature) > 200:
+            raise bad("signature must be text")
+        return cls(
+            environment=environment,
+            version=text("version", 60, re.compile(r"[0-9A-Za-z]{1,40}")),
+            timestamp=timestamp,
+            checksum=checksum,
+            record_counts=dict(counts),
+            migrations=migrations,
+            migrations_fingerprint=text("migrationsFingerprint", 64),
+            server_version=text("serverVersion", 100),
+            pg_dump_version=text("pgDumpVersion", 40, _PG_VERSION_RE),
+            database=text("database", 200),
+            size_bytes=whole(data["sizeBytes"], "sizeBytes"),
+            duration_seconds=float(duration),
+            dump_file=text("dumpFile", 200),
+            compression=text("compression", 40),
+            note=text("note", _MAX_NOTE),
+            extra={k: v for k, v in data.items() if k not in _KNOWN},
+            signature=signature,
+            signed_text=signable(data),
+        )
+
+
+def signable(data: dict[str, Any]) -> bytes:
+    """The bytes a metadata signature covers: every field but the signature, in one canonical form."""
+    unsigned = {key: value for key, value in data.items() if key != "signature"}
+    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def _group_migrations(migrations: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
@@ -174,9 +223,9 @@ def _group_migrations(migrations: Iterable[tuple[str, str]]) -> dict[str, list[s
 
 def ungroup_migrations(grouped: dict[str, list[str]]) -> list[tuple[str, str]]:
     """The (app, name) pairs of a metadata ``migrations`` object."""
-    if not all(isinstance(names, list) for names in grouped.values()):
-        raise ValueError("each app must list its migrations")
-    return [(str(app), str(name)) for app, names in grouped.items() for name in names]
+    if not all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in grouped.values()):
+        raise ValueError("each app must list its migrations by name")
+    return [(str(app), name) for app, names in grouped.items() for name in names]
 
 
 # --- Names ------------------------------------------------------------------------------------------
@@ -243,10 +292,28 @@ def ensure_directory(directory: Path) -> Path:
         ) from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise SeeddumpError(f"The dumps folder {directory} is not writable. Fix its permissions or set SEEDDUMP_DIR.")
-    info = directory.stat()
-    if info.st_mode & 0o077 and info.st_uid == os.geteuid():
-        directory.chmod(0o700)  # a checkout creates it 0755; dumps hold every row of the database
+    check_directory(directory)
     return directory
+
+
+def check_directory(directory: Path) -> None:
+    """Refuses a dumps folder that someone else controls (owned by another user); makes our own private.
+
+    Whoever controls the folder controls what seeddump reads there (which dump is "latest", its
+    metadata) and where what it writes ends up (a link planted under the name of its log)."""
+    try:
+        info = directory.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        info = directory.stat()
+    if info.st_uid != os.geteuid():
+        raise SeeddumpError(
+            f"The dumps folder {directory} belongs to another user (uid {info.st_uid}), who could replace the dumps "
+            "and what seeddump writes there. Use a folder of your own (SEEDDUMP_DIR)."
+        )
+    if info.st_mode & 0o077:
+        directory.chmod(0o700)  # a checkout makes it 0755 or 0775; dumps hold every row of the database
 
 
 def remove_abandoned_partials(directory: Path) -> list[Path]:
@@ -366,25 +433,61 @@ def check_dump_path(path: Path, directory: Path) -> Path:
     return path
 
 
+def parse_metadata(raw: bytes, source: Path) -> Metadata:
+    """Metadata from the bytes of a metadata file, bounded in size and depth; SeeddumpError if unfit."""
+    regenerate = "Regenerate the dump with: python manage.py generatedump <env>"
+    if len(raw) > MAX_METADATA_BYTES:
+        raise SeeddumpError(
+            f"Metadata {source} is {len(raw)} bytes, more than metadata ever needs ({MAX_METADATA_BYTES}). {regenerate}"
+        )
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SeeddumpError(f"Metadata {source} is not UTF-8 text. {regenerate}") from None
+    except json.JSONDecodeError as exc:
+        raise SeeddumpError(f"Metadata {source} is not valid JSON (line {exc.lineno}). {regenerate}") from None
+    except RecursionError:
+        raise SeeddumpError(f"Metadata {source} is nested too deeply to be metadata. {regenerate}") from None
+    return Metadata.from_json(data, source)
+
+
+def check_names_agree(metadata: Metadata, file_name: str, source: Path | str) -> None:
+    """The dump's name, its metadata and (through the name) the ``latest`` link must tell the same story:
+    a metadata file cannot make a dump another environment's, or newer than its name says."""
+    match = DUMP_NAME_RE.fullmatch(file_name)
+    problems = []
+    if metadata.dump_file != file_name:
+        problems.append(f"it describes {metadata.dump_file[:80]!r}")
+    if match is not None:
+        if metadata.environment != match["env"]:
+            problems.append(f"it says environment {metadata.environment!r}, the name {match['env']!r}")
+        if metadata.version != match["version"]:
+            problems.append(f"it says version {metadata.version!r}, the name {match['version']!r}")
+        if metadata.timestamp.strftime(_STAMP_FORMAT) != match["stamp"]:
+            problems.append(f"it says {isoformat(metadata.timestamp)}, the name {match['stamp']}")
+    if problems:
+        raise SeeddumpError(
+            f"The metadata {source} does not match the dump {file_name} ({'; '.join(problems)}): it belongs to "
+            "another dump or was changed. Copy the dump together with its own .metadata.json, or regenerate it."
+        )
+
+
 def read_metadata(dump_path: Path) -> Metadata:
     path = metadata_path(dump_path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_METADATA_BYTES + 1)
     except FileNotFoundError:
         raise SeeddumpError(
             f"The metadata of {dump_path.name} is missing ({path.name}); without it the dump cannot be verified. "
-            "Regenerate it with: python manage.py generatedump <env>"
+            f"Copy {path.name} from where the dump came from into {dump_path.parent}, or regenerate the dump "
+            "with: python manage.py generatedump <env>"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SeeddumpError(f"Cannot read {path}: {getattr(exc, 'strerror', None) or exc}.") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SeeddumpError(
-            f"Metadata {path} is not valid JSON (line {exc.lineno}). Regenerate the dump with: "
-            "python manage.py generatedump <env>"
-        ) from None
-    return Metadata.from_json(data, path)
+    except OSError as exc:
+        raise SeeddumpError(f"Cannot read {path}: {exc.strerror or exc}.") from None
+    metadata = parse_metadata(raw, path)
+    check_names_agree(metadata, dump_path.name, path)
+    return metadata
 
 
 def sha256_of(path: Path) -> str:

@@ -106,6 +106,9 @@ def plan_restore(
 
 def _plan(environment: str, dump: str | Path | None, using: str, force: bool) -> RestorePlan:
     directory = conf.DIR
+    if directory.is_dir():
+        dumpfiles.check_directory(directory)
+        dumpfiles.remove_abandoned_partials(directory)  # a killed download's, or a killed generatedump's
     if dump is not None:
         dump_path = dumpfiles.check_dump_path(Path(dump), directory)
     else:

@@ -76,6 +76,26 @@ def _metadata_bad_counts(dump: Path) -> None:
     meta_path.write_text(json.dumps(meta))
 
 
+def _edit_metadata(**changes: object) -> Callable[[Path], None]:
+    def edit(dump: Path) -> None:
+        meta_path = dumpfiles.metadata_path(dump)
+        meta = json.loads(meta_path.read_text())
+        meta.update(changes)
+        meta_path.write_text(json.dumps(meta))
+
+    return edit
+
+
+def _metadata_nested_deeply(dump: Path) -> None:
+    meta_path = dumpfiles.metadata_path(dump)
+    text = meta_path.read_text().rstrip().removesuffix("}")
+    meta_path.write_text(text + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+def _metadata_huge(dump: Path) -> None:
+    _edit_metadata(note="x" * 5_000_000)(dump)
+
+
 def _dangling_latest(dump: Path) -> None:
     dump.unlink()
 
@@ -88,7 +108,15 @@ BAD_DUMPS: dict[str, tuple[Callable[[Path], None], str]] = {
     "no metadata": (_no_metadata, "metadata of"),
     "metadata not JSON": (_metadata_not_json, "not valid JSON"),
     "metadata without checksum": (_metadata_without_checksum, "the field 'checksum' is missing"),
-    "metadata with bad counts": (_metadata_bad_counts, "recordCounts must map table names to row counts"),
+    "metadata with bad counts": (_metadata_bad_counts, "the row count of reality_node must be a whole number"),
+    "metadata nested 100,000 deep": (_metadata_nested_deeply, "nested too deeply"),
+    "metadata of 5 MB": (_metadata_huge, "more than metadata ever needs"),
+    "sizeBytes 10^400": (_edit_metadata(sizeBytes=10**400), "sizeBytes must be a whole number"),
+    "pgDumpVersion x": (_edit_metadata(pgDumpVersion="x"), "pgDumpVersion must be text"),
+    "durationSeconds nan": (_edit_metadata(durationSeconds="nan"), "durationSeconds must be a number"),
+    "note of 20,000 characters": (_edit_metadata(note="n" * 20_000), "note must be text of at most 10000"),
+    "timestamp in the future": (_edit_metadata(timestamp="2099-01-01T00:00:00Z"), "is in the future"),
+    "metadata of another environment": (_edit_metadata(environment="staging"), "it says environment 'staging'"),
     "latest points nowhere": (_dangling_latest, "which is missing"),
 }
 

@@ -74,6 +74,12 @@ class Command(BaseCommand):
         if as_json and options["interactive"]:
             raise CommandError("--json needs --no-input: a script cannot answer the confirmation.")
         progress = progress_writer(self, verbosity, to_stderr=as_json)
+        if failure := background.last_failure():
+            self.stderr.write(
+                self.style.WARNING(
+                    f"Last time, {failure}; this restore tidies up after it. Log: {background.log_path()}"
+                )
+            )
         shared_storage = "pull" if options["pull"] else ("offline" if options["offline"] else "auto")
         try:
             plan = plan_restore(

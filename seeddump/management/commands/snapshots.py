@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
-from seeddump import postgres, snapshots
+from seeddump import background, postgres, snapshots
 from seeddump.exceptions import SeeddumpError
 
 
@@ -29,6 +29,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if failure := background.last_failure():
+            self.stderr.write(
+                self.style.WARNING(
+                    f"Last time, {failure}: the cache below may lack what it was making. Log: {background.log_path()}"
+                )
+            )
         all_folders = options["all_folders"]
         if all_folders and options["drop_all"]:
             raise CommandError("--all-folders goes with --prune or a listing; --drop-all only drops this folder's.")
