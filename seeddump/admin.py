@@ -127,10 +127,11 @@ class DumpRecordAdmin(admin.ModelAdmin):
     def verify_checksums(self, request: HttpRequest, queryset: QuerySet) -> None:
         for record in queryset:
             try:
-                if not record.on_disk():
+                path = record.path
+                if path is None:
                     raise SeeddumpError(f"the file is not in {conf.DIR}")
-                metadata = dumpfiles.read_metadata(record.path)
-                dumpfiles.verify(record.path, metadata)
+                metadata = dumpfiles.read_metadata(path)
+                dumpfiles.verify(path, metadata)
             except SeeddumpError as exc:
                 self.message_user(request, f"Checksum FAILED for {record.file_name}: {exc}", messages.ERROR)
             else:
@@ -141,9 +142,10 @@ class DumpRecordAdmin(admin.ModelAdmin):
         """The plain delete action removes records only; this one removes the files as well."""
         removed = 0
         for record in queryset:
-            if record.on_disk():
-                record.path.unlink()
-                dumpfiles.metadata_path(record.path).unlink(missing_ok=True)
+            path = record.path  # None unless the record names a dump file in SEEDDUMP_DIR
+            if path is not None:
+                path.unlink()
+                dumpfiles.metadata_path(path).unlink(missing_ok=True)
                 removed += 1
         count = queryset.count()
         queryset.delete()

@@ -23,9 +23,14 @@ class Settings:
 
     @property
     def PROTECTED_ENVIRONMENTS(self) -> frozenset[str]:
-        """Environments that restoredump refuses to overwrite."""
-        value = getattr(settings, "SEEDDUMP_PROTECTED_ENVIRONMENTS", ("prod", "production"))
-        return frozenset(value)
+        """Environments that restoredump refuses to overwrite: a list, or one comma-separated string;
+        compared without surrounding spaces and case, as init-db.sh does."""
+        return _names(getattr(settings, "SEEDDUMP_PROTECTED_ENVIRONMENTS", ("prod", "production")))
+
+    @property
+    def PROTECTED_DATABASES(self) -> frozenset[str]:
+        """Database names and hosts that are never restored over, whatever the dump's environment."""
+        return _names(getattr(settings, "SEEDDUMP_PROTECTED_DATABASES", ()))
 
     @property
     def PG_BIN_DIRS(self) -> list[Path]:
@@ -108,6 +113,19 @@ class Settings:
         return getattr(settings, "SEEDDUMP_STORAGE", None) or None
 
     @property
+    def STORAGE_TIMEOUT(self) -> float:
+        """Seconds one read of the shared storage may take before it counts as stalled."""
+        return float(getattr(settings, "SEEDDUMP_STORAGE_TIMEOUT", 60))
+
+    @property
+    def SIGNING_KEYS(self) -> list[str]:
+        """Team keys for metadata signatures: the first signs, any verifies (a list rotates keys)."""
+        value = getattr(settings, "SEEDDUMP_SIGNING_KEY", None)
+        if not value:
+            return []
+        return [value] if isinstance(value, str) else [str(key) for key in value if key]
+
+    @property
     def STORAGE_PREFIX(self) -> str:
         """Folder inside the shared storage."""
         return str(getattr(settings, "SEEDDUMP_STORAGE_PREFIX", "seeddump"))
@@ -153,6 +171,11 @@ class Settings:
     def SMOKE_DATABASE_WAIT(self) -> float:
         """Seconds to wait for the database server to accept connections."""
         return float(getattr(settings, "SEEDDUMP_SMOKE_DATABASE_WAIT", 30))
+
+
+def _names(value: object) -> frozenset[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    return frozenset(str(item).strip().lower() for item in items or () if str(item).strip())  # type: ignore[union-attr]
 
 
 conf = Settings()

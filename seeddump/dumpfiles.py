@@ -237,6 +237,22 @@ def dump_name(environment: str, version: str, moment: datetime, serial: int = 0)
     return f"{environment}-seeded-v{version}-{stamp}{suffix}.dump"
 
 
+def dump_in(directory: Path, file_name: str) -> Path | None:
+    """The dump called ``file_name`` in ``directory``, if the name is a dump's and the file a regular one
+    there (no link): what a record, a metadata file or a storage listing names is checked with this before
+    any file is read or deleted because of it."""
+    if not isinstance(file_name, str) or not DUMP_NAME_RE.fullmatch(file_name):
+        return None
+    path = directory / file_name
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or path.resolve().parent != directory.resolve():
+        return None
+    return path
+
+
 def metadata_path(dump_path: Path) -> Path:
     return dump_path.with_name(dump_path.name.removesuffix(".dump") + ".metadata.json")
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -14,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from seeddump import dumpfiles, postgres, records
+from seeddump import dumpfiles, postgres, records, signing
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -42,6 +45,23 @@ class GeneratedDump:
 
 def _quiet(message: str) -> None:
     pass
+
+
+def _likely_size(directory: Path, environment: str) -> int | None:
+    """The size of the environment's latest dump: what the next one probably needs."""
+    try:
+        return dumpfiles.resolve_latest(directory, environment).stat().st_size
+    except (SeeddumpError, OSError):
+        return None
+
+
+def _out_of_space(directory: Path, file_name: str, needed: int | None) -> SeeddumpError:
+    free = shutil.disk_usage(directory).free
+    need = f"about {needed / 1e6:.1f} MB needed, " if needed else ""
+    return SeeddumpError(
+        f"The disk of {directory} is full: writing {file_name} failed ({need}{free / 1e6:.1f} MB free). Nothing "
+        "was kept of this dump. Free some space (python manage.py prunedumps ENV) and run generatedump again."
+    )
 
 
 def project_version(migrations: list[tuple[str, str]]) -> str:
@@ -128,7 +148,12 @@ def _generate(
                 f"--snapshot={snapshot}",
                 f"--file={partial}",
             ]
-            postgres.run(pg_dump, args, settings_dict, what="pg_dump")
+            try:
+                postgres.run(pg_dump, args, settings_dict, what="pg_dump")
+            except SeeddumpError as exc:
+                if "No space left on device" in str(exc):
+                    raise _out_of_space(directory, partial.name, _likely_size(directory, environment)) from None
+                raise
             conn.execute("COMMIT")
             progress("Computing the checksum")
             checksum = dumpfiles.sha256_of(partial)
@@ -156,7 +181,16 @@ def _generate(
             compression=conf.DUMP_COMPRESSION,
             note=note,
         )
-    dumpfiles.write_metadata(final, metadata)
-    dumpfiles.point_latest(final, environment)
+    metadata = signing.sign(metadata)
+    try:
+        dumpfiles.write_metadata(final, metadata)
+        dumpfiles.point_latest(final, environment)
+    except BaseException as exc:  # no dump may stay without its metadata
+        final.unlink()
+        dumpfiles.metadata_path(final).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            name = dumpfiles.metadata_path(final).name
+            raise _out_of_space(directory, name, len(json.dumps(metadata.to_json())) + 4096) from None
+        raise
     recorded = records.record_dump(using, final, metadata)
     return GeneratedDump(path=final, metadata=metadata, recorded=recorded)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from django.db import models
 
 from seeddump.conf import conf
@@ -33,11 +35,15 @@ class DumpRecord(models.Model):
         return self.file_name
 
     @property
-    def path(self):
-        return conf.DIR / self.file_name
+    def path(self) -> Path | None:
+        """The dump file in SEEDDUMP_DIR, if the record names one: records travel inside dumps, so the name
+        is checked to be a dump's before anything touches a file because of it."""
+        from seeddump.dumpfiles import dump_in
+
+        return dump_in(conf.DIR, self.file_name)
 
     def on_disk(self) -> bool:
-        return self.path.is_file()
+        return self.path is not None
 
     def applied_migrations(self) -> list[tuple[str, str]] | None:
         """The migrations in the dump, or None when the stored metadata does not say."""

@@ -26,7 +26,18 @@ from typing import Any
 import psycopg
 from django.db import connections
 
-from seeddump import databases, dumpfiles, finishing, load, postgres, records, shared, snapshots, staleness
+from seeddump import (
+    databases,
+    dumpfiles,
+    finishing,
+    load,
+    postgres,
+    records,
+    shared,
+    signing,
+    snapshots,
+    staleness,
+)
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -72,11 +83,22 @@ class RestoreResult:
 
 
 def check_not_protected(environment: str) -> None:
-    if environment in conf.PROTECTED_ENVIRONMENTS:
+    if environment.strip().lower() in conf.PROTECTED_ENVIRONMENTS:
         raise SeeddumpError(
             f"Refusing to restore over the protected environment '{environment}' "
             "(SEEDDUMP_PROTECTED_ENVIRONMENTS). Restore into a development or staging environment instead."
         )
+
+
+def check_target_not_protected(settings_dict: Mapping[str, Any]) -> None:
+    """Whatever the dump's label says: a database whose name or host is protected is never restored over."""
+    name, host = str(settings_dict.get("NAME") or ""), str(settings_dict.get("HOST") or "")
+    for value, what in ((name, "database"), (host, "host")):
+        if value and value.strip().lower() in conf.PROTECTED_DATABASES:
+            raise SeeddumpError(
+                f"Refusing to restore over the {what} '{value}': it is in SEEDDUMP_PROTECTED_DATABASES. "
+                "Point DATABASES (or --database) at a development or staging database."
+            )
 
 
 def plan_restore(
@@ -114,6 +136,7 @@ def _plan(environment: str, dump: str | Path | None, using: str, force: bool) ->
     else:
         dump_path = dumpfiles.resolve_latest(directory, environment)
     metadata = dumpfiles.read_metadata(dump_path)
+    signing.check(metadata, dump_path.name)
     check_not_protected(metadata.environment)
     if metadata.environment != environment:
         raise SeeddumpError(
@@ -214,6 +237,7 @@ def restore(
 
 
 def _target(plan: RestorePlan, settings_dict: Mapping[str, Any]) -> str:
+    check_target_not_protected(settings_dict)
     target = str(settings_dict.get("NAME") or "")
     if not target:
         raise SeeddumpError(f"DATABASES['{plan.using}'] has no NAME to restore into.")

@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from django.core.files import File
 from django.core.files.storage import Storage, storages
 from django.core.files.storage.handler import InvalidStorageError
 
-from seeddump import dumpfiles
+from seeddump import dumpfiles, signing
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
 Progress = Callable[[str], None]
+T = TypeVar("T")
 _CHUNK = 4 * 1024 * 1024
 
 
@@ -56,6 +59,30 @@ def _key(file_name: str) -> str:
     return f"{prefix}/{file_name}" if prefix else file_name
 
 
+def _bounded(action: str, call: Callable[[], T]) -> T:
+    """Runs one storage call, giving up after SEEDDUMP_STORAGE_TIMEOUT seconds: a stalled network drive or
+    bucket must not hang a restore. (The stuck call is left to its thread, which cannot be killed.)"""
+    result: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+
+    def run() -> None:
+        try:
+            result.put((True, call()))
+        except BaseException as exc:  # handed to the caller's thread
+            result.put((False, exc))
+
+    threading.Thread(target=run, daemon=True, name="seeddump-storage").start()
+    try:
+        ok, value = result.get(timeout=conf.STORAGE_TIMEOUT)
+    except queue.Empty:
+        raise SeeddumpError(
+            f"The shared dump storage '{conf.STORAGE}' did not answer within {conf.STORAGE_TIMEOUT}s while "
+            f"trying to {action} it. Check the storage (network, credentials), or run with --offline."
+        ) from None
+    if not ok:
+        raise value
+    return value
+
+
 def _failure(action: str, exc: Exception) -> SeeddumpError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return SeeddumpError(f"Could not {action} the shared dump storage '{conf.STORAGE}': {reason}.")
@@ -72,6 +99,7 @@ def push(dump_path: Path, progress: Progress) -> list[str]:
                 target.delete(key)  # an interrupted earlier push; the local file is the complete one
             with path.open("rb") as handle:
                 saved = target.save(key, File(handle, name=path.name))
+            _make_private(target, saved)
         except Exception as exc:  # storages raise their own errors (botocore's, SFTP's, ...)
             raise _failure("upload to", exc) from None
         if saved != key:
@@ -81,14 +109,35 @@ def push(dump_path: Path, progress: Progress) -> list[str]:
     return names
 
 
-def list_remote(environment: str | None = None) -> list[RemoteDump]:
-    """Complete dumps in the shared storage (metadata present and readable), oldest first."""
+def _make_private(target: Storage, name: str) -> None:
+    """Dumps hold every row of a database: where the storage is a folder, only its owner may read them."""
+    try:
+        path = target.path(name)
+    except NotImplementedError:
+        return  # a remote storage: its own access rules apply
+    os.chmod(path, 0o600)
+
+
+def _read_metadata(target: Storage, name: str) -> dumpfiles.Metadata:
+    def read() -> bytes:
+        with target.open(_key(name), "rb") as handle:
+            return handle.read(dumpfiles.MAX_METADATA_BYTES + 1)
+
+    return dumpfiles.parse_metadata(_bounded("read", read), Path(name))
+
+
+def list_remote(environment: str | None = None, warn: Progress | None = None) -> list[RemoteDump]:
+    """Complete dumps in the shared storage (metadata present, readable, agreeing with the dump's name and,
+    with SEEDDUMP_SIGNING_KEY, signed by the team), oldest first. Any other object is skipped, with a
+    ``warn`` for each that looked like a dump."""
     target = storage()
     prefix = conf.STORAGE_PREFIX.strip("/")
     try:
-        _, files = target.listdir(prefix)
+        _, files = _bounded("list", lambda: target.listdir(prefix))
     except FileNotFoundError:
         return []
+    except SeeddumpError:
+        raise
     except Exception as exc:
         raise _failure("list", exc) from None
     present = set(files)
@@ -101,19 +150,23 @@ def list_remote(environment: str | None = None) -> list[RemoteDump]:
         if environment is not None and match["env"] != environment:
             continue
         try:
-            with target.open(_key(metadata_name), "rb") as handle:
-                data = json.loads(handle.read())
-            metadata = dumpfiles.Metadata.from_json(data, Path(metadata_name))
-        except (ValueError, SeeddumpError):
-            continue  # a broken upload: not a dump anyone can restore
-        except Exception as exc:
-            raise _failure("read", exc) from None
+            metadata = _read_metadata(target, metadata_name)
+            dumpfiles.check_names_agree(metadata, name, f"{conf.STORAGE}:{_key(metadata_name)}")
+            signing.check(metadata, f"the shared {name}")
+        except SeeddumpError as exc:
+            if warn is not None:
+                warn(f"Skipped the shared {name}: {exc}")
+            continue
+        except Exception as exc:  # one unreadable object: the others are still worth a look
+            if warn is not None:
+                warn(f"Skipped the shared {name}: {_failure('read', exc)}")
+            continue
         found.append(RemoteDump(name, metadata))
     return sorted(found, key=lambda r: (r.metadata.timestamp, r.name))
 
 
-def newest(environment: str) -> RemoteDump | None:
-    remote = list_remote(environment)
+def newest(environment: str, warn: Progress | None = None) -> RemoteDump | None:
+    remote = list_remote(environment, warn)
     return remote[-1] if remote else None
 
 
@@ -124,17 +177,27 @@ def pull(remote: RemoteDump, directory: Path, progress: Progress) -> Path:
     if final.is_file() and dumpfiles.sha256_of(final) == remote.metadata.checksum:
         dumpfiles.point_latest(final, remote.metadata.environment)
         return final
+    if final.exists() or final.is_symlink():
+        raise SeeddumpError(
+            f"The local {final} differs from the shared dump of the same name, and an existing dump is never "
+            "replaced. Keep it (restoredump --offline), or move it out of the dumps folder and pull again."
+        )
     partial = dumpfiles.new_partial(directory, remote.metadata.environment)
     digest = hashlib.sha256()
     try:
         progress(f"Downloading {remote.name} ({remote.metadata.size_bytes / 1e6:.1f} MB)")
         try:
-            with storage().open(_key(remote.name), "rb") as source, partial.open("wb") as target:
-                while chunk := source.read(_CHUNK):
+            source = _bounded("download from", lambda: storage().open(_key(remote.name), "rb"))
+            with source, partial.open("wb") as target:
+                while chunk := _bounded("download from", lambda: source.read(_CHUNK)):
                     digest.update(chunk)
                     target.write(chunk)
+                    if target.tell() > remote.metadata.size_bytes:
+                        break  # longer than the metadata says: no use reading on
                 target.flush()
                 os.fsync(target.fileno())
+        except SeeddumpError:
+            raise
         except Exception as exc:  # storages raise their own errors (botocore's, SFTP's, ...)
             raise _failure("download from", exc) from None
         size = partial.stat().st_size
@@ -145,9 +208,7 @@ def pull(remote: RemoteDump, directory: Path, progress: Progress) -> Path:
                 f"{'ok' if checksum_ok else 'wrong'}): the shared copy is damaged. "
                 "Push the dump again from a machine that has it."
             )
-        with contextlib.suppress(FileNotFoundError):
-            final.unlink()  # a damaged local copy of the same name
-        os.link(partial, final)
+        os.link(partial, final)  # fails if a file of that name appeared meanwhile: never replaced
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
@@ -164,7 +225,7 @@ def sync_latest(environment: str, directory: Path, *, required: bool, progress: 
     the local dumps are used.
     """
     try:
-        remote = newest(environment)
+        remote = newest(environment, progress)
     except SeeddumpError as exc:
         if required:
             raise

@@ -18,8 +18,8 @@ next pg_restore into that target.
 
 Only copies that the connecting role owns and whose label says what they are are used (see
 ``seeddump.databases``); anything else under these names is foreign: listed, never used or dropped.
-Copies are created, claimed and dropped under one advisory lock (``snapshot_lock``); empty databases
-are claimed under the target's lock.
+Copies are created, claimed and dropped under the dumps folder's advisory lock (``snapshot_lock``); empty
+databases are claimed under the target's lock.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ READY_PREFIX = "seeddump_ready_"
 BUILD_PREFIX = "seeddump_build_"
 EMPTY_PREFIX = "seeddump_empty_"
 _KINDS = {PREFIX: "snapshot", READY_PREFIX: "ready", BUILD_PREFIX: "build", EMPTY_PREFIX: "empty"}
-_LOCK = (0x5EED, 0x5A495)  # one server-wide lock for creating, cloning and dropping snapshots
+_LOCK_CLASS = 0x5EEE  # the second key is the dumps folder's name prefix: one lock per folder and server
 
 Progress = Callable[[str], None]
 
@@ -96,11 +96,15 @@ def empty_name(target: str, key: str, directory: Path | None = None) -> str:
     return f"{folder_prefix(directory, EMPTY_PREFIX)}{_hash8(target)}_{key}"
 
 
-def snapshot_lock(admin: psycopg.Connection, progress: Progress | None = None) -> contextlib.AbstractContextManager:
-    """The server-wide lock for creating, claiming and dropping snapshots, ready copies and builds."""
+def snapshot_lock(
+    admin: psycopg.Connection, progress: Progress | None = None, directory: Path | None = None
+) -> contextlib.AbstractContextManager:
+    """The lock for creating, claiming and dropping this dumps folder's snapshots, ready copies and builds.
+
+    One per folder: another project's cache work on the same server never waits for this one's."""
     return postgres.advisory_lock(
         admin,
-        _LOCK,
+        (_LOCK_CLASS, folder_prefix(directory)),
         waiting=lambda holder: (progress or _quiet)(f"Waiting for the snapshot cache, in use by {holder}"),
         busy=lambda holder: (
             f"The snapshot cache on this server is still in use by {holder} after {conf.LOCK_TIMEOUT}s. "
@@ -323,22 +327,24 @@ def drop_all(admin: psycopg.Connection, directory: Path | None = None) -> list[s
 
 
 def prune_all_folders(admin: psycopg.Connection) -> list[str]:
-    """``prune`` for every dumps folder whose snapshots (ours) are on this server, as their labels record it.
+    """``prune`` for every dumps folder whose copies (ours) are on this server, as their labels record it,
+    each under its folder's lock.
 
     Everything of a folder that does not exist on this machine is dropped (a deleted checkout, a CI
-    workspace, a temporary folder), and every unfinished build. Unlabelled copies are left alone. Run it
-    on the machine that owns the folders, holding ``snapshot_lock``."""
+    workspace, a temporary folder). Unlabelled copies are left alone. Run it on the machine that owns
+    the folders."""
     dropped = []
     folders = set()
     for kind in _KINDS:
         for copy in list_snapshots(admin, kind=kind, all_folders=True, sizes=False):
-            if kind == BUILD_PREFIX or (copy.folder and not Path(copy.folder).is_dir()):
+            if copy.folder and not Path(copy.folder).is_dir():
                 if databases.drop(admin, copy.name):
                     dropped.append(copy.name)
             elif copy.folder:
                 folders.add(Path(copy.folder))
     for folder in sorted(folders):
-        dropped += prune(admin, folder)
+        with snapshot_lock(admin, directory=folder):
+            dropped += prune(admin, folder)
     return dropped
 
 

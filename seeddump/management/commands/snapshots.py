@@ -42,11 +42,11 @@ class Command(BaseCommand):
             settings_dict = postgres.settings_for(options["database"])
             with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
                 if options["prune"] or options["drop_all"]:
-                    with snapshots.snapshot_lock(admin):
-                        if options["drop_all"]:
-                            dropped = snapshots.drop_all(admin)
-                        else:
-                            dropped = snapshots.prune_all_folders(admin) if all_folders else snapshots.prune(admin)
+                    if all_folders:
+                        dropped = snapshots.prune_all_folders(admin)
+                    else:
+                        with snapshots.snapshot_lock(admin):
+                            dropped = snapshots.drop_all(admin) if options["drop_all"] else snapshots.prune(admin)
                     for name in dropped:
                         self.stdout.write(f"Dropped {name}")
                     if not dropped:
