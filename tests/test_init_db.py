@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -76,7 +78,8 @@ def test_restores_the_latest_dump(image_env: dict[str, str], dev_dump: Path) -> 
     result = run_script(image_env)
 
     assert result.returncode == 0, result.stderr
-    assert f"restoring {dev_dump.name} into '{image_env['POSTGRES_DB']}' with " in result.stdout
+    assert f"restoring {dev_dump.name} beside '{image_env['POSTGRES_DB']}'" in result.stdout
+    assert result.stderr == ""
     assert re.search(rf"restored {re.escape(dev_dump.name)} into '.*' in \d+s", result.stdout)
     assert table_count(image_env, "reality_node") == 3000
     assert table_count(image_env, "reality_team") == 2
@@ -93,6 +96,73 @@ def test_bad_checksum_stops_initialisation(image_env: dict[str, str], dev_dump: 
     assert table_count(image_env, "reality_node") is None
 
 
+def databases_on(env: dict[str, str]) -> set[str]:
+    with psycopg.connect(**_conn(env, "postgres")) as conn:
+        return {name for (name,) in conn.execute("SELECT datname FROM pg_database").fetchall()}
+
+
+def _rewrite_metadata(dump: Path, **changes: object) -> None:
+    path = dump.with_name(dump.name.removesuffix(".dump") + ".metadata.json")
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def test_a_cut_off_dump_whose_metadata_matches_it_leaves_the_database_empty(
+    image_env: dict[str, str], dev_dump: Path
+) -> None:
+    """The archive loses its last table's data, and its checksum and size are made to match: only the row
+    counts can tell, and the database the image then serves must not be a half one."""
+    listing = subprocess.run(
+        ["pg_restore", "--list", str(dev_dump)], env=image_env, capture_output=True, text=True, check=True
+    ).stdout
+    keep = "\n".join(line for line in listing.splitlines() if "TABLE DATA public reality_node" not in line)
+    list_file = dev_dump.with_name("list.txt")
+    list_file.write_text(keep)
+    archive = dev_dump.with_name("cut.dump")
+    # The same archive without reality_node's rows: pg_dump's own format, smaller.
+    with psycopg.connect(**_conn(image_env, "postgres"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS cut_source")
+        conn.execute("CREATE DATABASE cut_source")
+    subprocess.run(
+        ["pg_restore", "--use-list", str(list_file), "--dbname", "cut_source", str(dev_dump)],
+        env={**image_env, "PGUSER": "postgres"},
+        check=True,
+    )
+    subprocess.run(
+        ["pg_dump", "--format=custom", "--file", str(archive), "cut_source"],
+        env={**image_env, "PGUSER": "postgres"},
+        check=True,
+    )
+    archive.replace(dev_dump)
+    _rewrite_metadata(
+        dev_dump,
+        sizeBytes=dev_dump.stat().st_size,
+        checksum="sha256:" + hashlib.sha256(dev_dump.read_bytes()).hexdigest(),
+    )
+
+    result = run_script(image_env)
+
+    assert result.returncode == 1
+    assert "reality_node has 0 rows, the metadata says 3000" in result.stderr
+    assert f"'{image_env['POSTGRES_DB']}' was left empty" in result.stderr
+    assert table_count(image_env, "reality_team") is None
+    assert not {name for name in databases_on(image_env) if "seeddump" in name}
+
+
+def test_metadata_of_another_environment_or_size_is_refused(image_env: dict[str, str], dev_dump: Path) -> None:
+    _rewrite_metadata(dev_dump, environment="staging")
+    result = run_script(image_env)
+    assert result.returncode == 1
+    assert "says environment 'staging', not 'dev'" in result.stderr
+
+    _rewrite_metadata(dev_dump, environment="dev", sizeBytes=12)
+    result = run_script(image_env)
+    assert result.returncode == 1
+    assert "its metadata says '12': it is truncated or was changed" in result.stderr
+    assert table_count(image_env, "reality_team") is None
+
+
 def test_no_dump_starts_empty_and_says_how_to_make_one(image_env: dict[str, str]) -> None:
     result = run_script(image_env)
 
@@ -102,12 +172,13 @@ def test_no_dump_starts_empty_and_says_how_to_make_one(image_env: dict[str, str]
     assert table_count(image_env, "reality_node") is None
 
 
-def test_protected_environment_is_refused(image_env: dict[str, str], dev_dump: Path) -> None:
-    shutil.copy(dev_dump, dev_dump.with_name("prod-seeded-latest.dump"))
-    result = run_script({**image_env, "SEEDDUMP_ENV": "prod"})
+@pytest.mark.parametrize("protected", ["prod,production", "Prod, Production", " production ,prod"])
+def test_protected_environment_is_refused(image_env: dict[str, str], dev_dump: Path, protected: str) -> None:
+    shutil.copy(dev_dump, dev_dump.with_name("production-seeded-latest.dump"))
+    result = run_script({**image_env, "SEEDDUMP_ENV": "production", "SEEDDUMP_PROTECTED_ENVIRONMENTS": protected})
 
     assert result.returncode == 1
-    assert "refusing to restore the protected environment 'prod'" in result.stderr
+    assert "refusing to restore the protected environment 'production'" in result.stderr
     assert table_count(image_env, "reality_node") is None
 
 
