@@ -62,7 +62,7 @@ def list_entries(
             warnings.append(str(exc))
     if shared.configured() and not offline:
         try:
-            for remote in shared.list_remote(environment):
+            for remote in shared.list_remote(environment, warnings.append):
                 entry = entries.setdefault(remote.name, DumpEntry(remote.name, remote.metadata))
                 entry.shared = True
         except SeeddumpError as exc:

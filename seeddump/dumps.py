@@ -159,9 +159,11 @@ def _generate(
             checksum = dumpfiles.sha256_of(partial)
             size = partial.stat().st_size
             final = dumpfiles.publish(partial, environment, version, moment)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise _out_of_space(directory, partial.name, _likely_size(directory, environment)) from None
             raise
 
         metadata = dumpfiles.Metadata(

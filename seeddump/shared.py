@@ -59,6 +59,10 @@ def _key(file_name: str) -> str:
     return f"{prefix}/{file_name}" if prefix else file_name
 
 
+class StorageStalled(SeeddumpError):
+    """A read of the shared storage took longer than SEEDDUMP_STORAGE_TIMEOUT."""
+
+
 def _bounded(action: str, call: Callable[[], T]) -> T:
     """Runs one storage call, giving up after SEEDDUMP_STORAGE_TIMEOUT seconds: a stalled network drive or
     bucket must not hang a restore. (The stuck call is left to its thread, which cannot be killed.)"""
@@ -74,7 +78,7 @@ def _bounded(action: str, call: Callable[[], T]) -> T:
     try:
         ok, value = result.get(timeout=conf.STORAGE_TIMEOUT)
     except queue.Empty:
-        raise SeeddumpError(
+        raise StorageStalled(
             f"The shared dump storage '{conf.STORAGE}' did not answer within {conf.STORAGE_TIMEOUT}s while "
             f"trying to {action} it. Check the storage (network, credentials), or run with --offline."
         ) from None
@@ -153,6 +157,8 @@ def list_remote(environment: str | None = None, warn: Progress | None = None) ->
             metadata = _read_metadata(target, metadata_name)
             dumpfiles.check_names_agree(metadata, name, f"{conf.STORAGE}:{_key(metadata_name)}")
             signing.check(metadata, f"the shared {name}")
+        except StorageStalled:
+            raise  # the storage, not this object: no use asking it about the others
         except SeeddumpError as exc:
             if warn is not None:
                 warn(f"Skipped the shared {name}: {exc}")

@@ -362,17 +362,21 @@ def copy_for(
     """Makes ``scratch`` from this dump's ready copy for ``target`` (claimed: returned, so that a failed
     restore can give it back) or its snapshot, when the server has ours for ``key``.
 
-    Returns the ready copy claimed, or None; ``scratch`` exists afterwards only if a copy was made."""
-    with snapshot_lock(admin, progress):
-        ready = find_ready(admin, metadata, target, key) if conf.READY_COPIES else None
-        if ready is not None:
-            progress(f"Using the ready copy {ready.name}")
-            claim_ready(admin, ready, scratch)
-            return ready
-        snapshot = find(admin, metadata, key)
-        if snapshot is not None:
-            progress(f"Copying the cached snapshot {snapshot.name}")
-            clone(admin, snapshot, scratch)
+    Returns the ready copy claimed, or None; ``scratch`` exists afterwards only if a copy was made. A
+    cache that stays busy (another process of this folder builds a snapshot) means restoring without it."""
+    try:
+        with snapshot_lock(admin, progress):
+            ready = find_ready(admin, metadata, target, key) if conf.READY_COPIES else None
+            if ready is not None:
+                progress(f"Using the ready copy {ready.name}")
+                claim_ready(admin, ready, scratch)
+                return ready
+            snapshot = find(admin, metadata, key)
+            if snapshot is not None:
+                progress(f"Copying the cached snapshot {snapshot.name}")
+                clone(admin, snapshot, scratch)
+    except postgres.LockBusy as exc:
+        progress(f"{exc} Restoring without the cache.")
     return None
 
 
