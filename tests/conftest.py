@@ -108,6 +108,15 @@ def database_names(alias: str) -> set[str]:
         return {name for (name,) in cursor.fetchall()}
 
 
+def leftovers(alias: str) -> list[str]:
+    """Scratch and replaced databases of the alias's own (test) database: never another project's."""
+    from seeddump import finishing
+
+    target = connections[alias].settings_dict["NAME"]
+    prefixes = (finishing.scratch_prefix(target), finishing.retired_prefix(target))
+    return [name for name in database_names(alias) if name.startswith(prefixes)]
+
+
 @pytest.fixture(scope="session")
 def seeded_dumps(
     tmp_path_factory: pytest.TempPathFactory, django_db_setup: None, django_db_blocker: Any

@@ -26,6 +26,7 @@ from tests.conftest import (
     copy_dump,
     database_names,
     demo_snapshot,
+    leftovers,
     manage,
     run_command,
     start_manage,
@@ -67,7 +68,7 @@ def cache_of(alias: str, dumps_dir: Path) -> dict[str, list[str]]:
 
 
 def replaced_databases(alias: str) -> list[str]:
-    return [n for n in database_names(alias) if n.startswith(("seeddump_tmp_", "seeddump_old_"))]
+    return leftovers(alias)
 
 
 def test_the_background_drops_the_old_database_and_prepares_the_next_restore(

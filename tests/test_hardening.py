@@ -18,7 +18,15 @@ from django.db import connections
 from project import embedded
 from project.reality.models import Team
 from seeddump import dumpfiles, postgres
-from tests.conftest import copy_dump, database_names, database_url, manage, run_command, start_manage, wait_for_exit
+from tests.conftest import (
+    copy_dump,
+    database_url,
+    leftovers,
+    manage,
+    run_command,
+    start_manage,
+    wait_for_exit,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -86,10 +94,6 @@ def gate(alias: str, tmp_path: Path) -> Iterator[Gate]:
 @pytest.fixture
 def marker(alias: str) -> Team:
     return Team.objects.using(alias).create(name="must survive", created_at="2026-01-01T00:00:00Z")
-
-
-def leftovers(alias: str) -> list[str]:
-    return [n for n in database_names(alias) if n.startswith(("seeddump_tmp_", "seeddump_old_"))]
 
 
 def kill(process: subprocess.Popen) -> None:

@@ -14,7 +14,7 @@ from django.db import connections
 
 from project.reality.models import Team
 from seeddump import dumpfiles
-from tests.conftest import database_names, manage, run_command
+from tests.conftest import leftovers, manage, run_command
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -27,7 +27,7 @@ def marker_team(alias: str) -> Team:
 
 def assert_untouched(alias: str, marker: Team) -> None:
     assert list(Team.objects.using(alias).values_list("name", flat=True)) == [marker.name]
-    assert not [n for n in database_names(alias) if n.startswith(("seeddump_tmp_", "seeddump_old_"))]
+    assert not leftovers(alias)
 
 
 def _flip_byte(dump: Path) -> None:

@@ -18,6 +18,7 @@ from tests.conftest import (
     database_names,
     database_url,
     demo_snapshot,
+    leftovers,
     manage,
     psycopg_connect,
     run_command,
@@ -49,7 +50,7 @@ def test_round_trip_restores_the_seeded_data_row_for_row(alias: str, dumps_dir: 
     # New rows get fresh ids after a restore, as they did before the dump.
     created = Team.objects.using(alias).create(name="after restore", created_at="2026-01-01T00:00:00Z")
     assert created.pk == len(seeded["reality_team"]) + 1
-    assert not [name for name in database_names(alias) if name.startswith(("seeddump_tmp_", "seeddump_old_"))]
+    assert not leftovers(alias)
 
 
 def test_metadata_describes_the_dump(alias: str, dumps_dir: Path) -> None:
