@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -168,23 +167,16 @@ def _effective_settings() -> dict[str, Any]:
 
 
 def _open_log() -> TextIO:
-    """The log, opened to append without following a link, checked to be a file of ours; past its limit it
-    is moved aside (to ``.1``, replacing the older one) and started anew: never truncated."""
+    """The log, opened to append (see ``dumpfiles.open_own``); past its limit it is moved aside (to ``.1``,
+    replacing the older one) and started anew: never truncated."""
     path = log_path()
     dumpfiles.ensure_directory(path.parent)
-    for _ in range(2):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
-            os.close(fd)
-            raise SeeddumpError(
-                f"{path} is not a file of seeddump's (another user's, or a link); remove it and try again."
-            )
-        if info.st_size <= _LOG_LIMIT:
-            return os.fdopen(fd, "a")
-        os.close(fd)
-        os.replace(path, path.with_name(path.name + ".1"))  # renames the entry itself, never a link's target
-    raise SeeddumpError(f"Cannot start a new {path}.")
+    log = dumpfiles.open_own(path, append=True)
+    if os.fstat(log.fileno()).st_size <= _LOG_LIMIT:
+        return log
+    log.close()
+    os.replace(path, path.with_name(path.name + ".1"))  # renames the entry itself, never a link's target
+    return dumpfiles.open_own(path, append=True)
 
 
 def main() -> None:

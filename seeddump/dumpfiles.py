@@ -10,6 +10,7 @@ is always a whole file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from seeddump.exceptions import SeeddumpError
 
@@ -330,6 +331,27 @@ def check_directory(directory: Path) -> None:
         )
     if info.st_mode & 0o077:
         directory.chmod(0o700)  # a checkout makes it 0755 or 0775; dumps hold every row of the database
+
+
+def open_own(path: Path, *, append: bool) -> TextIO:
+    """Opens a file seeddump writes (a log) without following a link, and only if it is a plain file of
+    this user's, made private; truncated only then (when not ``append``): never a file someone else
+    planted under that name."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SeeddumpError(f"{path} is a link; seeddump writes no file through a link. Remove it.") from None
+        raise SeeddumpError(f"Cannot write {path}: {exc.strerror}.") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+        os.close(fd)
+        raise SeeddumpError(f"{path} is not a file of yours (another user's, a device or a hard link). Remove it.")
+    os.fchmod(fd, 0o600)
+    if not append:
+        os.ftruncate(fd, 0)
+    return os.fdopen(fd, "a" if append else "w", encoding="utf-8")
 
 
 def remove_abandoned_partials(directory: Path) -> list[Path]:

@@ -71,7 +71,7 @@ class RestoreResult:
     seconds: float
     tables: int
     rows: int
-    source: str = "pg_restore"  # or "snapshot", or "ready copy"
+    source: str = "pg_restore"  # or "snapshot", "ready copy", "in place"
     followup: finishing.Followup | None = None  # work left for later (see ``restore``'s ``defer``)
     background_pid: int | None = None
     # Settings of the replaced database this role could not copy: the statements that would.

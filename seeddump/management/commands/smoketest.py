@@ -7,6 +7,8 @@ from typing import Any, TextIO
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
+from seeddump import dumpfiles
+from seeddump.exceptions import SeeddumpError
 from seeddump.restore import interrupt_on_sigterm
 from seeddump.smoke import FAIL, NOTE, PASS, SKIP, CheckResult, SmokeTest
 
@@ -28,12 +30,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         as_json, verbosity = options["json"], options["verbosity"]
-        log_path = Path(options["log_file"]).resolve()
+        log_path = Path(options["log_file"]).absolute()
         try:
-            log_file: TextIO = log_path.open("w", encoding="utf-8")
-        except OSError as exc:
-            raise CommandError(f"Cannot write the log file {log_path}: {exc.strerror}.") from None
-        log_path.chmod(0o600)
+            log_file: TextIO = dumpfiles.open_own(log_path, append=False)
+        except SeeddumpError as exc:
+            raise CommandError(f"Cannot write the log file: {exc}") from None
 
         def log(line: str) -> None:
             log_file.write(line.rstrip("\n") + "\n")
