@@ -75,7 +75,10 @@ def list_entries(
         entry.stale = bool(missing or unknown)
     for env in {e.metadata.environment for e in ordered}:
         try:
-            latest_name = dumpfiles.resolve_latest(directory, env).name
+            latest_path = dumpfiles.resolve_latest(directory, env)
+            latest_name = latest_path.name
+            if note := dumpfiles.newer_note(directory, latest_path):
+                warnings.append(note)
         except SeeddumpError:
             latest_name = [e for e in ordered if e.metadata.environment == env][-1].name
         for entry in ordered:

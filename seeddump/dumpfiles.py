@@ -10,6 +10,7 @@ is always a whole file.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import hashlib
 import json
@@ -436,8 +437,15 @@ def resolve_latest(directory: Path, environment: str) -> Path:
     if not link.is_symlink():
         if link.exists():
             raise SeeddumpError(f"{link} should be a symlink to a dump. Remove it and run generatedump again.")
+        made = {DUMP_NAME_RE.fullmatch(p.name)["env"] for p in list_dumps(directory)}  # type: ignore[index]
+        known = sorted(set(environments(directory)) | made)
+        close = difflib.get_close_matches(environment, known, n=1)
+        hint = f" It has dumps of: {', '.join(known)}." if known else ""
+        if close:
+            hint += f" Did you mean '{close[0]}'?"
         raise SeeddumpError(
-            f"There is no {environment} dump in {directory}. Make one with: python manage.py generatedump {environment}"
+            f"There is no {environment} dump in {directory}.{hint} Make one with: "
+            f"python manage.py generatedump {environment}"
         )
     target = Path(os.readlink(link))
     if target.is_absolute() or len(target.parts) != 1:
@@ -452,6 +460,36 @@ def resolve_latest(directory: Path, environment: str) -> Path:
             f"python manage.py generatedump {environment}"
         )
     return dump
+
+
+def newer_than_latest(directory: Path, latest: Path) -> Path | None:
+    """A complete dump of the same environment newer than ``latest`` (by the time in its name), lying in the
+    folder but not linked as latest: copied in by hand, or pulled by hand from a teammate."""
+    match = DUMP_NAME_RE.fullmatch(latest.name)
+    if match is None:
+        return None
+    for candidate in reversed(list_dumps(directory, match["env"])):
+        stamp = DUMP_NAME_RE.fullmatch(candidate.name)["stamp"]  # type: ignore[index]
+        if stamp <= match["stamp"]:
+            return None
+        try:
+            read_metadata(candidate)
+        except SeeddumpError:
+            continue  # incomplete or not ours to trust
+        return candidate
+    return None
+
+
+def newer_note(directory: Path, latest: Path) -> str | None:
+    """What to say when a newer complete dump lies beside the one ``latest`` names."""
+    newer = newer_than_latest(directory, latest)
+    if newer is None:
+        return None
+    environment = DUMP_NAME_RE.fullmatch(newer.name)["env"]  # type: ignore[index]
+    return (
+        f"A newer {environment} dump is in {directory}: {newer.name}, but {environment}-seeded-latest.dump names "
+        f"{latest.name}. Restore it with: python manage.py restoredump {environment} --dump {newer}"
+    )
 
 
 def check_dump_path(path: Path, directory: Path) -> Path:

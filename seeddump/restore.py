@@ -58,6 +58,7 @@ class RestorePlan:
     metadata: dumpfiles.Metadata
     using: str
     status: staleness.DumpStatus
+    notes: tuple[str, ...] = ()  # worth telling the user before the restore (a newer dump lies beside)
 
     @property
     def server(self) -> postgres.Server:
@@ -133,8 +134,11 @@ def _plan(environment: str, dump: str | Path | None, using: str, force: bool) ->
         dumpfiles.remove_abandoned_partials(directory)  # a killed download's, or a killed generatedump's
     if dump is not None:
         dump_path = dumpfiles.check_dump_path(Path(dump), directory)
+        notes: tuple[str, ...] = ()
     else:
         dump_path = dumpfiles.resolve_latest(directory, environment)
+        note = dumpfiles.newer_note(directory, dump_path)
+        notes = (note,) if note else ()
     metadata = dumpfiles.read_metadata(dump_path)
     signing.check(metadata, dump_path.name)
     check_not_protected(metadata.environment)
@@ -151,7 +155,9 @@ def _plan(environment: str, dump: str | Path | None, using: str, force: bool) ->
             "or a newer checkout. Check out matching code or regenerate the dump; --force restores it anyway."
         )
     dumpfiles.verify(dump_path, metadata)
-    return RestorePlan(environment=environment, dump_path=dump_path, metadata=metadata, using=using, status=status)
+    return RestorePlan(
+        environment=environment, dump_path=dump_path, metadata=metadata, using=using, status=status, notes=notes
+    )
 
 
 @contextlib.contextmanager

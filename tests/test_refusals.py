@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -105,7 +107,7 @@ BAD_DUMPS: dict[str, tuple[Callable[[Path], None], str]] = {
     "truncated": (_truncate, "truncated or was changed"),
     "empty file": (_empty, "truncated or was changed"),
     "not a dump": (_not_a_dump, "not a pg_dump custom-format archive"),
-    "no metadata": (_no_metadata, "metadata of"),
+    "no metadata": (_no_metadata, r"metadata of .* is missing .* Copy .*\.metadata\.json from where the dump came from"),
     "metadata not JSON": (_metadata_not_json, "not valid JSON"),
     "metadata without checksum": (_metadata_without_checksum, "the field 'checksum' is missing"),
     "metadata with bad counts": (_metadata_bad_counts, "the row count of reality_node must be a whole number"),
@@ -272,3 +274,31 @@ def test_dumps_folder_is_private(alias: str, dumps_dir: Path) -> None:
     for path in dumps_dir.iterdir():
         if not path.is_symlink():
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+
+
+def test_a_mistyped_environment_names_the_ones_there(alias: str, seeded_dump: Path) -> None:
+    with pytest.raises(CommandError) as refused:
+        run_command("restoredump", "deb", database=alias, interactive=False)
+    assert "There is no deb dump in" in str(refused.value)
+    assert "It has dumps of: dev. Did you mean 'dev'?" in str(refused.value)
+
+
+def test_a_newer_dump_beside_the_latest_is_pointed_out(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
+    """A teammate's newer dump copied into the folder by hand: latest still names the older one."""
+    metadata = dumpfiles.read_metadata(seeded_dump)
+    later = metadata.timestamp + timedelta(seconds=1)
+    newer = dumps_dir / dumpfiles.dump_name("dev", metadata.version, later)
+    shutil.copy(seeded_dump, newer)
+    meta = json.loads(dumpfiles.metadata_path(seeded_dump).read_text())
+    meta.update(dumpFile=newer.name, timestamp=dumpfiles.isoformat(later))
+    dumpfiles.metadata_path(newer).write_text(json.dumps(meta))
+
+    restored = run_command("restoredump", "dev", database=alias, interactive=False)
+    listing = run_command("listdumps", "dev", database=alias)
+
+    hint = f"A newer dev dump is in {dumps_dir}: {newer.name}, but dev-seeded-latest.dump names {seeded_dump.name}"
+    assert hint in restored.err and f"restoredump dev --dump {newer}" in restored.err
+    assert f"Restored {seeded_dump.name}" in restored.out
+    assert hint in listing.err
+    version = dumpfiles.DUMP_NAME_RE.fullmatch(seeded_dump.name)["version"]  # type: ignore[index]
+    assert "VERSION" in listing.out.splitlines()[0] and f" {version} " in listing.out

@@ -90,6 +90,8 @@ class Command(BaseCommand):
                 shared_storage=shared_storage,
                 progress=progress,
             )
+            for note in plan.notes:
+                self.stderr.write(self.style.WARNING(note))
             if options["interactive"] and not self._confirmed(plan):
                 raise CommandError("Restore cancelled; the database was not changed.")
             in_background = conf.BACKGROUND if options["background"] is None else options["background"]
