@@ -107,7 +107,7 @@ BAD_DUMPS: dict[str, tuple[Callable[[Path], None], str]] = {
     "truncated": (_truncate, "truncated or was changed"),
     "empty file": (_empty, "truncated or was changed"),
     "not a dump": (_not_a_dump, "not a pg_dump custom-format archive"),
-    "no metadata": (_no_metadata, r"metadata of .* is missing .* Copy .*\.metadata\.json from where the dump came from"),
+    "no metadata": (_no_metadata, r"is missing .* Copy .*\.metadata\.json from where the dump came from"),
     "metadata not JSON": (_metadata_not_json, "not valid JSON"),
     "metadata without checksum": (_metadata_without_checksum, "the field 'checksum' is missing"),
     "metadata with bad counts": (_metadata_bad_counts, "the row count of reality_node must be a whole number"),
