@@ -49,6 +49,24 @@ def _counts_table(counts: dict[str, int]):
     return format_html("<table>{}</table>", rows)
 
 
+# What the detail page shows, all read-only: dumps are made by generatedump, not edited here.
+_SHOWN = (
+    "file_name",
+    "environment",
+    "version",
+    "created_at",
+    "size",
+    "checksum",
+    "schema",
+    "on_disk",
+    "last_restored_at",
+    "note",
+    "migrations_fingerprint",
+    "per_table_counts",
+    "metadata_json",
+)
+
+
 @admin.register(DumpRecord)
 class DumpRecordAdmin(admin.ModelAdmin):
     """Dumps are made by generatedump and described by their metadata: the admin only shows them."""
@@ -70,22 +88,8 @@ class DumpRecordAdmin(admin.ModelAdmin):
     list_filter = ["environment", StaleFilter]
     search_fields = ["file_name", "version", "note"]
     date_hierarchy = "created_at"
-    fields = [
-        "file_name",
-        "environment",
-        "version",
-        "created_at",
-        "size",
-        "checksum",
-        "schema",
-        "on_disk",
-        "last_restored_at",
-        "note",
-        "migrations_fingerprint",
-        "per_table_counts",
-        "metadata_json",
-    ]
-    readonly_fields = fields
+    fields = _SHOWN
+    readonly_fields = _SHOWN
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

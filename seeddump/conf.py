@@ -6,6 +6,7 @@ Every setting is optional; the README lists them all.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from django.conf import settings
@@ -174,8 +175,11 @@ class Settings:
 
 
 def _names(value: object) -> frozenset[str]:
-    items = value.split(",") if isinstance(value, str) else value
-    return frozenset(str(item).strip().lower() for item in items or () if str(item).strip())  # type: ignore[union-attr]
+    """A list of names, or one comma-separated string of them, without case and surrounding spaces."""
+    items: Iterable[object] = (
+        value.split(",") if isinstance(value, str) else value if isinstance(value, Iterable) else ()
+    )
+    return frozenset(str(item).strip().lower() for item in items if str(item).strip())
 
 
 conf = Settings()

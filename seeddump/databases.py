@@ -449,8 +449,8 @@ def give_identity(admin: psycopg.Connection, name: str, identity: Identity) -> l
         admin.execute(sql.SQL("ALTER {} {} RESET ALL").format(_whose(setting), database))
     skipped = []
     for setting in identity.settings:
-        name, value = _setting_name(setting.name), _setting_value(setting)
-        statement = sql.SQL("ALTER {} {} SET {} = {}").format(_whose(setting), database, name, value)
+        setting_name, value = _setting_name(setting.name), _setting_value(setting)
+        statement = sql.SQL("ALTER {} {} SET {} = {}").format(_whose(setting), database, setting_name, value)
         try:
             with admin.transaction():  # a savepoint
                 admin.execute(statement)

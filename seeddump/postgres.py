@@ -172,7 +172,7 @@ def advisory_lock(
 
     When another session holds it, calls ``waiting`` with a description of the holder and waits up to
     SEEDDUMP_LOCK_TIMEOUT seconds; then raises SeeddumpError(``busy(holder)``)."""
-    first, second = sql.Literal(key[0]), sql.Literal(key[1])
+    first, second = sql.Literal(key[0]), sql.Literal(key[1])  # type: sql.Composable, sql.Composable
     if isinstance(key[1], str):
         second = sql.SQL("hashtext({})").format(second)
     args = sql.SQL("{}, {}").format(first, second)

@@ -68,7 +68,7 @@ def _build_test_databases(environment: str, *, reuse: bool) -> None:
 
     aliases = getattr(settings, "SEEDDUMP_PYTEST_DATABASES", ["default"])
     for alias in aliases:
-        test_name = connections[alias].creation._get_test_db_name()
+        test_name = connections[alias].creation._get_test_db_name()  # type: ignore[attr-defined]
         try:
             plan = plan_restore(environment, using=alias)
             settings_dict = postgres.settings_for(alias)

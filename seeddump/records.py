@@ -48,7 +48,7 @@ def restore_times(using: str) -> dict[str, datetime]:
         if not table_exists(using):
             return {}
         rows = DumpRecord.objects.using(using).exclude(last_restored_at=None)
-        return dict(rows.values_list("file_name", "last_restored_at"))
+        return {name: when for name, when in rows.values_list("file_name", "last_restored_at") if when is not None}
     except DatabaseError:
         return {}
 

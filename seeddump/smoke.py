@@ -8,6 +8,7 @@ stops the run; the checks that depend on it are reported as skipped with the rea
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.cookiejar
 import io
 import json
@@ -218,7 +219,7 @@ class SmokeTest:
         self.check("environment", "environment name", self._check_environment_name, provides="env")
         for program in ("pg_dump", "pg_restore"):
             self.check(
-                "environment", f"{program} installed", lambda p=program: self._check_program(p), provides="tools"
+                "environment", f"{program} installed", functools.partial(self._check_program, program), provides="tools"
             )
         self.check("environment", "dumps folder", self._check_folder, needs=("env",), provides="folder")
         self.check("environment", "latest dump and metadata", self._check_latest, needs=("folder",), provides="dump")
@@ -361,7 +362,7 @@ class SmokeTest:
 
     def _backend(self) -> None:
         for url in conf.SMOKE_API_URLS:
-            self.check("backend", f"GET {url}", lambda url=url: self._check_api(url), needs=("http",))
+            self.check("backend", f"GET {url}", functools.partial(self._check_api, url), needs=("http",))
 
     def _check_api(self, url: str) -> str:
         assert self.http is not None
@@ -384,7 +385,7 @@ class SmokeTest:
             self.check("frontend", "pages", self._skip("--skip-frontend"))
             return
         for url in conf.SMOKE_PAGES:
-            self.check("frontend", f"GET {url}", lambda url=url: self._check_page(url), needs=("http",))
+            self.check("frontend", f"GET {url}", functools.partial(self._check_page, url), needs=("http",))
         if not conf.SMOKE_LOGIN_PAGES:
             return
         with self._smoke_user() as credentials:
@@ -399,7 +400,7 @@ class SmokeTest:
                 self.check(
                     "frontend",
                     f"GET {url} (logged in)",
-                    lambda url=url: self._check_page(url, logged_in=True),
+                    functools.partial(self._check_page, url, logged_in=True),
                     needs=("login",),
                 )
             if "login" not in self.failed:

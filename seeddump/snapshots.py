@@ -297,7 +297,7 @@ def prune(admin: psycopg.Connection, directory: Path | None = None, keep: int | 
     directory = directory or conf.DIR
     keep = conf.SNAPSHOTS_KEEP if keep is None else keep
     dropped = []
-    kept = set()
+    kept: set[tuple[str, str]] = set()
     for snapshot in list_snapshots(admin, directory, sizes=False):
         dump_gone = not snapshot.dump_file or not (directory / snapshot.dump_file).is_file()
         if dump_gone or snapshot.kind != "snapshot" or len(kept) >= keep:

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Installs seeddump with its test tools and runs the test suite against real PostgreSQL:
+# Installs seeddump with its test tools, checks lint, format and types (ruff, mypy with django-stubs), and
+# runs the test suite against real PostgreSQL:
 # the embedded server (started by the tests) and the machine's server at 127.0.0.1:5432
 # (SEEDDUMP_TEST_SYSTEM_URL to change it). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash seeds/scripts/install.sh
+# Lint, format and types first: a few seconds, and py.typed is a promise.
+.venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
+.venv/bin/mypy --no-error-summary seeddump
 exec .venv/bin/python -m pytest "$@"
