@@ -13,6 +13,7 @@ restore drops the replaced database, and half-built snapshots are dropped under 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -120,8 +121,8 @@ def _line(pid: int, database: str, message: str) -> str:
     return f"{stamp} [{pid}] {database}: {message}\n"
 
 
-def last_failure() -> str | None:
-    """What went wrong with the last background process, if it ended without finishing its work (it
+def _unfinished() -> tuple[str, str] | None:
+    """(pid, what happened) of the last background process, if it ended without finishing its work (it
     failed, was killed, or could not even start Python and Django); None if it finished or still runs."""
     try:
         with log_path().open("rb") as handle:
@@ -129,25 +130,50 @@ def last_failure() -> str | None:
             lines = handle.read().decode("utf-8", "replace").splitlines()
     except OSError:
         return None
-    pids = [m for line in lines if (m := _LINE_RE.match(line)) and m["message"] == _STARTED]
-    if not pids:
+    starts = [i for i, line in enumerate(lines) if (m := _LINE_RE.match(line)) and m["message"] == _STARTED]
+    if not starts:
         return None
-    pid = pids[-1]["pid"]
-    after = lines[lines.index(pids[-1].string) + 1 :]
-    own = [m for line in after if (m := _LINE_RE.match(line)) and m["pid"] == pid]
-    if own and own[-1]["message"] == _DONE:
+    pid = _LINE_RE.match(lines[starts[-1]])["pid"]  # type: ignore[index]
+    after = lines[starts[-1] + 1 :]
+    own = [m["message"] for line in after if (m := _LINE_RE.match(line)) and m["pid"] == pid]
+    if own and own[-1].startswith(_DONE):
         return None
-    if own and own[-1]["message"].startswith("failed:"):
-        return f"the background process {pid} {own[-1]['message']}"
-    try:
-        os.kill(int(pid), 0)
+    if own and own[-1].startswith("failed:"):
+        return pid, own[-1]
+    if _alive(int(pid)):
         return None  # still at work
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        return None
     last = next((line.strip() for line in reversed(after) if line.strip()), "no output")
-    return f"the background process {pid} stopped before it finished (its last words: {last[:200]})"
+    return pid, f"stopped before it finished (its last words: {last[:200]})"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie that nobody reaped does not: it has exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def last_failure() -> str | None:
+    """What went wrong with the last background process, if it did not finish its work; see ``_unfinished``."""
+    unfinished = _unfinished()
+    return None if unfinished is None else f"the background process {unfinished[0]} {unfinished[1]}"
+
+
+def acknowledge_failure() -> None:
+    """Marks the last background process's failure as dealt with: a later restore has tidied up after it."""
+    unfinished = _unfinished()
+    if unfinished is None:
+        return
+    with contextlib.suppress(OSError, SeeddumpError), _open_log() as log:
+        log.write(_line(int(unfinished[0]), "-", f"{_DONE}: tidied up by a later restore"))
 
 
 def _effective_settings() -> dict[str, Any]:

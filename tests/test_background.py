@@ -192,9 +192,14 @@ def test_killed_background_process_leaves_nothing_wrong(
 
     seeded = demo_snapshot(alias)  # the restored database is in place all the same
     assert Team.objects.using(alias).count() == 2
+    listing = manage("snapshots", alias=alias, dumps_dir=dumps_dir)
+    assert f"Last time, the background process {pid} stopped before it finished" in listing.stderr
 
-    again = restoredump(alias, dumps_dir, "--wait")
-    assert again["source"] == "pg_restore"  # no snapshot was cached
+    warned = manage("restoredump", "dev", "--no-input", "--wait", "--json", alias=alias, dumps_dir=dumps_dir)
+    assert warned.returncode == 0, warned.stderr
+    assert f"Last time, the background process {pid} stopped before it finished" in warned.stderr
+    assert json.loads(warned.stdout)["source"] == "pg_restore"  # no snapshot was cached
+    assert "Last time" not in manage("snapshots", alias=alias, dumps_dir=dumps_dir).stderr  # dealt with
     assert demo_snapshot(alias) == seeded
     assert replaced_databases(alias) == []
     cache = cache_of(alias, dumps_dir)

@@ -136,6 +136,8 @@ class Command(BaseCommand):
                     f"run as a superuser: {'; '.join(result.skipped_settings)}"
                 )
             )
+        if failure:
+            background.acknowledge_failure()  # this restore tidied up after it
         migrated = self._report_migrations(plan, options)
         if as_json:
             status = plan.status
