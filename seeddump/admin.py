@@ -1,17 +1,19 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
 from seeddump import dumpfiles
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 from seeddump.models import DumpRecord
-from seeddump.staleness import code_migrations_cached
+from seeddump.staleness import code_migrations_cached, code_migrations_loaded_once
 
 
 def _schema_state(record: DumpRecord) -> tuple[bool, str]:
@@ -67,6 +69,13 @@ _SHOWN = (
 )
 
 
+def _rendered(response: HttpResponse) -> HttpResponse:
+    """Renders a template response now, while the migrations loaded for this page are at hand."""
+    if isinstance(response, TemplateResponse):
+        response.render()
+    return response
+
+
 @admin.register(DumpRecord)
 class DumpRecordAdmin(admin.ModelAdmin):
     """Dumps are made by generatedump and described by their metadata: the admin only shows them."""
@@ -90,6 +99,16 @@ class DumpRecordAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     fields = _SHOWN
     readonly_fields = _SHOWN
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        with code_migrations_loaded_once():  # once per page; the columns are computed while rendering
+            return _rendered(super().changelist_view(request, extra_context))
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        with code_migrations_loaded_once():
+            return _rendered(super().change_view(request, object_id, form_url, extra_context))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable
+import contextlib
+import contextvars
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,10 +80,23 @@ class DumpStatus:
         return f"Regenerate it: python manage.py generatedump {self.environment}"
 
 
-@functools.lru_cache(maxsize=1)
+_loaded: contextvars.ContextVar[CodeMigrations | None] = contextvars.ContextVar("seeddump_migrations", default=None)
+
+
+@contextlib.contextmanager
+def code_migrations_loaded_once() -> Iterator[None]:
+    """Within the block, ``code_migrations_cached`` loads the code's migrations once (the admin asks for
+    every row of a page); outside it, each call reads them again, so that a migration written while the
+    server runs shows on the next page, not after a restart."""
+    token = _loaded.set(CodeMigrations.load())
+    try:
+        yield
+    finally:
+        _loaded.reset(token)
+
+
 def code_migrations_cached() -> CodeMigrations:
-    """The code's migrations, loaded once per process (the admin asks for every row)."""
-    return CodeMigrations.load()
+    return _loaded.get() or CodeMigrations.load()
 
 
 def _count(keys: list[Key]) -> str:
