@@ -87,6 +87,13 @@ if "SEEDDUMP_LOCK_TIMEOUT" in env:
     SEEDDUMP_LOCK_TIMEOUT = env.int("SEEDDUMP_LOCK_TIMEOUT")
 SEEDDUMP_READY_COPIES = env.bool("SEEDDUMP_READY_COPIES", default=True)
 SEEDDUMP_SMOKE_API_URLS = env.list("SEEDDUMP_SMOKE_API_URLS", default=["/api/teams/", "/api/agents/", "/api/nodes/"])
+for _name in ("SEEDDUMP_SMOKE_PAGES", "SEEDDUMP_SMOKE_LOGIN_PAGES", "SEEDDUMP_SMOKE_IGNORE_TABLES"):
+    if _name in env:
+        globals()[_name] = env.list(_name, default=[])
+if "SEEDDUMP_SMOKE_HEALTH_URL" in env:
+    SEEDDUMP_SMOKE_HEALTH_URL = env.str("SEEDDUMP_SMOKE_HEALTH_URL")
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"

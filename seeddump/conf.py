@@ -134,28 +134,43 @@ class Settings:
     # --- smoketest ---
 
     @property
-    def SMOKE_HEALTH_URL(self) -> str:
-        """Path of the health endpoint the smoke test waits for (seeddump.urls serves /healthz/)."""
-        return getattr(settings, "SEEDDUMP_SMOKE_HEALTH_URL", "/healthz/")
+    def SMOKE_HEALTH_URL(self) -> str | None:
+        """A health endpoint of the project's own to wait for; default: the one the smoke server serves."""
+        return getattr(settings, "SEEDDUMP_SMOKE_HEALTH_URL", None) or None
 
     @property
     def SMOKE_API_URLS(self) -> list[str]:
-        """API paths that must answer 200 with data."""
+        """API paths that must answer 200 with data (requested as the smoke-test user)."""
         return list(getattr(settings, "SEEDDUMP_SMOKE_API_URLS", []))
 
     @property
-    def SMOKE_PAGES(self) -> list[str]:
-        """Pages that must render without logging in."""
-        return list(getattr(settings, "SEEDDUMP_SMOKE_PAGES", ["/admin/login/"]))
+    def SMOKE_API_HEADERS(self) -> object:
+        """A callable (or its dotted path) that takes the smoke-test user and returns the HTTP headers
+        that authenticate it to the API (a token); default: the user's logged-in session."""
+        return getattr(settings, "SEEDDUMP_SMOKE_API_HEADERS", None) or None
 
     @property
-    def SMOKE_LOGIN_PAGES(self) -> list[str]:
-        """Pages that must render for a logged-in staff user (created and removed by the smoke test)."""
-        return list(getattr(settings, "SEEDDUMP_SMOKE_LOGIN_PAGES", ["/admin/seeddump/dumprecord/"]))
+    def SMOKE_PAGES(self) -> list[str] | None:
+        """Pages that must render without logging in; default: the admin's login page, if routed."""
+        value = getattr(settings, "SEEDDUMP_SMOKE_PAGES", None)
+        return None if value is None else list(value)
 
     @property
-    def SMOKE_LOGIN_URL(self) -> str:
-        return getattr(settings, "SEEDDUMP_SMOKE_LOGIN_URL", "/admin/login/")
+    def SMOKE_LOGIN_PAGES(self) -> list[str] | None:
+        """Pages that must render for the smoke-test user; default: the admin's index and dump list, if routed."""
+        value = getattr(settings, "SEEDDUMP_SMOKE_LOGIN_PAGES", None)
+        return None if value is None else list(value)
+
+    @property
+    def SMOKE_LOGIN_URL(self) -> str | None:
+        """Where the smoke-test user logs in (a form with username and password); default: the admin's."""
+        return getattr(settings, "SEEDDUMP_SMOKE_LOGIN_URL", None) or None
+
+    @property
+    def SMOKE_IGNORE_TABLES(self) -> frozenset[str]:
+        """Tables whose row counts the smoke test does not compare with the dump's (``schema.table`` or
+        ``table`` for the public schema)."""
+        return frozenset(str(name) for name in getattr(settings, "SEEDDUMP_SMOKE_IGNORE_TABLES", ()))
 
     @property
     def SMOKE_SERVER_COMMAND(self) -> list[str] | None:

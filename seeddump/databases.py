@@ -349,6 +349,14 @@ def drop(admin: psycopg.Connection, name: str) -> bool:
     return True
 
 
+def take_back(admin: psycopg.Connection, name: str) -> None:
+    """Makes a database seeddump restored for its own use (owned by the restore's owner) the connecting
+    role's again, so that ``drop`` may drop it. Only possible for a member of its owner role."""
+    if exists(admin, name) and not is_owned_by(admin, name, current_user(admin)):
+        query = sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(sql.Identifier(name))
+        admin.execute(query)
+
+
 # --- Restoring as the owner ---------------------------------------------------------------------------
 
 

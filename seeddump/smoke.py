@@ -1,18 +1,28 @@
 """smoketest: the whole stack checked end to end, the way a new teammate or a CI job would.
 
-Phases run in order: environment, database, backend, frontend, data. Each check passes, fails, is
+Phases run in order: environment, database, backend, frontend, cleanup. Each check passes, fails, is
 skipped (because a check it depends on failed, or by an option), or is a note. A failed check never
 stops the run; the checks that depend on it are reported as skipped with the reason.
+
+The latest dump is restored into a database of the smoke test's own beside the configured one (the
+developer's data is never touched unless ``overwrite``); this process and the web server it starts
+(``seeddump.smoke_settings``) are pointed at it, and it is dropped at the end. Its row counts are
+compared with the dump's right after the restore, before migrations, logins or the project's signals
+write anything.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import html
+import http
 import http.cookiejar
 import io
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -32,13 +42,18 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import connections
+from django.urls import NoReverseMatch, reverse
+from django.utils.module_loading import import_string
 
-from seeddump import dumpfiles, postgres, restore
+from seeddump import databases, dumpfiles, postgres, restore
 from seeddump.conf import conf
 from seeddump.dumps import BOOKKEEPING_TABLES
 from seeddump.exceptions import SeeddumpError
 
 PASS, FAIL, SKIP, NOTE = "pass", "fail", "skip", "note"
+
+# Served by seeddump.views.SmokeHealthMiddleware in the smoke test's web server only.
+HEALTH_PATH = "/__seeddump__/healthz/"
 
 
 @dataclass
@@ -102,10 +117,16 @@ class _Http:
         self.cookies = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
 
-    def request(self, path: str, data: dict[str, str] | None = None, timeout: float = 15) -> _HttpResponse:
+    def request(
+        self,
+        path: str,
+        data: dict[str, str] | None = None,
+        timeout: float = 15,
+        headers: dict[str, str] | None = None,
+    ) -> _HttpResponse:
         body = urllib.parse.urlencode(data).encode() if data is not None else None
-        headers = {"Referer": self.base_url + path} if data is not None else {}
-        request = urllib.request.Request(self.base_url + path, data=body, headers=headers)
+        sent = {**({"Referer": self.base_url + path} if data is not None else {}), **(headers or {})}
+        request = urllib.request.Request(self.base_url + path, data=body, headers=sent)
         try:
             with self.opener.open(request, timeout=timeout) as response:
                 return _HttpResponse(
@@ -116,6 +137,46 @@ class _Http:
 
     def cookie(self, name: str) -> str:
         return next((c.value or "" for c in self.cookies if c.name == name), "")
+
+    def anonymous(self) -> _Http:
+        return _Http(self.base_url)
+
+
+def _short(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def reason(response: _HttpResponse) -> str:
+    """What went wrong, in a few words: a JSON error's message, an HTML page's title, never the page."""
+    text = response.body[:200_000].decode(errors="replace")
+    if "json" in response.content_type:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            for key in ("detail", "error", "message", "status"):
+                if isinstance(data.get(key), str) and data[key].strip():
+                    return _short(data[key])
+    if "html" in response.content_type or "<html" in text[:1000].lower():
+        if "CSRF verification failed" in text:
+            why = re.search(r"<pre[^>]*>(.*?)</pre>", text, re.S | re.I)
+            detail = f": {_short(html.unescape(why.group(1)), 80)}" if why else ""
+            return f"CSRF verification failed{detail}"
+        title = re.search(r"<title[^>]*>(.*?)</title>", text, re.S | re.I)
+        if title and title.group(1).strip():
+            return _short(html.unescape(title.group(1)))
+        text = html.unescape(re.sub(r"<[^>]+>", " ", text))
+    try:
+        phrase = http.HTTPStatus(response.status).phrase
+    except ValueError:
+        phrase = ""
+    return _short(text) or phrase or "no body"
+
+
+def _answered(url: str, response: _HttpResponse) -> str:
+    return f"{url} answered {response.status} ({reason(response)})"
 
 
 def _free_port() -> int:
@@ -131,19 +192,65 @@ def _server_command(port: int) -> list[str]:
     return [part.replace("{port}", str(port)) for part in command]
 
 
-def _server_env() -> dict[str, str]:
-    """The web server gets this process's environment and can import the same project."""
+def _server_env(using: str, database: str | None) -> dict[str, str]:
+    """The web server gets this process's environment, can import the same project, and runs with
+    ``seeddump.smoke_settings``: the project's settings pointed at ``database``."""
     paths = [os.getcwd()]
     if sys.argv and sys.argv[0].endswith("manage.py"):
         paths.insert(0, str(Path(sys.argv[0]).resolve().parent))
     if os.environ.get("PYTHONPATH"):
         paths.append(os.environ["PYTHONPATH"])
+    server = {"settings": settings.SETTINGS_MODULE, "alias": using, "database": database, "health_path": HEALTH_PATH}
     return {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE") or settings.SETTINGS_MODULE,
+        "DJANGO_SETTINGS_MODULE": "seeddump.smoke_settings",
+        "SEEDDUMP_SMOKE_SERVER": json.dumps(server),
         "PYTHONPATH": os.pathsep.join(paths),
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def smoke_database_name(target: str) -> str:
+    """The database the smoke test restores into, beside ``target`` on the same server."""
+    return f"seeddump_smoke_{hashlib.sha256(target.encode()).hexdigest()[:8]}"
+
+
+@contextlib.contextmanager
+def pointed_at(using: str, name: str) -> Iterator[None]:
+    """Django's connection ``using`` goes to database ``name`` (on the same server) inside the block, so
+    that migrate, the smoke-test user and the project's signals all write there."""
+    connection = connections[using]
+    original = connection.settings_dict["NAME"]
+    connection.close()
+    connection.settings_dict["NAME"] = name
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict["NAME"] = original
+
+
+def _reversed(name: str) -> str | None:
+    try:
+        return reverse(name)
+    except NoReverseMatch:
+        return None
+
+
+def login_url() -> str | None:
+    return conf.SMOKE_LOGIN_URL or _reversed("admin:login")
+
+
+def anonymous_pages() -> list[str]:
+    if conf.SMOKE_PAGES is not None:
+        return conf.SMOKE_PAGES
+    return [url for url in [_reversed("admin:login")] if url]
+
+
+def login_pages() -> list[str]:
+    if conf.SMOKE_LOGIN_PAGES is not None:
+        return conf.SMOKE_LOGIN_PAGES
+    return [url for url in (_reversed("admin:index"), _reversed("admin:seeddump_dumprecord_changelist")) if url]
 
 
 class SmokeTest:
@@ -154,6 +261,8 @@ class SmokeTest:
         using: str = "default",
         skip_dump_restore: bool = False,
         skip_frontend: bool = False,
+        overwrite: bool = False,
+        keep_database: bool = False,
         report: Callable[[CheckResult], None] = lambda result: None,
         log: Callable[[str], None] = lambda line: None,
     ) -> None:
@@ -161,6 +270,8 @@ class SmokeTest:
         self.using = using
         self.skip_dump_restore = skip_dump_restore
         self.skip_frontend = skip_frontend
+        self.overwrite = overwrite
+        self.keep_database = keep_database
         self.report_result = report
         self.log = log
         self.report = SmokeReport(environment)
@@ -168,6 +279,10 @@ class SmokeTest:
         self.dump_path: Path | None = None
         self.metadata: dumpfiles.Metadata | None = None
         self.http: _Http | None = None
+        self.smoke_database: str | None = None  # restored by this run, dropped at the end
+        self.user: Any = None
+        self.password = secrets.token_urlsafe(24)
+        self.api_headers: dict[str, str] = {}
 
     # --- running checks -------------------------------------------------------------------------
 
@@ -203,12 +318,16 @@ class SmokeTest:
     def run(self) -> SmokeReport:
         started = time.monotonic()
         try:
-            self._environment()
-            self._database()
-            with self._web_server():
-                self._backend()
-                self._frontend()
-            self._data()
+            with contextlib.ExitStack() as stack:
+                self._environment()
+                self._restore_phase()
+                if self.smoke_database is not None:
+                    stack.callback(self._cleanup)
+                    stack.enter_context(pointed_at(self.using, self.smoke_database))
+                self._database()
+                with self._web_server(), self._smoke_user():
+                    self._backend()
+                    self._frontend()
         finally:
             self.report.seconds = time.monotonic() - started
         return self.report
@@ -259,7 +378,7 @@ class SmokeTest:
 
     # --- 2. database ----------------------------------------------------------------------------
 
-    def _database(self) -> None:
+    def _restore_phase(self) -> None:
         self.check("database", "server accepts connections", self._check_server, needs=("env",), provides="server")
         if self.skip_dump_restore:
             self.check("database", "restore latest dump", self._skip("--skip-dump-restore"))
@@ -267,6 +386,10 @@ class SmokeTest:
             self.check(
                 "database", "restore latest dump", self._restore, needs=("server", "dump", "tools"), provides="restored"
             )
+
+    def _database(self) -> None:
+        # Compared first: migrations, the smoke-test user and the project's signals write rows later.
+        self.check("database", "row counts match the dump's metadata", self._check_counts, needs=("server", "restored"))
         self.check("database", "migrations applied", self._migrate, needs=("server", "restored"), provides="migrated")
         self.check("database", "query through Django", self._query, needs=("migrated",), provides="db")
 
@@ -284,8 +407,26 @@ class SmokeTest:
 
     def _restore(self) -> str:
         plan = restore.plan_restore(self.environment, dump=self.dump_path, using=self.using)
-        result = restore.restore(plan, progress=self.log)
-        return f"{result.rows} rows in {result.tables} tables in {result.seconds:.1f}s"
+        if self.overwrite:
+            result = restore.restore(plan, progress=self.log)
+            return f"{result.rows} rows in {result.tables} tables into '{result.database}' in {result.seconds:.1f}s"
+        settings_dict = postgres.settings_for(self.using)
+        target = str(settings_dict.get("NAME") or "")
+        name = smoke_database_name(target)
+        with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
+            if databases.exists(admin, name) and not databases.is_ours(admin, name):
+                raise SeeddumpError(
+                    f"A database '{name}' that seeddump did not make is on the server; the smoke test will not "
+                    "restore over it. Drop it, or pass --overwrite to test the configured database itself."
+                )
+        result = restore.restore(plan, database=name, progress=self.log)
+        self.smoke_database = name
+        with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
+            databases.label(admin, name, {"seeddump": "smoke", "database": target})
+        return (
+            f"{result.rows} rows in {result.tables} tables into '{name}' (beside '{target}', which is not touched) "
+            f"in {result.seconds:.1f}s"
+        )
 
     def _migrate(self) -> str:
         output = io.StringIO()
@@ -300,12 +441,36 @@ class SmokeTest:
             (count,) = cursor.fetchone()
         return f"{count} migrations recorded"
 
+    def _check_counts(self) -> str:
+        if self.metadata is None:
+            raise Skipped("skipped: there is no dump to compare with")
+        settings_dict = postgres.settings_for(self.using)
+        with postgres.connect(settings_dict) as conn:
+            actual = postgres.count_rows(conn)
+        expected = self.metadata.record_counts
+        ignored = BOOKKEEPING_TABLES | conf.SMOKE_IGNORE_TABLES
+        tables = sorted(t for t in set(expected) | set(actual) if t not in ignored)
+        problems = [
+            f"{t}: {actual.get(t, 'no table')} rows, the dump has {expected.get(t, 'no table')}"
+            for t in tables
+            if actual.get(t) != expected.get(t)
+        ]
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise SeeddumpError(
+                f"The data does not match {self.metadata.dump_file}: {'; '.join(problems[:3])}{more}. "
+                "Tables that change on their own can be listed in SEEDDUMP_SMOKE_IGNORE_TABLES."
+            )
+        rows = sum(actual[t] for t in tables)
+        return f"{len(tables)} tables match ({rows} rows; Django's bookkeeping tables not compared)"
+
     # --- 3. backend -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _web_server(self) -> Iterator[None]:
         process: subprocess.Popen[bytes] | None = None
         output = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below, after the server stops
+        health = conf.SMOKE_HEALTH_URL or HEALTH_PATH
 
         def start() -> str:
             nonlocal process
@@ -313,13 +478,17 @@ class SmokeTest:
             command = _server_command(port)
             self.log("starting: " + " ".join(command))
             process = subprocess.Popen(
-                command, env=_server_env(), stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                command,
+                env=_server_env(self.using, connections[self.using].settings_dict["NAME"]),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
             self.http = _Http(f"http://127.0.0.1:{port}")
-            return self._wait_for_health(process, output)
+            return self._wait_for_health(process, output, health)
 
         try:
-            self.check("backend", f"web server answers {conf.SMOKE_HEALTH_URL}", start, needs=("db",), provides="http")
+            self.check("backend", f"web server answers {health}", start, needs=("db",), provides="http")
             yield
         finally:
             if process is not None:
@@ -333,7 +502,7 @@ class SmokeTest:
                 self.log("web server output:\n" + output.read().decode(errors="replace"))
             output.close()
 
-    def _wait_for_health(self, process: subprocess.Popen[bytes], output: Any) -> str:
+    def _wait_for_health(self, process: subprocess.Popen[bytes], output: Any, health: str) -> str:
         assert self.http is not None
         deadline = time.monotonic() + conf.SMOKE_SERVER_TIMEOUT
         last_error = "no answer"
@@ -345,38 +514,49 @@ class SmokeTest:
                     f"The web server exited with code {process.returncode}: {lines[-1] if lines else 'no output'}"
                 )
             try:
-                response = self.http.request(conf.SMOKE_HEALTH_URL, timeout=2)
+                response = self.http.request(health, timeout=2)
             except OSError as exc:
                 last_error = str(getattr(exc, "reason", exc))
                 time.sleep(0.1)  # polling a server that is still starting, bounded by the deadline
                 continue
             if response.status == 200:
                 return f"{self.http.base_url} (pid {process.pid})"
-            raise SeeddumpError(
-                f"{conf.SMOKE_HEALTH_URL} answered {response.status}: {response.body[:200].decode(errors='replace')}"
+            hint = (
+                ' Add path("", include("seeddump.urls")) to your URLs, or unset SEEDDUMP_SMOKE_HEALTH_URL.'
+                if response.status == 404 and conf.SMOKE_HEALTH_URL
+                else ""
             )
+            raise SeeddumpError(f"{_answered(health, response)}.{hint}")
         raise SeeddumpError(
-            f"The web server did not answer {conf.SMOKE_HEALTH_URL} within {conf.SMOKE_SERVER_TIMEOUT:.0f}s "
-            f"({last_error})."
+            f"The web server did not answer {health} within {conf.SMOKE_SERVER_TIMEOUT:.0f}s ({last_error})."
         )
 
     def _backend(self) -> None:
+        if self.user is not None or "user" in self.failed:
+            self.check("backend", "log in as a smoke-test user", self._log_in, needs=("http", "user"), provides="login")
         for url in conf.SMOKE_API_URLS:
             self.check("backend", f"GET {url}", functools.partial(self._check_api, url), needs=("http",))
 
     def _check_api(self, url: str) -> str:
         assert self.http is not None
-        response = self.http.request(url)
+        response = self.http.request(url, headers=self.api_headers)
         if response.status != 200:
-            raise SeeddumpError(f"{url} answered {response.status}, expected 200.")
+            raise SeeddumpError(f"{_answered(url, response)}, expected 200{self._as_whom()}.")
         try:
             data = json.loads(response.body)
         except ValueError:
-            raise SeeddumpError(f"{url} did not return JSON ({response.content_type}).") from None
+            raise SeeddumpError(f"{url} did not return JSON ({response.content_type or 'untyped'}).") from None
         items = data.get("results", data) if isinstance(data, dict) else data
         if not items:
             raise SeeddumpError(f"{url} returned no data.")
         return f"200, {len(items)} item(s)"
+
+    def _as_whom(self) -> str:
+        if self.api_headers:
+            return " with the headers of SEEDDUMP_SMOKE_API_HEADERS"
+        if "login" not in self.failed and self.user is not None:
+            return " as the logged-in smoke-test user (set SEEDDUMP_SMOKE_API_HEADERS for a token-based API)"
+        return " without logging in"
 
     # --- 4. frontend ----------------------------------------------------------------------------
 
@@ -384,104 +564,116 @@ class SmokeTest:
         if self.skip_frontend:
             self.check("frontend", "pages", self._skip("--skip-frontend"))
             return
-        for url in conf.SMOKE_PAGES:
+        for url in anonymous_pages():
             self.check("frontend", f"GET {url}", functools.partial(self._check_page, url), needs=("http",))
-        if not conf.SMOKE_LOGIN_PAGES:
+        if self.user is None and "user" not in self.failed:
             return
-        with self._smoke_user() as credentials:
+        for url in login_pages():
             self.check(
                 "frontend",
-                "log in as a smoke-test user",
-                lambda: self._log_in(credentials),
-                needs=("http",),
-                provides="login",
+                f"GET {url} (logged in)",
+                functools.partial(self._check_page, url, logged_in=True),
+                needs=("login",),
             )
-            for url in conf.SMOKE_LOGIN_PAGES:
-                self.check(
-                    "frontend",
-                    f"GET {url} (logged in)",
-                    functools.partial(self._check_page, url, logged_in=True),
-                    needs=("login",),
-                )
-            if "login" not in self.failed:
-                self._log_out()
 
     def _check_page(self, url: str, logged_in: bool = False) -> str:
         assert self.http is not None
-        response = self.http.request(url)
+        response = (self.http if logged_in else self.http.anonymous()).request(url)
         if response.status != 200:
-            raise SeeddumpError(f"{url} answered {response.status}, expected 200.")
+            raise SeeddumpError(f"{_answered(url, response)}, expected 200.")
         if "text/html" not in response.content_type:
             raise SeeddumpError(f"{url} is {response.content_type or 'untyped'}, not an HTML page.")
-        html = response.body.decode(errors="replace")
-        if "</html>" not in html.lower():
+        html_text = response.body.decode(errors="replace")
+        if "</html>" not in html_text.lower():
             raise SeeddumpError(f"{url} did not render a whole page.")
-        if logged_in and urllib.parse.urlparse(response.url).path == conf.SMOKE_LOGIN_URL:
+        if logged_in and urllib.parse.urlparse(response.url).path == login_url():
             raise SeeddumpError(f"{url} sent the logged-in user back to the login page.")
         return f"200, {len(response.body)} bytes"
 
+    # --- the smoke-test user --------------------------------------------------------------------
+
     @contextlib.contextmanager
-    def _smoke_user(self) -> Iterator[tuple[str, str]]:
-        """A throwaway superuser, removed afterwards whatever happens."""
-        user_model = get_user_model()
-        username, password = f"seeddump-smoke-{secrets.token_hex(4)}", secrets.token_urlsafe(24)
-        user = None
+    def _smoke_user(self) -> Iterator[None]:
+        """A throwaway superuser, removed afterwards whatever happens; only when there is a login page
+        or an API to check and the database works."""
+        wanted = "db" not in self.failed and "http" not in self.failed and login_url() is not None
+        wanted = wanted and bool(conf.SMOKE_API_URLS or (login_pages() and not self.skip_frontend))
+        if wanted:
+            self.check("backend", "create a smoke-test user", self._create_user, provides="user")
         try:
-            if "db" not in self.failed:
-                user = user_model.objects.db_manager(self.using).create_superuser(
-                    username, f"{username}@example.invalid", password
-                )
-            yield username, password
+            yield
         finally:
-            if user is not None:
-                user.delete()
+            if self.user is not None:
+                with contextlib.suppress(Exception):  # the database may be what failed
+                    self.user.delete()
 
-    def _log_in(self, credentials: tuple[str, str]) -> str:
-        assert self.http is not None
-        username, password = credentials
-        login = self.http.request(conf.SMOKE_LOGIN_URL)
+    def _create_user(self) -> str:
+        user_model = get_user_model()
+        username = f"seeddump-smoke-{secrets.token_hex(4)}"
+        fields: dict[str, Any] = {user_model.USERNAME_FIELD: username, "password": self.password}
+        for name in getattr(user_model, "REQUIRED_FIELDS", []):
+            if name == "email" or name == getattr(user_model, "EMAIL_FIELD", "email"):
+                fields[name] = f"{username}@example.invalid"
+        try:
+            self.user = user_model.objects.db_manager(self.using).create_superuser(**fields)
+        except TypeError as exc:
+            raise SeeddumpError(
+                f"Could not create the smoke-test superuser with {user_model.__name__}.objects.create_superuser "
+                f"({exc}). Set SEEDDUMP_SMOKE_LOGIN_PAGES = [] and SEEDDUMP_SMOKE_API_URLS = [] to skip logging in."
+            ) from None
+        if conf.SMOKE_API_HEADERS:
+            maker = conf.SMOKE_API_HEADERS
+            if isinstance(maker, str):
+                maker = import_string(maker)
+            if not callable(maker):
+                raise SeeddumpError("SEEDDUMP_SMOKE_API_HEADERS must be a callable or its dotted path.")
+            self.api_headers = {str(k): str(v) for k, v in dict(maker(self.user)).items()}
+        return f"{username} ({user_model._meta.label})"
+
+    def _log_in(self) -> str:
+        assert self.http is not None and self.user is not None
+        url = login_url()
+        assert url is not None
+        login = self.http.request(url)
         if login.status != 200:
-            raise SeeddumpError(f"{conf.SMOKE_LOGIN_URL} answered {login.status}.")
-        target = conf.SMOKE_LOGIN_PAGES[0]
+            raise SeeddumpError(f"{_answered(url, login)}. Set SEEDDUMP_SMOKE_LOGIN_URL to your login page.")
+        csrf = self.http.cookie(settings.CSRF_COOKIE_NAME)
+        target = (login_pages() or [url])[0]
+        username = getattr(self.user, self.user.USERNAME_FIELD)
         response = self.http.request(
-            conf.SMOKE_LOGIN_URL,
-            {
-                "username": username,
-                "password": password,
-                "csrfmiddlewaretoken": self.http.cookie("csrftoken"),
-                "next": target,
-            },
+            url, {"username": username, "password": self.password, "csrfmiddlewaretoken": csrf, "next": target}
         )
-        if urllib.parse.urlparse(response.url).path == conf.SMOKE_LOGIN_URL or not self.http.cookie("sessionid"):
-            raise SeeddumpError(f"Logging in at {conf.SMOKE_LOGIN_URL} failed (answered {response.status}).")
-        return f"logged in as {username}"
+        landed = urllib.parse.urlparse(response.url).path
+        if self.http.cookie(settings.SESSION_COOKIE_NAME) and landed != url:
+            return f"logged in as {username}"
+        if response.status == 200 and landed == url:
+            page = response.body.decode(errors="replace")
+            refused = re.search(r'class="[^"]*error[^"]*"[^>]*>(.*?)</(?:p|div|li|ul)>', page, re.S)
+            why = _short(html.unescape(re.sub(r"<[^>]+>", " ", refused.group(1))), 100) if refused else ""
+            raise SeeddumpError(
+                f"Logging in at {url} did not log the smoke-test superuser in: "
+                + (f"the form said '{why}'" if why else "the login page came back")
+                + " (an authentication backend that refuses it, or a lockout such as django-axes?)."
+            )
+        hint = "" if csrf else f"; the login page set no {settings.CSRF_COOKIE_NAME} cookie to send back"
+        raise SeeddumpError(f"Logging in at {_answered(url, response)}{hint}.")
 
-    def _log_out(self) -> None:
-        assert self.http is not None
-        logout = conf.SMOKE_LOGIN_URL.replace("login", "logout")
-        with contextlib.suppress(OSError):
-            self.http.request(logout, {"csrfmiddlewaretoken": self.http.cookie("csrftoken")})
+    # --- 5. cleanup -----------------------------------------------------------------------------
 
-    # --- 5. data --------------------------------------------------------------------------------
+    def _cleanup(self) -> None:
+        if self.smoke_database is None:
+            return
+        name = self.smoke_database
+        if self.keep_database:
+            self.check("cleanup", f"keep {name}", lambda: f"kept for you to look at; drop it with: dropdb {name}")
+            return
+        self.check("cleanup", f"drop {name}", lambda: self._drop(name))
 
-    def _data(self) -> None:
-        self.check("data", "row counts match the dump's metadata", self._check_counts, needs=("db", "dump"))
-
-    def _check_counts(self) -> str:
-        if self.metadata is None:
-            raise Skipped("skipped: there is no dump to compare with")
+    def _drop(self, name: str) -> str:
+        connections[self.using].close()
         settings_dict = postgres.settings_for(self.using)
-        with postgres.connect(settings_dict) as conn:
-            actual = postgres.count_rows(conn)
-        expected = self.metadata.record_counts
-        tables = sorted(t for t in set(expected) | set(actual) if t not in BOOKKEEPING_TABLES)
-        problems = [
-            f"{t}: {actual.get(t, 'no table')} rows, the dump has {expected.get(t, 'no table')}"
-            for t in tables
-            if actual.get(t) != expected.get(t)
-        ]
-        if problems:
-            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise SeeddumpError(f"The data does not match {self.metadata.dump_file}: {'; '.join(problems[:3])}{more}.")
-        rows = sum(actual[t] for t in tables)
-        return f"{len(tables)} tables match ({rows} rows; Django's bookkeeping tables not compared)"
+        with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
+            databases.take_back(admin, name)
+            if not databases.drop(admin, name):
+                raise SeeddumpError(f"Could not drop '{name}': it is not seeddump's. Drop it yourself.")
+        return "dropped"

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
+from django.conf import settings
 from django.db import DatabaseError, connections
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 
 @never_cache
 @require_GET
-def health(request: HttpRequest) -> JsonResponse:
+def health(request: HttpRequest) -> HttpResponse:
     started = time.monotonic()
     try:
         with connections["default"].cursor() as cursor:
@@ -22,3 +24,18 @@ def health(request: HttpRequest) -> JsonResponse:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return JsonResponse({"status": "error", "database": reason}, status=503)
     return JsonResponse({"status": "ok", "database": "ok", "ms": round((time.monotonic() - started) * 1000, 1)})
+
+
+class SmokeHealthMiddleware:
+    """Answers the smoke test's health path before any of the project's middleware or URLs see it.
+
+    Only installed by ``seeddump.smoke_settings``, the settings of the server ``smoketest`` starts."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        self.path: str = getattr(settings, "SEEDDUMP_SMOKE_HEALTH_PATH", "/__seeddump__/healthz/")
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path == self.path:
+            return health(request)
+        return self.get_response(request)

@@ -10,41 +10,183 @@ from pathlib import Path
 import pytest
 from django.db import connections
 
-from tests.conftest import manage, run_command
+from seeddump import databases, postgres, smoke
+from tests.conftest import database_names, manage, run_command
 from tests.test_refusals import _flip_byte
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
-def smoketest(alias: str, dumps_dir: Path, *args: str):
+def smoketest(alias: str, dumps_dir: Path, *args: str, env: dict[str, str] | None = None):
     log = dumps_dir.parent / "smoke.log"
-    return manage("smoketest", "--log-file", str(log), *args, alias=alias, dumps_dir=dumps_dir), log
+    return manage("smoketest", "--log-file", str(log), *args, alias=alias, dumps_dir=dumps_dir, env=env), log
 
 
-def test_healthy_stack_passes(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
+def _teams(alias: str) -> list[str]:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT name FROM reality_team ORDER BY id")
+        return [name for (name,) in cursor.fetchall()]
+
+
+def test_healthy_stack_passes_in_a_database_of_its_own(alias: str, restored: Path, dumps_dir: Path) -> None:
+    # The developer's own work in the configured database: the smoke test must not touch it.
+    with connections[alias].cursor() as cursor:
+        cursor.execute("UPDATE reality_team SET name = 'my local work' WHERE id = 1")
+    before = _teams(alias)
+
     result, log = smoketest(alias, dumps_dir)
 
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    for line in (
+    lines = [
         "PASS  environment: latest dump and metadata",
         "PASS  database: restore latest dump",
+        "PASS  database: row counts match the dump's metadata",
         "PASS  database: migrations applied",
-        "PASS  backend: web server answers /healthz/",
-        "PASS  backend: GET /api/teams/",
+        "PASS  backend: web server answers /__seeddump__/healthz/",
+        "PASS  backend: create a smoke-test user",
+        "PASS  backend: log in as a smoke-test user",
+        "PASS  backend: GET /api/teams/",  # the demo's API answers logged-in users only
         "PASS  backend: GET /api/nodes/",
         "PASS  frontend: GET /admin/login/",
-        "PASS  frontend: log in as a smoke-test user",
+        "PASS  frontend: GET /admin/ (logged in)",
         "PASS  frontend: GET /admin/seeddump/dumprecord/ (logged in)",
-        "PASS  data: row counts match the dump's metadata",
-    ):
-        assert line in out, line
+        "PASS  cleanup: drop seeddump_smoke_",
+    ]
+    positions = [out.find(line) for line in lines]
+    assert -1 not in positions, [line for line, at in zip(lines, positions) if at == -1]
+    # Row counts are compared right after the restore, before the smoke-test user or a login writes anything.
+    assert positions == sorted(positions)
     assert "Smoke test passed: " in out and " 0 failed" in out
+    assert "beside 'test_seeddump_" in out and "which is not touched" in out
     assert "[PASS] backend: GET /api/agents/" in log.read_text()
-    # The smoke-test user is gone again.
+    # The configured database is exactly as it was (no restore, no smoke-test user); the smoke database is gone.
+    assert _teams(alias) == before and "my local work" in before
     with connections[alias].cursor() as cursor:
         cursor.execute("SELECT count(*) FROM auth_user WHERE username LIKE 'seeddump-smoke-%%'")
         assert cursor.fetchone() == (0,)
+    target = connections[alias].settings_dict["NAME"]
+    assert smoke.smoke_database_name(target) not in database_names(alias)
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_overwrite_restores_over_the_configured_database(alias: str, restored: Path, dumps_dir: Path) -> None:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("UPDATE reality_team SET name = 'my local work' WHERE id = 1")
+
+    result, _ = smoketest(alias, dumps_dir, "--overwrite", "--skip-frontend")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "my local work" not in _teams(alias)
+    assert "cleanup:" not in result.stdout
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_keep_database_keeps_it_for_a_look(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
+    name = smoke.smoke_database_name(connections[alias].settings_dict["NAME"])
+    try:
+        result, _ = smoketest(alias, dumps_dir, "--keep-database", "--skip-frontend")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"PASS  cleanup: keep {name}" in result.stdout
+        assert name in database_names(alias)
+    finally:
+        with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
+            databases.drop(admin, name)
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_the_log_goes_to_the_dumps_folder_by_default(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
+    result = manage("smoketest", "--skip-frontend", alias=alias, dumps_dir=dumps_dir)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"Log: {dumps_dir / 'smoketest.log'}" in result.stdout
+    assert "[PASS] cleanup: drop" in (dumps_dir / "smoketest.log").read_text()
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_secure_cookies_still_log_in_over_plain_http(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
+    # A project made for HTTPS (taiga, most production-like settings): Secure cookies never come back over http.
+    env = {"SESSION_COOKIE_SECURE": "true", "CSRF_COOKIE_SECURE": "true"}
+
+    result, _ = smoketest(alias, dumps_dir, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS  backend: log in as a smoke-test user" in result.stdout
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_failures_say_the_status_and_a_reason_never_the_page(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
+    env = {"SEEDDUMP_SMOKE_PAGES": "/no-such-page/", "SEEDDUMP_SMOKE_API_URLS": "/api/teams/,/admin/"}
+
+    result, log = smoketest(alias, dumps_dir, env=env)
+
+    assert result.returncode == 1
+    assert "FAIL  frontend: GET /no-such-page/ (" in result.stdout
+    assert "/no-such-page/ answered 404 (Page not found at /no-such-page/), expected 200." in result.stdout
+    assert "/admin/ did not return JSON (text/html" in result.stdout
+    assert "<" not in result.stdout + result.stderr  # no HTML anywhere
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("CommandError: Smoke test failed: 2 check(s) failed")
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_api_checks_run_as_the_logged_in_smoke_user(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
+    # No pages to check at all: the smoke-test user still logs in, for the API (behind login in the demo).
+    env = {"SEEDDUMP_SMOKE_LOGIN_PAGES": "", "SEEDDUMP_SMOKE_PAGES": "", "SEEDDUMP_SMOKE_API_URLS": "/api/teams/"}
+
+    result, _ = smoketest(alias, dumps_dir, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS  backend: log in as a smoke-test user" in result.stdout
+    assert "PASS  backend: GET /api/teams/ (" in result.stdout
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_the_projects_own_health_url_is_used_when_named(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
+    result, _ = smoketest(alias, dumps_dir, "--skip-frontend", env={"SEEDDUMP_SMOKE_HEALTH_URL": "/healthz/"})
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS  backend: web server answers /healthz/" in result.stdout
+
+
+def _response(status: int, content_type: str, body: str) -> smoke._HttpResponse:
+    return smoke._HttpResponse(status, content_type, body.encode(), "http://127.0.0.1/x/")
+
+
+def test_reasons_are_a_few_words_from_the_answer() -> None:
+    assert smoke.reason(_response(403, "application/json", '{"detail": "Not logged in."}')) == "Not logged in."
+    csrf_page = (
+        "<html><head><title>403 Forbidden</title></head><body><h1>Forbidden</h1>"
+        "<p>CSRF verification failed. Request aborted.</p><pre>CSRF cookie not set.</pre></body></html>"
+    )
+    assert smoke.reason(_response(403, "text/html", csrf_page)) == "CSRF verification failed: CSRF cookie not set."
+    long_page = "<html><body>" + "<p>word</p>" * 500 + "</body></html>"
+    assert len(smoke.reason(_response(502, "text/html", long_page))) <= 120
+    assert smoke.reason(_response(503, "text/plain", "")) == "Service Unavailable"
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_a_health_url_the_project_does_not_serve_says_what_to_add(
+    alias: str, seeded_dump: Path, dumps_dir: Path
+) -> None:
+    result, _ = smoketest(alias, dumps_dir, env={"SEEDDUMP_SMOKE_HEALTH_URL": "/status/"})
+
+    assert result.returncode == 1
+    assert (
+        "/status/ answered 404 (Page not found at /status/). "
+        'Add path("", include("seeddump.urls")) to your URLs, or unset SEEDDUMP_SMOKE_HEALTH_URL.'
+    ) in result.stderr
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_ignored_tables_are_not_compared(alias: str, restored: Path, dumps_dir: Path) -> None:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("DELETE FROM reality_node WHERE parent_id IS NOT NULL AND id > 2900")
+    env = {"SEEDDUMP_SMOKE_IGNORE_TABLES": "reality_node"}
+
+    result, _ = smoketest(alias, dumps_dir, "--skip-dump-restore", "--skip-frontend", env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_json_report(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
@@ -57,6 +199,7 @@ def test_json_report(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
     statuses = {(c["phase"], c["name"]): c["status"] for c in report["checks"]}
     assert statuses[("backend", "GET /api/nodes/")] == "pass"
     assert statuses[("frontend", "pages")] == "skip"
+    assert statuses[("database", "row counts match the dump's metadata")] == "pass"
 
 
 def test_corrupt_dump_fails_and_skips_what_depends_on_it(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
@@ -67,7 +210,7 @@ def test_corrupt_dump_fails_and_skips_what_depends_on_it(alias: str, seeded_dump
     assert result.returncode == 1
     assert "FAIL  database: restore latest dump" in result.stdout
     assert "SKIP  database: migrations applied" in result.stdout
-    assert "SKIP  backend: web server answers /healthz/" in result.stdout
+    assert "SKIP  backend: web server answers /__seeddump__/healthz/" in result.stdout
     assert "SKIP  backend: GET /api/teams/" in result.stdout
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 1
@@ -98,7 +241,7 @@ def test_api_error_fails(alias: str, dumps_dir: Path, broken_nodes_api: None) ->
     assert result.returncode == 1
     assert "PASS  backend: GET /api/teams/" in result.stdout
     assert "FAIL  backend: GET /api/nodes/ " in result.stdout
-    assert "/api/nodes/ answered 500, expected 200." in result.stderr
+    assert "/api/nodes/ answered 500 (ProgrammingError at /api/nodes/), expected 200 as the logged-in" in result.stderr
     assert "title" in log.read_text()  # the server's own error is in the log
 
 
@@ -110,7 +253,7 @@ def test_data_not_matching_the_metadata_fails(alias: str, dumps_dir: Path, resto
     result, _ = smoketest(alias, dumps_dir, "--skip-dump-restore", "--skip-frontend")
 
     assert result.returncode == 1
-    assert "FAIL  data: row counts match the dump's metadata" in result.stdout
+    assert "FAIL  database: row counts match the dump's metadata" in result.stdout
     assert "reality_node: " in result.stderr and "rows, the dump has 3000" in result.stderr
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 from django.db.models import QuerySet
 from django.http import HttpRequest, JsonResponse
 from django.shortcuts import get_object_or_404
@@ -9,6 +13,18 @@ from django.shortcuts import get_object_or_404
 from project.reality.models import Agent, RealityNode, Team
 
 MAX_LIMIT = 200
+
+
+def _logged_in(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
+    """The API answers logged-in users only, like most real ones (the smoke test logs in first)."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        if not request.user.is_authenticated:
+            return JsonResponse({"detail": "Authentication credentials were not provided."}, status=403)
+        return view(request, *args, **kwargs)
+
+    return wrapper
 
 
 def _page(request: HttpRequest, queryset: QuerySet, fields: list[str]) -> JsonResponse:
@@ -26,20 +42,24 @@ def _page(request: HttpRequest, queryset: QuerySet, fields: list[str]) -> JsonRe
     return JsonResponse({"count": queryset.count(), "limit": limit, "offset": offset, "results": results})
 
 
+@_logged_in
 def teams(request: HttpRequest) -> JsonResponse:
     return _page(request, Team.objects.all(), ["id", "name", "description", "settings", "created_at"])
 
 
+@_logged_in
 def agents(request: HttpRequest) -> JsonResponse:
     fields = ["id", "team_id", "name", "email", "role", "skills", "active", "joined_at"]
     return _page(request, Agent.objects.all(), fields)
 
 
+@_logged_in
 def nodes(request: HttpRequest) -> JsonResponse:
     fields = ["id", "team_id", "owner_id", "parent_id", "title", "attributes", "weight", "depth", "created_at"]
     return _page(request, RealityNode.objects.all(), fields)
 
 
+@_logged_in
 def node(request: HttpRequest, node_id: int) -> JsonResponse:
     found = get_object_or_404(RealityNode, pk=node_id)
     return JsonResponse(

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from seeddump import dumpfiles
+from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 from seeddump.restore import interrupt_on_sigterm
 from seeddump.smoke import FAIL, NOTE, PASS, SKIP, CheckResult, SmokeTest
@@ -15,23 +16,41 @@ from seeddump.smoke import FAIL, NOTE, PASS, SKIP, CheckResult, SmokeTest
 
 class Command(BaseCommand):
     help = (
-        "Checks the whole stack end to end: PostgreSQL programs, database, restore of the latest dump, "
-        "migrations, a running web server, its API and pages, and the data against the dump's metadata."
+        "Checks the whole stack end to end in a database of its own: PostgreSQL programs, a restore of the "
+        "latest dump, its row counts, migrations, a running web server, its API and pages."
     )
     requires_system_checks: list[str] = []  # a smoke test reports problems itself, as checks
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--env", default="dev", dest="environment", help="Environment of the dump. Default: dev.")
         parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Database alias. Default: 'default'.")
-        parser.add_argument("--skip-dump-restore", action="store_true", help="Test the database as it is.")
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="Restore over the configured database itself (its data is replaced) instead of a database "
+            "of the smoke test's own beside it.",
+        )
+        parser.add_argument(
+            "--keep-database", action="store_true", help="Keep the smoke test's database afterwards, to look at it."
+        )
+        parser.add_argument(
+            "--skip-dump-restore", action="store_true", help="Test the configured database as it is, no restore."
+        )
         parser.add_argument("--skip-frontend", action="store_true", help="Do not fetch the HTML pages.")
         parser.add_argument("--json", action="store_true", help="Print one JSON document instead of lines.")
-        parser.add_argument("--log-file", default="smoketest.log", help="Detailed log. Default: smoketest.log.")
+        parser.add_argument(
+            "--log-file", default=None, help="Detailed log. Default: smoketest.log in the dumps folder (SEEDDUMP_DIR)."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         as_json, verbosity = options["json"], options["verbosity"]
-        log_path = Path(options["log_file"]).absolute()
+        if options["overwrite"] and options["skip_dump_restore"]:
+            raise CommandError("--overwrite restores the dump; --skip-dump-restore does not. Pass one of them.")
         try:
+            if options["log_file"]:
+                log_path = Path(options["log_file"]).absolute()
+            else:
+                log_path = dumpfiles.ensure_directory(conf.DIR) / "smoketest.log"
             log_file: TextIO = dumpfiles.open_own(log_path, append=False)
         except SeeddumpError as exc:
             raise CommandError(f"Cannot write the log file: {exc}") from None
@@ -49,6 +68,8 @@ class Command(BaseCommand):
             using=options["database"],
             skip_dump_restore=options["skip_dump_restore"],
             skip_frontend=options["skip_frontend"],
+            overwrite=options["overwrite"],
+            keep_database=options["keep_database"],
             report=report,
             log=log,
         )

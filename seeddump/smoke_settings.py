@@ -1,0 +1,39 @@
+"""Settings of the web server ``smoketest`` starts: the project's own settings, with four changes.
+
+``smoketest`` runs the server with ``DJANGO_SETTINGS_MODULE=seeddump.smoke_settings`` and, in the
+environment variable ``SEEDDUMP_SMOKE_SERVER``, a JSON object naming the project's settings module, the
+database alias and the database the smoke test restored. Here the project's settings are imported and
+copied, then:
+
+- the alias points at the smoke test's database, never at the developer's own;
+- the health endpoint is served by a middleware in front of the project's own (no URL include needed);
+- the session and CSRF cookies are not ``Secure`` and there is no HTTPS redirect: the server speaks plain
+  http on 127.0.0.1, where a browser (or the smoke test's client) never sends a Secure cookie back;
+- 127.0.0.1 is an allowed host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import import_module
+from typing import Any
+
+_server: dict[str, Any] = json.loads(os.environ["SEEDDUMP_SMOKE_SERVER"])
+_project = import_module(_server["settings"])
+
+globals().update({name: getattr(_project, name) for name in dir(_project) if name.isupper()})
+
+DATABASES = {alias: dict(database) for alias, database in _project.DATABASES.items()}
+if _server.get("database"):
+    DATABASES[_server["alias"]]["NAME"] = _server["database"]
+
+MIDDLEWARE = ["seeddump.views.SmokeHealthMiddleware", *getattr(_project, "MIDDLEWARE", [])]
+SEEDDUMP_SMOKE_HEALTH_PATH = _server["health_path"]
+
+SESSION_COOKIE_SECURE = False
+CSRF_COOKIE_SECURE = False
+SECURE_SSL_REDIRECT = False
+
+_hosts = list(getattr(_project, "ALLOWED_HOSTS", []))
+ALLOWED_HOSTS = _hosts if "*" in _hosts else [*_hosts, "127.0.0.1"]
