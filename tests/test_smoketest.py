@@ -54,7 +54,7 @@ def test_healthy_stack_passes_in_a_database_of_its_own(alias: str, restored: Pat
         "PASS  cleanup: drop seeddump_smoke_",
     ]
     positions = [out.find(line) for line in lines]
-    assert -1 not in positions, [line for line, at in zip(lines, positions) if at == -1]
+    assert -1 not in positions, [line for line, at in zip(lines, positions, strict=True) if at == -1]
     # Row counts are compared right after the restore, before the smoke-test user or a login writes anything.
     assert positions == sorted(positions)
     assert "Smoke test passed: " in out and " 0 failed" in out
@@ -118,7 +118,7 @@ def test_secure_cookies_still_log_in_over_plain_http(alias: str, seeded_dump: Pa
 def test_failures_say_the_status_and_a_reason_never_the_page(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
     env = {"SEEDDUMP_SMOKE_PAGES": "/no-such-page/", "SEEDDUMP_SMOKE_API_URLS": "/api/teams/,/admin/"}
 
-    result, log = smoketest(alias, dumps_dir, env=env)
+    result, _ = smoketest(alias, dumps_dir, env=env)
 
     assert result.returncode == 1
     assert "FAIL  frontend: GET /no-such-page/ (" in result.stdout
