@@ -65,6 +65,23 @@ def settings_for(using: str) -> Mapping[str, Any]:
 
 
 @contextlib.contextmanager
+def django_connection_to(using: str, name: str) -> Iterator[None]:
+    """Django's connection ``using`` goes to database ``name`` on the same server inside the block, so that
+    migrate, the ORM and the project's signals all use it; back to its own database afterwards."""
+    from django.db import connections
+
+    connection = connections[using]
+    original = connection.settings_dict["NAME"]
+    connection.close()
+    connection.settings_dict["NAME"] = name
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict["NAME"] = original
+
+
+@contextlib.contextmanager
 def user_errors(settings_dict: Mapping[str, Any]) -> Iterator[None]:
     """Turns a database or file-system failure into a one-line SeeddumpError without the password."""
     try:

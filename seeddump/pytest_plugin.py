@@ -1,24 +1,124 @@
-"""pytest plugin: pytest-django's test database built from the latest seeddump dump.
+"""pytest plugin: the tests that ask for it see the data of the latest seeddump dump.
 
-    pytest --seeddump-env dev      # or seeddump_env = dev in the ini file, or SEEDDUMP_PYTEST_ENV=dev
+    @pytest.mark.seeddump                  # this test (a class, or a module with pytestmark) sees the dump's data
+    @pytest.mark.seeddump("staging")       # ... of another environment's dump
+    def test_report(seeded_db): ...        # the same, as a fixture
+    pytest --seeddump-all                  # every test of the session that uses the database does
 
-Just before pytest-django sets up its test databases, the latest dump of the environment is restored
-into each test database (through the snapshot cache when one exists, so this is a file copy), and
-pytest-django is told to keep that database: it then applies any migrations newer than the dump. With
---reuse-db the test database is restored again only when the dump changed. Under pytest-xdist each
-worker gets its own test database, each restored from the same snapshot.
+The other tests keep pytest-django's empty, migrated test database, in the same session. A seeded test
+is pointed (for its whole duration, before pytest-django opens its transaction) at a seeded database
+beside pytest-django's (``seeddump.testdatabases``), built once per session and xdist worker from the
+snapshot cache, and rebuilt after a transactional test, whose flush empties it. ``--reuse-db`` keeps it
+between sessions while its label still describes its data. A dump that cannot be used stops the session
+with one line; a stale dump is migrated forward and said once at the end of the session.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import pytest
-from psycopg import sql
 
-COMMENT_PREFIX = "seeddump:"
-_USER_REUSE = pytest.StashKey[bool]()
+MARKER = "seeddump"
+_FIXTURE = "_seeddump_database"
+_DATABASE_FIXTURES = frozenset(
+    {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback", "live_server"}
+)
+_TRANSACTIONAL_FIXTURES = frozenset({"transactional_db", "django_db_reset_sequences", "live_server"})
+_NOTES = "seeddump_notes"
+_BUILT = "seeddump_built"
+
+
+class _Seeding:
+    """This session's (or xdist worker's) seeded databases, by environment and alias."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.ready_names: dict[str, dict[str, str]] = {}
+        self.made: set[tuple[str, str]] = set()  # (alias, name) built by this session
+        self.notes: list[str] = []  # said once at the end of the session
+        self.built: list[str] = []  # how each seeded database was made
+        self.failure: str | None = None
+
+    @property
+    def reuse(self) -> bool:
+        option = self.config.option
+        return bool(getattr(option, "reuse_db", False)) and not bool(getattr(option, "create_db", False))
+
+    def ready(self, request: pytest.FixtureRequest, environment: str) -> dict[str, str]:
+        from django.conf import settings
+
+        from seeddump import testdatabases
+        from seeddump.exceptions import SeeddumpError
+
+        if self.failure:
+            _stop(request, self.failure)
+        if environment in self.ready_names:
+            return self.ready_names[environment]
+        names = {}
+        for alias in getattr(settings, "SEEDDUMP_PYTEST_DATABASES", ["default"]):
+            try:
+                seeded = testdatabases.build(environment, alias, reuse=self.reuse)
+            except SeeddumpError as exc:
+                self.failure = f"seeddump: cannot build the seeded test database of '{alias}': {exc}"
+            if self.failure:  # outside the except clause: the message alone, no chained exception
+                _stop(request, self.failure)
+            names[alias] = seeded.name
+            self.made.add((alias, seeded.name))
+            self.built.append(seeded.describe())
+            if seeded.status.stale:
+                note = seeded.status.message()
+                if seeded.migrated:
+                    note += f" ({seeded.migrated} migration(s) applied to the seeded test database.)"
+                if note not in self.notes:
+                    self.notes.append(note)
+        self.ready_names[environment] = names
+        return names
+
+    def flushed(self, environment: str) -> None:
+        """A transactional test emptied the seeded databases: rebuild them before the next seeded test."""
+        from seeddump import testdatabases
+
+        for alias, name in self.ready_names.pop(environment, {}).items():
+            testdatabases.forget(alias, name)
+
+    def finish(self) -> None:
+        from seeddump import testdatabases
+
+        if not self.reuse:
+            for alias, name in sorted(self.made):
+                testdatabases.drop(alias, name)
+
+
+_SEEDING = pytest.StashKey[_Seeding]()
+
+
+def _stop(request: pytest.FixtureRequest, message: str) -> NoReturn:
+    """Ends the session with ``message`` and nothing else (no traceback, no error per test)."""
+    if hasattr(request.config, "workerinput"):
+        # An xdist worker cannot exit (the controller takes it for a crash): fail this test with the
+        # message alone and run no more.
+        request.session.shouldstop = message
+        pytest.fail(message, pytrace=False)
+    pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under xdist, checks an explicitly configured environment's dump once, before the workers start."""
+    config = session.config
+    controller = bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+    if not controller or not (_configured_environment(config) or _everyone(config)):
+        return
+    from seeddump import testdatabases
+    from seeddump.exceptions import SeeddumpError
+
+    try:
+        testdatabases.check_dump(_environment(config))
+    except SeeddumpError as exc:
+        raise pytest.UsageError(f"seeddump: cannot build the seeded test databases: {exc}") from None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -27,68 +127,135 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--seeddump-env",
         dest="seeddump_env",
         default=None,
-        help="Build the test databases from the latest seeddump dump of this environment.",
+        help="Environment whose latest dump seeds the tests that ask for it (default: dev).",
     )
-    parser.addini("seeddump_env", "Environment whose latest dump builds the test databases.", default="")
+    group.addoption(
+        "--seeddump-all",
+        dest="seeddump_all",
+        action="store_true",
+        default=None,
+        help="Every test that uses the database sees the seeded data, not only those that ask for it.",
+    )
+    parser.addini("seeddump_env", "Environment whose latest dump seeds the tests that ask for it.", default="")
+    parser.addini("seeddump_all", "Every database test sees the seeded data.", type="bool", default=False)
 
 
-def _environment(config: pytest.Config) -> str | None:
+def _configured_environment(config: pytest.Config) -> str | None:
     value = config.getoption("seeddump_env") or config.getini("seeddump_env") or os.environ.get("SEEDDUMP_PYTEST_ENV")
     return str(value) if value else None
 
 
-@pytest.hookimpl(trylast=True)
+def _environment(config: pytest.Config) -> str:
+    return _configured_environment(config) or "dev"
+
+
+def _everyone(config: pytest.Config) -> bool:
+    return bool(config.getoption("seeddump_all") or config.getini("seeddump_all"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if not _environment(config) or not hasattr(config.option, "reuse_db"):
-        return
-    # Remember what the user asked for, then make pytest-django keep (and migrate) the database the
-    # plugin restores instead of creating an empty one.
-    config.stash[_USER_REUSE] = bool(config.option.reuse_db) and not bool(config.option.create_db)
-    config.option.reuse_db = True
-    config.option.create_db = False
+    config.addinivalue_line(
+        "markers",
+        "seeddump(env=None): the test sees the data of the latest seeddump dump of env (default: --seeddump-env, "
+        "else dev) instead of an empty database; implies django_db.",
+    )
+    config.stash[_SEEDING] = _Seeding(config)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Any:
-    # By now the fixtures django_db_setup depends on have run, xdist's per-worker names included.
-    if fixturedef.argname == "django_db_setup":
-        environment = _environment(request.config)
-        if environment:
-            _build_test_databases(environment, reuse=request.config.stash.get(_USER_REUSE, False))
-    yield
+def _uses_database(item: pytest.Item) -> bool:
+    return item.get_closest_marker("django_db") is not None or bool(_DATABASE_FIXTURES & set(_names(item)))
 
 
-def _build_test_databases(environment: str, *, reuse: bool) -> None:
-    from django.conf import settings
-    from django.db import connections
+def _names(item: pytest.Item) -> list[str]:
+    return list(getattr(item, "fixturenames", []))
 
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-django orders the tests by how they use the database
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    everyone = _everyone(config)
+    for item in items:
+        marked = item.get_closest_marker(MARKER) is not None
+        if not (marked or "seeded_db" in _names(item) or (everyone and _uses_database(item))):
+            continue
+        if marked and not _uses_database(item) and "seeded_db" not in _names(item):
+            item.add_marker(pytest.mark.django_db)
+        fixturenames = getattr(item, "fixturenames", None)
+        if isinstance(fixturenames, list) and _FIXTURE not in fixturenames:
+            # First, so that it points the connections at the seeded database before pytest-django's
+            # fixtures open their transaction there, and points them back after those have finished.
+            fixturenames.insert(0, _FIXTURE)
+
+
+def _marked_environment(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker(MARKER)
+    if marker is None:
+        return None
+    value = marker.kwargs.get("env") or (marker.args[0] if marker.args else None)
+    return str(value) if value else None
+
+
+def _transactional(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("django_db")
+    flushed_by_marker = marker is not None and bool(
+        marker.kwargs.get("transaction") or marker.kwargs.get("reset_sequences")
+    )
+    return flushed_by_marker or bool(_TRANSACTIONAL_FIXTURES & set(_names(item)))
+
+
+@pytest.fixture(scope="session")
+def _seeddump_session(
+    request: pytest.FixtureRequest, django_db_setup: None, django_db_blocker: Any
+) -> Iterator[_Seeding]:
+    seeding = request.config.stash[_SEEDING]
+    yield seeding
+    with django_db_blocker.unblock():
+        seeding.finish()
+
+
+@pytest.fixture
+def _seeddump_database(
+    request: pytest.FixtureRequest, _seeddump_session: _Seeding, django_db_blocker: Any
+) -> Iterator[None]:
     from seeddump import postgres
-    from seeddump.exceptions import SeeddumpError
-    from seeddump.restore import plan_restore, restore
 
-    aliases = getattr(settings, "SEEDDUMP_PYTEST_DATABASES", ["default"])
-    for alias in aliases:
-        test_name = connections[alias].creation._get_test_db_name()  # type: ignore[attr-defined]
-        try:
-            plan = plan_restore(environment, using=alias)
-            settings_dict = postgres.settings_for(alias)
-            marker = COMMENT_PREFIX + plan.metadata.checksum
-            if reuse and _comment(settings_dict, test_name) == marker:
-                continue
-            restore(plan, database=test_name)
-            with postgres.connect_maintenance(settings_dict) as admin:
-                admin.execute(
-                    sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(test_name), sql.Literal(marker))
-                )
-        except SeeddumpError as exc:
-            raise pytest.UsageError(f"seeddump: cannot build the test database '{test_name}': {exc}") from None
+    environment = _marked_environment(request.node) or _environment(request.config)
+    # Building loads the project's migrations and migrates: both may query the database.
+    with django_db_blocker.unblock():
+        names = _seeddump_session.ready(request, environment)
+    with contextlib.ExitStack() as pointed:
+        for alias, name in names.items():
+            pointed.enter_context(postgres.django_connection_to(alias, name))
+        yield
+    if _transactional(request.node):
+        _seeddump_session.flushed(environment)
 
 
-def _comment(settings_dict: Any, name: str) -> str | None:
-    from seeddump import postgres
+@pytest.fixture
+def seeded_db(db: None) -> None:
+    """Database access, with the data of the latest seeddump dump (see the ``seeddump`` marker)."""
 
-    with postgres.connect_maintenance(settings_dict) as admin:
-        row = admin.execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,)
-        ).fetchone()
-    return row[0] if row else None
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller says it
+        seeding = session.config.stash[_SEEDING]
+        workeroutput[_NOTES] = seeding.notes
+        workeroutput[_BUILT] = seeding.built
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    seeding = node.config.stash[_SEEDING]
+    output = getattr(node, "workeroutput", {})
+    seeding.built.extend(output.get(_BUILT, []))
+    for note in output.get(_NOTES, []):
+        if note not in seeding.notes:
+            seeding.notes.append(note)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    seeding = config.stash[_SEEDING]
+    for line in sorted(seeding.built):
+        terminalreporter.write_line(line)
+    for note in seeding.notes:
+        terminalreporter.write_line(note, yellow=True)

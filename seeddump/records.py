@@ -5,18 +5,35 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from django.apps import apps
 from django.db import DatabaseError, connections
 
 from seeddump import dumpfiles
 from seeddump.exceptions import SeeddumpError
-from seeddump.models import DumpRecord
+
+if TYPE_CHECKING:
+    from seeddump.models import DumpRecord
+
+
+def _model() -> type[DumpRecord] | None:
+    """The records' model, or None when seeddump is not in INSTALLED_APPS (a test settings module, say):
+    restores and the pytest plugin work without the admin's records."""
+    if not apps.is_installed("seeddump"):
+        return None
+    from seeddump.models import DumpRecord
+
+    return DumpRecord
 
 
 def table_exists(using: str) -> bool:
+    model = _model()
+    if model is None:
+        return False
     connection = connections[using]
     with connection.cursor() as cursor:
-        return DumpRecord._meta.db_table in connection.introspection.table_names(cursor)
+        return model._meta.db_table in connection.introspection.table_names(cursor)
 
 
 def _fields(metadata: dumpfiles.Metadata) -> dict[str, object]:
@@ -38,7 +55,9 @@ def record_dump(using: str, dump_path: Path, metadata: dumpfiles.Metadata) -> bo
     """Adds or refreshes the record of one dump. False when seeddump's table is not migrated there."""
     if not table_exists(using):
         return False
-    DumpRecord.objects.using(using).update_or_create(file_name=dump_path.name, defaults=_fields(metadata))
+    model = _model()
+    assert model is not None
+    model.objects.using(using).update_or_create(file_name=dump_path.name, defaults=_fields(metadata))
     return True
 
 
@@ -47,7 +66,9 @@ def restore_times(using: str) -> dict[str, datetime]:
     try:
         if not table_exists(using):
             return {}
-        rows = DumpRecord.objects.using(using).exclude(last_restored_at=None)
+        model = _model()
+        assert model is not None
+        rows = model.objects.using(using).exclude(last_restored_at=None)
         return {name: when for name, when in rows.values_list("file_name", "last_restored_at") if when is not None}
     except DatabaseError:
         return {}
@@ -61,6 +82,8 @@ def sync_from_disk(using: str, directory: Path, restore_times: Mapping[str, date
     """
     if not table_exists(using):
         return 0
+    model = _model()
+    assert model is not None
     recorded = 0
     for dump_path in dumpfiles.list_dumps(directory):
         try:
@@ -71,6 +94,6 @@ def sync_from_disk(using: str, directory: Path, restore_times: Mapping[str, date
         restored_at = restore_times.get(dump_path.name)
         if restored_at is not None:
             fields["last_restored_at"] = restored_at
-        DumpRecord.objects.using(using).update_or_create(file_name=dump_path.name, defaults=fields)
+        model.objects.using(using).update_or_create(file_name=dump_path.name, defaults=fields)
         recorded += 1
     return recorded

@@ -215,21 +215,6 @@ def smoke_database_name(target: str) -> str:
     return f"seeddump_smoke_{hashlib.sha256(target.encode()).hexdigest()[:8]}"
 
 
-@contextlib.contextmanager
-def pointed_at(using: str, name: str) -> Iterator[None]:
-    """Django's connection ``using`` goes to database ``name`` (on the same server) inside the block, so
-    that migrate, the smoke-test user and the project's signals all write there."""
-    connection = connections[using]
-    original = connection.settings_dict["NAME"]
-    connection.close()
-    connection.settings_dict["NAME"] = name
-    try:
-        yield
-    finally:
-        connection.close()
-        connection.settings_dict["NAME"] = original
-
-
 def _reversed(name: str) -> str | None:
     try:
         return reverse(name)
@@ -323,7 +308,7 @@ class SmokeTest:
                 self._restore_phase()
                 if self.smoke_database is not None:
                     stack.callback(self._cleanup)
-                    stack.enter_context(pointed_at(self.using, self.smoke_database))
+                    stack.enter_context(postgres.django_connection_to(self.using, self.smoke_database))
                 self._database()
                 with self._web_server(), self._smoke_user():
                     self._backend()

@@ -1,41 +1,67 @@
-"""The pytest plugin: a test session whose database comes from the dump, in a subprocess (pytester)."""
+"""The pytest plugin: a project's test session, in a subprocess (pytester), whose marked tests see the dump."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from django.db import connections
 from psycopg import sql
 
-from seeddump import postgres, snapshots
+from seeddump import postgres, snapshots, testdatabases
 from tests.conftest import REPO, copy_dump, database_names, database_url, run_command
+from tests.test_stale import migrated_back_at_the_end as migrated_back_at_the_end  # a fixture
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 INNER_TESTS = """
+import os
+
 import pytest
 from django.db import connection
 from project.reality.models import RealityNode, Team
 
+EXPECTED = int(os.environ["EXPECTED_NODES"])
+
+
+@pytest.mark.seeddump
+def test_marked_sees_the_seeded_rows():
+    print("DB", connection.settings_dict["NAME"], "NODES", RealityNode.objects.count())
+    assert RealityNode.objects.count() == EXPECTED
+
 
 @pytest.mark.django_db
-def test_sees_the_seeded_rows():
-    print("DB", connection.settings_dict["NAME"], "NODES", RealityNode.objects.count(), "TEAMS", Team.objects.count())
-    assert RealityNode.objects.count() == int(__import__("os").environ["EXPECTED_NODES"])
-
-
-@pytest.mark.django_db
-def test_a_second_test_sees_them_too():
+def test_unmarked_keeps_an_empty_database():
     print("DB", connection.settings_dict["NAME"])
-    assert Team.objects.count() >= 1
+    assert Team.objects.count() == 0
+
+
+def test_the_fixture_gives_the_seeded_rows_and_rolls_back(seeded_db):
+    assert RealityNode.objects.count() == EXPECTED
+    RealityNode.objects.filter(parent__isnull=False).delete()
+
+
+@pytest.mark.seeddump
+@pytest.mark.django_db(transaction=True)
+def test_transactional_sees_the_seed_and_flushes_it():
+    assert RealityNode.objects.count() == EXPECTED
+
+
+@pytest.mark.seeddump
+def test_after_a_flush_the_seed_is_back():
+    assert RealityNode.objects.count() == EXPECTED
+
+
+def test_without_the_database_needs_nothing():
+    assert True
 """
 
 
 @pytest.fixture
 def inner(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, alias: str, seeded_dumps, tmp_path: Path, settings
-):
+) -> Iterator[tuple[pytest.Pytester, Path]]:
     """A project test suite that uses the plugin, against a database named for this test on the alias's server."""
     dumps = tmp_path / "inner-dumps"
     copy_dump(seeded_dumps[alias], dumps)
@@ -58,18 +84,67 @@ def run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess("--seeddump-env", "dev", "-p", "no:cacheprovider", "-s", *args)
 
 
-def test_session_sees_the_seeded_rows(inner, alias: str) -> None:
+def test_marked_tests_see_the_seed_and_the_others_an_empty_database(inner, alias: str) -> None:
     pytester, _ = inner
     result = run_inner(pytester, "--create-db")
-    result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([f"*DB test_plugin_{alias} NODES 3000 TEAMS 2*"])
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines([f"*DB test_plugin_{alias}_seeded_dev NODES 3000*"])
+    result.stdout.fnmatch_lines([f"*DB test_plugin_{alias}"])
+    result.stdout.fnmatch_lines([f"seeddump: test_plugin_{alias}_seeded_dev from the dev dump *"])
+    # Without --reuse-db the seeded database is dropped with the session, as pytest-django drops its own.
+    assert f"test_plugin_{alias}_seeded_dev" not in database_names(alias)
 
 
-def test_reuse_db_rebuilds_when_the_dump_changes(inner, alias: str, monkeypatch, settings) -> None:
+def test_session_wide_seeding_stays_available(inner, alias: str) -> None:
+    pytester, _ = inner
+    pytester.makepyfile(
+        test_all="""
+        import pytest
+        from project.reality.models import Team
+
+        @pytest.mark.django_db
+        def test_unmarked_sees_the_seed_too():
+            assert Team.objects.count() == 2
+        """
+    )
+    result = run_inner(pytester, "test_all.py", "--seeddump-all")
+    result.assert_outcomes(passed=1)
+
+
+def _seeded(alias: str) -> str:
+    return f"test_plugin_{alias}_seeded_dev"
+
+
+def test_reuse_db_trusts_only_a_database_that_still_holds_the_seed(inner, alias: str, monkeypatch, settings) -> None:
     pytester, dumps = inner
-    run_inner(pytester, "--reuse-db").assert_outcomes(passed=2)
+    run_inner(pytester, "--reuse-db").assert_outcomes(passed=6)
+    assert _seeded(alias) in database_names(alias)
+    result = run_inner(pytester, "--reuse-db")
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines([f"seeddump: test_plugin_{alias}_seeded_dev kept from the last session*"])
 
-    # A new dump with one team fewer: the reused test database must be rebuilt from it.
+    # Emptied behind the plugin's back (a flush, a crashed session): the label no longer describes the data.
+    with postgres.connect(connections[alias].settings_dict, _seeded(alias)) as conn:
+        conn.execute("TRUNCATE reality_node CASCADE")
+    result = run_inner(pytester, "--reuse-db")
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines([f"seeddump: test_plugin_{alias}_seeded_dev from the dev dump *"])
+
+    # pytest-django's own database is never the seeded one: a plain --reuse-db session sees it empty.
+    pytester.makepyfile(
+        test_plain="""
+        import pytest
+        from project.reality.models import Team
+
+        @pytest.mark.django_db
+        def test_empty():
+            assert Team.objects.count() == 0
+        """
+    )
+    plain = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:seeddump", "--reuse-db", "test_plain.py")
+    plain.assert_outcomes(passed=1)
+
+    # A new dump with one team fewer: the reused seeded database is rebuilt from it.
     settings.SEEDDUMP_DIR = dumps
     run_command("restoredump", "dev", database=alias, interactive=False)
     from project.reality.models import Team
@@ -78,36 +153,101 @@ def test_reuse_db_rebuilds_when_the_dump_changes(inner, alias: str, monkeypatch,
     settings.SEEDDUMP_VERSION = "changed"
     run_command("generatedump", "dev", database=alias)
     monkeypatch.setenv("EXPECTED_NODES", "1500")
-    run_inner(pytester, "--reuse-db").assert_outcomes(passed=2)
-
-    # Unchanged dump: the database is reused as it is, not restored again; a change made to it stays.
-    with postgres.connect(connections[alias].settings_dict, f"test_plugin_{alias}") as conn:
-        conn.execute(
-            "DELETE FROM reality_node WHERE id IN (SELECT id FROM reality_node n WHERE NOT EXISTS "
-            "(SELECT 1 FROM reality_node c WHERE c.parent_id = n.id) LIMIT 10)"
-        )
-        (left,) = conn.execute("SELECT count(*) FROM reality_node").fetchone()
-    assert left < 1500
-    monkeypatch.setenv("EXPECTED_NODES", str(left))
-    run_inner(pytester, "--reuse-db").assert_outcomes(passed=2)
-    # Without --reuse-db it is restored from the dump again.
-    monkeypatch.setenv("EXPECTED_NODES", "1500")
-    run_inner(pytester).assert_outcomes(passed=2)
+    run_inner(pytester, "test_inner.py", "--reuse-db").assert_outcomes(passed=6)
 
 
 @pytest.mark.parametrize("alias", ["default"])
-def test_xdist_workers_each_get_the_data(inner, alias: str) -> None:
+def test_xdist_workers_copy_one_snapshot(inner, alias: str) -> None:
     pytester, _ = inner
     result = run_inner(pytester, "-n", "2", "--create-db")
-    result.assert_outcomes(passed=2)
-    # Each worker restored and kept its own test database.
-    assert {"test_plugin_default_gw0", "test_plugin_default_gw1"} <= database_names(alias)
+    result.assert_outcomes(passed=6)
+    made = [line for line in result.stdout.lines if line.startswith("seeddump: test_plugin_default_gw")]
+    assert {line.split()[1] for line in made} == {
+        "test_plugin_default_gw0_seeded_dev",
+        "test_plugin_default_gw1_seeded_dev",
+    }
+    # One worker ran pg_restore (and cached the snapshot); the other waited and copied the snapshot, as
+    # did a worker rebuilding its database after the transactional test's flush.
+    assert sum("(pg_restore," in line for line in made) == 1, made
+    assert all("(pg_restore," in line or "(a copy of the cached snapshot," in line for line in made), made
 
 
-def test_missing_dump_is_a_usage_error(inner, alias: str) -> None:
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["one", "xdist"])
+def test_a_missing_dump_stops_the_session_with_one_line(inner, alias: str, workers: tuple[str, ...]) -> None:
     pytester, dumps = inner
     for path in dumps.iterdir():
         path.unlink()
-    result = run_inner(pytester)
+    result = run_inner(pytester, *workers)
     assert result.ret != 0
-    result.stdout.fnmatch_lines(["*seeddump: cannot build the test database*There is no dev dump*"])
+    output = result.stdout.str() + result.stderr.str()
+    assert output.count("seeddump: cannot build the seeded test database") == 1, output
+    assert "There is no dev dump" in output
+    assert "Traceback" not in output and "INTERNALERROR" not in output
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_under_xdist_an_unconfigured_missing_dump_stops_each_worker_with_one_line(inner, alias: str) -> None:
+    pytester, dumps = inner
+    for path in dumps.iterdir():
+        path.unlink()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "test_inner.py")
+    assert result.ret != 0
+    output = result.stdout.str() + result.stderr.str()
+    assert 1 <= output.count("seeddump: cannot build the seeded test database of 'default': There is no dev") <= 4
+    assert "Traceback" not in output and "INTERNALERROR" not in output
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_works_without_seeddump_in_installed_apps(inner, alias: str) -> None:
+    pytester, _ = inner
+    pytester.makepyfile(
+        inner_settings="""
+        from project.settings import *  # noqa: F403
+
+        INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "seeddump"]  # noqa: F405
+        """
+    )
+    result = run_inner(pytester, "--ds", "inner_settings", "--create-db", "-k", "test_marked_sees or test_the_fixture")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*settings: inner_settings*"])
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_a_stale_dump_is_migrated_forward_and_said_once(
+    inner, alias: str, dumps_dir: Path, migrated_back_at_the_end: None, monkeypatch
+) -> None:
+    from tests.test_stale import dump_behind_the_code
+
+    pytester, _ = inner
+    dump = dump_behind_the_code(alias)  # in dumps_dir, as dev's latest
+    monkeypatch.setenv("SEEDDUMP_DIR", str(dumps_dir))
+    monkeypatch.setenv("EXPECTED_NODES", str(_nodes_in(dump)))
+    pytester.makepyfile(
+        test_rank="""
+        import pytest
+        from project.reality.models import RealityNode
+
+        @pytest.mark.seeddump
+        @pytest.mark.parametrize("n", range(3))
+        def test_the_new_column_is_there(n):
+            assert RealityNode.objects.filter(rank__gte=0).count() >= 0
+        """
+    )
+    result = run_inner(pytester, "-n", "2", "--create-db", "test_rank.py", "test_inner.py")
+    result.assert_outcomes(passed=9)
+    output = result.stdout.str()
+    assert output.count("is stale: 1 migration is not in it (reality.0002_node_rank)") == 1, output
+    assert "1 migration(s) applied to the seeded test database" in output
+
+
+def _nodes_in(dump: Path) -> int:
+    from seeddump import dumpfiles
+
+    return dumpfiles.read_metadata(dump).record_counts["reality_node"]
+
+
+def test_seeded_names_fit_postgres() -> None:
+    assert testdatabases.seeded_name("test_app", "dev") == "test_app_seeded_dev"
+    long_name = testdatabases.seeded_name("test_" + "x" * 60 + "_gw12", "staging")
+    assert len(long_name.encode()) <= 63
+    assert long_name != testdatabases.seeded_name("test_" + "x" * 60 + "_gw13", "staging")

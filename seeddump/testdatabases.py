@@ -1,0 +1,145 @@
+"""Seeded test databases: the dump's data beside each of pytest-django's test databases.
+
+pytest-django's own test database stays empty and migrated, as its tests expect. A seeded test database
+is a second database on the same server (``<test database>_seeded_<env>``), restored from the latest dump
+of an environment through the snapshot cache, migrated forward to the code, and labelled with what is in
+it: the dump's checksum and a fingerprint of every table's row count. It is reused (``--reuse-db``) only
+while that label is seeddump's own and still describes the data, so a database that a test flushed is
+rebuilt, never taken for seeded; and a seeded database never carries pytest-django's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from django.core.management import call_command
+
+from seeddump import databases, dumpfiles, postgres, restore, staleness
+from seeddump.conf import conf
+from seeddump.exceptions import SeeddumpError
+
+Progress = Callable[[str], None]
+KIND = "pytest"
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def seeded_name(test_database: str, environment: str) -> str:
+    """The seeded database beside ``test_database`` (at most 63 bytes, PostgreSQL's limit)."""
+    name = f"{test_database}_seeded_{environment}"
+    if len(name.encode()) <= 63:
+        return name
+    tag = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{test_database.encode()[:40].decode(errors='ignore')}_seeded_{tag}"
+
+
+@dataclass(frozen=True)
+class Seeded:
+    alias: str
+    name: str
+    status: staleness.DumpStatus
+    reused: bool
+    migrated: int  # migrations applied on top of the dump
+    source: str  # how it was made: "pg_restore", "snapshot" (a copy of the cached one), or "kept"
+    seconds: float
+
+    def describe(self) -> str:
+        if self.reused:
+            return f"seeddump: {self.name} kept from the last session ({self.seconds:.1f} s)"
+        how = "a copy of the cached snapshot" if self.source == "snapshot" else self.source
+        return f"seeddump: {self.name} from the {self.status.environment} dump ({how}, {self.seconds:.1f} s)"
+
+
+def _fingerprint(counts: dict[str, int]) -> str:
+    return hashlib.sha256(json.dumps(sorted(counts.items())).encode()).hexdigest()[:16]
+
+
+def _label(checksum: str, counts: dict[str, int]) -> dict[str, str]:
+    return {"seeddump": KIND, "checksum": checksum, "counts": _fingerprint(counts)}
+
+
+def _still_seeded(admin: psycopg.Connection, settings_dict: Mapping[str, Any], name: str, checksum: str) -> bool:
+    """Ours, labelled from this dump, and its rows still those it was labelled with."""
+    found = [db for db in databases.ours(admin, name, sizes=False) if db.name == name]
+    if not found or found[0].label.get("seeddump") != KIND or found[0].label.get("checksum") != checksum:
+        return False
+    with postgres.connect(settings_dict, name) as conn:
+        counts = postgres.count_rows(conn)
+    return found[0].label.get("counts") == _fingerprint(counts)
+
+
+def check_dump(environment: str) -> None:
+    """What can be checked of the latest dump without a database: it is there, with readable metadata."""
+    dumpfiles.validate_environment(environment)
+    dumpfiles.read_metadata(dumpfiles.resolve_latest(conf.DIR, environment))
+
+
+def build(environment: str, alias: str, *, reuse: bool, progress: Progress = _quiet) -> Seeded:
+    """Makes (or, with ``reuse``, keeps) the seeded database beside the alias's test database.
+
+    Call it once pytest-django has set up its test databases (``NAME`` is the test database's), with
+    database access allowed: the plan loads the code's migrations, which some projects' migrations query.
+    """
+    started = time.monotonic()
+    settings_dict = postgres.settings_for(alias)
+    name = seeded_name(str(settings_dict["NAME"]), environment)
+    plan = restore.plan_restore(environment, using=alias)
+    checksum = plan.metadata.checksum
+    # One build per dump at a time: the first xdist worker restores and caches the snapshot, the others
+    # wait, then copy the snapshot instead of each running pg_restore.
+    lock = f"seeded test databases of {plan.dump_path.name}"
+    with (
+        postgres.user_errors(settings_dict),
+        postgres.connect_maintenance(settings_dict) as admin,
+        restore.target_lock(admin, lock, progress),
+    ):
+        reused = reuse and _still_seeded(admin, settings_dict, name, checksum)
+        source = "kept"
+        if not reused:
+            if databases.exists(admin, name) and not databases.is_ours(admin, name):
+                raise SeeddumpError(
+                    f"A database '{name}' that seeddump did not make is on the server; it will not be used "
+                    "or replaced. Drop it, or run the tests against another database name."
+                )
+            _forget(admin, name)
+            source = restore.restore(plan, database=name, progress=progress).source
+            databases.take_back(admin, name)
+    # Migrations newer than the dump (or than a reused database) are applied, as pytest-django does.
+    output = io.StringIO()
+    with postgres.django_connection_to(alias, name):
+        call_command("migrate", database=alias, interactive=False, verbosity=1, stdout=output)
+    migrated = output.getvalue().count("... OK")
+    if not reused or migrated:
+        with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
+            with postgres.connect(settings_dict, name) as conn:
+                counts = postgres.count_rows(conn)
+            databases.label(admin, name, _label(checksum, counts))
+    return Seeded(alias, name, plan.status, reused, migrated, source, time.monotonic() - started)
+
+
+def forget(alias: str, name: str) -> None:
+    """Drops the label of a seeded database whose data a test may have changed for good (a flush):
+    it is rebuilt before it is used again, in this session or a later one."""
+    settings_dict = postgres.settings_for(alias)
+    with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
+        _forget(admin, name)
+
+
+def _forget(admin: psycopg.Connection, name: str) -> None:
+    if databases.exists(admin, name) and databases.is_ours(admin, name):
+        databases.label(admin, name, {"seeddump": KIND, "checksum": "", "counts": ""})
+
+
+def drop(alias: str, name: str) -> None:
+    settings_dict = postgres.settings_for(alias)
+    with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
+        databases.drop(admin, name)
