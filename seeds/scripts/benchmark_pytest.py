@@ -3,7 +3,7 @@
     .venv/bin/python seeds/scripts/benchmark_pytest.py [--scale 10]
 
 Seeds and dumps the demo data once, then times two pytest sessions of the same one-test suite, each
-creating its test database from scratch: one with `--seeddump-env dev` (the plugin restores the dump;
+creating its test database from scratch: one with `--seeddump-all` (the plugin restores the dev dump;
 the first session restores cold and caches a snapshot, the next ones copy it) and one whose
 django_db_setup runs the demo's `seed` command, as teams without seeddump do. Prints the wall times.
 """
@@ -79,8 +79,8 @@ def main() -> None:
         (suite / "conftest.py").write_text(conftest)
         (suite / "pytest.ini").write_text("[pytest]\n")
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--create-db"]
-    first = timed([*pytest, "--seeddump-env", "dev"], work / "plugin", env)
-    warm = timed([*pytest, "--seeddump-env", "dev"], work / "plugin", env)
+    first = timed([*pytest, "--seeddump-all"], work / "plugin", env)
+    warm = timed([*pytest, "--seeddump-all"], work / "plugin", env)
     seeded = timed(pytest, work / "seed", env)
     timed([*manage, "snapshots", "--drop-all", "-v0"], REPO, env)
     print(f"scale {args.scale} ({nodes} nodes); the seed command alone: {seed_seconds:.1f} s")
