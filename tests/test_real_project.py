@@ -73,15 +73,22 @@ def test_other_tests_keep_an_empty_database():
 """
 
 
-def run(argv: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+def run(argv: list[str], cwd: Path, timeout: float = 240, answer: str = "") -> subprocess.CompletedProcess:
     """A command in the site, with the environment a developer's shell would have (no test settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SEEDDUMP_", "PYTEST_"))}
     env.pop("PYTHONPATH", None)
     process = subprocess.Popen(
-        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
-        out, err = process.communicate(timeout=timeout)
+        out, err = process.communicate(answer, timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
@@ -89,8 +96,8 @@ def run(argv: list[str], cwd: Path, timeout: float = 240) -> subprocess.Complete
     return subprocess.CompletedProcess(argv, process.returncode, out, err)
 
 
-def manage(site: Path, *args: str) -> subprocess.CompletedProcess:
-    result = run([sys.executable, "manage.py", *args], site)
+def manage(site: Path, *args: str, answer: str = "") -> subprocess.CompletedProcess:
+    result = run([sys.executable, "manage.py", *args], site, answer=answer)
     assert result.returncode == 0, f"manage.py {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -150,7 +157,7 @@ def test_a_wagtail_site_dumps_restores_smoke_tests_and_seeds_its_tests(site: tup
         conn.execute("UPDATE wagtailcore_page SET title = 'Local work' WHERE title LIKE 'Seeded page 3%%'")
     assert _pages(name) == 29
 
-    cold = manage(site_dir, "restoredump", "dev", "--no-input")  # README step 5
+    cold = manage(site_dir, "restoredump", "dev", answer="yes\n")  # README step 5: it asks first
     assert _pages(name) == 40, cold.stdout + cold.stderr
     warm = manage(site_dir, "restoredump", "dev", "--no-input")
     assert _pages(name) == 40
