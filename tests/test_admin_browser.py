@@ -57,6 +57,14 @@ def test_admin_filter_verify_and_screenshot(live_server, two_dumps: tuple[Path, 
     table = page.locator("#result_list")
     assert stale.name in table.inner_text() and current.name in table.inner_text()
     assert "stale: 1 behind" in table.inner_text()
+    # Readable at 1600 px beside the admin's app sidebar (open, as it is by default): no column off screen.
+    assert page.locator("#nav-sidebar").is_visible()
+    widths = page.evaluate(
+        "[document.querySelector('#result_list').getBoundingClientRect().right,"
+        " document.documentElement.scrollWidth, window.innerWidth]"
+    )
+    print("result list right edge, page width, window width:", widths)
+    assert widths[0] <= widths[2] and widths[1] <= widths[2], widths
 
     page.click("#changelist-filter >> text=Stale")
     page.wait_for_url("**schema=stale**")
