@@ -1,0 +1,127 @@
+"""The built distribution is the product: a wheel installed into a new virtual environment runs in a project
+that is not this repository."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import connections
+from psycopg import sql
+
+from seeddump import postgres, snapshots
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(databases="__all__")]
+
+SETTINGS = """
+SECRET_KEY = "package-test"
+INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "seeddump"]
+DATABASES = {{"default": {{"ENGINE": "django.db.backends.postgresql", "NAME": "{name}", "USER": "{user}",
+                          "HOST": "{host}", "PORT": "{port}"}}}}
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+"""
+
+MANAGE = """
+import sys
+from django.core.management import execute_from_command_line
+execute_from_command_line(sys.argv)
+"""
+
+SEED = """
+from django.contrib.auth.models import User
+User.objects.bulk_create(User(username=f"user{n}") for n in range(250))
+"""
+
+
+def run(argv: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SEEDDUMP_", "PYTEST_", "VIRTUAL_"))}
+    env.pop("PYTHONPATH", None)
+    env["DJANGO_SETTINGS_MODULE"] = "settings"
+    process = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    result = subprocess.CompletedProcess(argv, process.returncode, out, err)
+    assert result.returncode == 0, f"{' '.join(argv)}:\n{out}\n{err}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel and sdist, built from the checkout as a release would be."""
+    out = tmp_path_factory.mktemp("dist")
+    before = sorted(p.name for p in REPO.iterdir())
+    run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)], REPO, timeout=280)
+    assert sorted(p.name for p in REPO.iterdir()) == before  # nothing left in the checkout (build/, egg-info)
+    run([sys.executable, "-m", "twine", "check", "--strict", *map(str, out.iterdir())], REPO)
+    return out
+
+
+def test_the_wheel_holds_the_app_and_nothing_else(dist: Path) -> None:
+    (wheel,) = dist.glob("seeddump-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for needed in ("seeddump/py.typed", "seeddump/migrations/0001_initial.py", "seeddump/smoke_settings.py"):
+        assert needed in names
+    assert "seeddump/management/commands/restoredump.py" in names
+    assert not [n for n in names if n.startswith(("tests/", "project/", "seeds/")) or "__pycache__" in n]
+    info = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "[pytest11]\nseeddump = seeddump.pytest_plugin" in zipfile.ZipFile(wheel).read(info).decode()
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Classifier: Framework :: Django :: 5.2" in metadata and "License-Expression: MIT" in metadata
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    if django_settings.SYSTEM_UNAVAILABLE:
+        pytest.skip(f"system PostgreSQL not reachable: {django_settings.SYSTEM_UNAVAILABLE}")
+    system = connections["system"].settings_dict
+    name = f"sdt_package_{secrets.token_hex(4)}"
+    folder = tmp_path / "someproject"
+    folder.mkdir()
+    (folder / "settings.py").write_text(
+        SETTINGS.format(name=name, user=system["USER"], host=system["HOST"], port=system["PORT"] or 5432)
+    )
+    (folder / "manage.py").write_text(MANAGE)
+    with postgres.connect_maintenance(system) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield folder, name
+    with postgres.connect_maintenance(system) as admin:
+        snapshots.drop_all(admin, folder / "seeds" / "dumps")
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_the_wheel_installed_in_a_new_environment_dumps_and_restores(
+    dist: Path, project: tuple[Path, str], tmp_path: Path
+) -> None:
+    folder, name = project
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", str(venv)], tmp_path)
+    python = str(venv / "bin" / "python")
+    (wheel,) = dist.glob("seeddump-*.whl")
+    run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(wheel)], tmp_path, timeout=280)
+    where = run([python, "-c", "import seeddump; print(seeddump.__file__)"], folder).stdout.strip()
+    assert where.startswith(str(venv)), where  # the installed wheel, not the checkout
+
+    manage = [python, "manage.py"]
+    run([*manage, "migrate", "-v0"], folder)
+    run([*manage, "shell", "-c", SEED], folder)
+    run([*manage, "generatedump", "dev"], folder)
+    run([*manage, "shell", "-c", "from django.contrib.auth.models import User; User.objects.all().delete()"], folder)
+    run([*manage, "restoredump", "dev", "--no-input", "--wait"], folder)
+    with postgres.connect(connections["system"].settings_dict, name) as conn:
+        assert conn.execute("SELECT count(*) FROM auth_user").fetchone() == (250,)
