@@ -1,7 +1,9 @@
-"""System checks: ``python manage.py check`` reports dumps that no longer match the code."""
+"""System checks: ``python manage.py check`` reports dumps that no longer match the code, and a database
+driver that changed because seeddump brought psycopg 3."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from django.core.checks import CheckMessage, Warning
@@ -31,3 +33,19 @@ def check_dumps(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
         for error in errors
     ]
     return messages
+
+
+def check_driver(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Django 4.2+ prefers psycopg 3 when it is installed; seeddump installs it for its own connections, so a
+    project that installed psycopg2 now runs on psycopg 3 without having chosen to. Say so."""
+    if importlib.util.find_spec("psycopg2") is None or importlib.util.find_spec("psycopg") is None:
+        return []
+    return [
+        Warning(
+            "psycopg 3 is installed (seeddump needs it for its own connections), so Django now uses it for this "
+            "project's database connections instead of psycopg2, which is installed too.",
+            hint="Run the project's tests on psycopg 3; if it must stay on psycopg2, do not install seeddump in "
+            "that environment. Silence with SILENCED_SYSTEM_CHECKS = ['seeddump.W003'].",
+            id="seeddump.W003",
+        )
+    ]

@@ -125,3 +125,18 @@ def test_the_wheel_installed_in_a_new_environment_dumps_and_restores(
     run([*manage, "restoredump", "dev", "--no-input", "--wait"], folder)
     with postgres.connect(connections["system"].settings_dict, name) as conn:
         assert conn.execute("SELECT count(*) FROM auth_user").fetchone() == (250,)
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_a_project_with_psycopg2_is_told_that_django_now_uses_psycopg_3(alias: str, tmp_path: Path) -> None:
+    from tests.conftest import manage
+
+    result = manage("check", alias=alias, dumps_dir=tmp_path / "dumps")
+    assert result.returncode == 0 and "seeddump.W003" not in result.stdout + result.stderr
+
+    fake = tmp_path / "site"
+    (fake / "psycopg2").mkdir(parents=True)
+    (fake / "psycopg2" / "__init__.py").write_text("")  # found, never imported by the check
+    result = manage("check", alias=alias, dumps_dir=tmp_path / "dumps", env={"PYTHONPATH": str(fake)})
+    assert result.returncode == 0
+    assert "(seeddump.W003) psycopg 3 is installed" in result.stdout + result.stderr
