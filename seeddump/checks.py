@@ -6,7 +6,8 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from django.core.checks import CheckMessage, Warning
+import django
+from django.core.checks import CheckMessage, Error, Warning
 
 from seeddump.conf import conf
 from seeddump.staleness import latest_statuses
@@ -47,5 +48,17 @@ def check_driver(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             hint="Run the project's tests on psycopg 3; if it must stay on psycopg2, do not install seeddump in "
             "that environment. Silence with SILENCED_SYSTEM_CHECKS = ['seeddump.W003'].",
             id="seeddump.W003",
+        )
+    ]
+
+
+def check_django_version(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    if django.VERSION >= (4, 2):
+        return []
+    return [
+        Error(
+            f"seeddump needs Django 4.2 or newer; this project runs Django {django.get_version()}.",
+            hint="Upgrade the project to Django 4.2 LTS or newer, or uninstall seeddump.",
+            id="seeddump.E001",
         )
     ]

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from django.core.files import File
-from django.core.files.storage import Storage, storages
-from django.core.files.storage.handler import InvalidStorageError
+from django.core.files.storage import Storage
 
 from seeddump import dumpfiles, signing
 from seeddump.conf import conf
@@ -46,6 +45,10 @@ def storage() -> Storage:
     alias = conf.STORAGE
     if not alias:
         raise SeeddumpError("No shared dump storage is configured: set SEEDDUMP_STORAGE to an alias in STORAGES.")
+    # Imported here: STORAGES is Django 4.2+, and an older Django must get seeddump.E001, not an ImportError.
+    from django.core.files.storage import storages
+    from django.core.files.storage.handler import InvalidStorageError
+
     try:
         return storages[alias]
     except InvalidStorageError:

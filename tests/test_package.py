@@ -140,3 +140,38 @@ def test_a_project_with_psycopg2_is_told_that_django_now_uses_psycopg_3(alias: s
     result = manage("check", alias=alias, dumps_dir=tmp_path / "dumps", env={"PYTHONPATH": str(fake)})
     assert result.returncode == 0
     assert "(seeddump.W003) psycopg 3 is installed" in result.stdout + result.stderr
+
+
+def test_django_3_2_is_refused_by_pip_and_by_the_commands(dist: Path, tmp_path: Path) -> None:
+    """Projects on Django 3.2 (taiga-back) are refused, never upgraded behind their back."""
+    venv = tmp_path / "venv32"
+    run([sys.executable, "-m", "venv", str(venv)], tmp_path)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    run([*pip, "Django==3.2.*", "psycopg2-binary"], tmp_path, timeout=280)
+    (wheel,) = dist.glob("seeddump-*.whl")
+    pinned = tmp_path / "requirements.txt"
+    pinned.write_text("Django==3.2.*\n")
+
+    # With the project's Django pinned, pip refuses instead of upgrading it.
+    refused = subprocess.run([*pip, "-c", str(pinned), str(wheel)], capture_output=True, text=True, timeout=280)
+    assert refused.returncode != 0 and "Cannot install seeddump==" in refused.stdout + refused.stderr
+
+    # Installed anyway (--no-deps): every command says so in one check message, no traceback.
+    run([*pip, "--no-deps", str(wheel)], tmp_path)
+    run([*pip, "psycopg[binary]>=3.1"], tmp_path, timeout=280)
+    folder = tmp_path / "oldproject"
+    folder.mkdir()
+    (folder / "settings.py").write_text(SETTINGS.format(name="postgres", user="postgres", host="127.0.0.1", port=5432))
+    (folder / "manage.py").write_text(MANAGE)
+    for command in ("generatedump", "restoredump", "smoketest", "listdumps"):
+        result = subprocess.run(
+            [str(venv / "bin" / "python"), "manage.py", command, *(["dev"] if "dump" in command else [])],
+            cwd=folder,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "settings", "PYTHONPATH": ""},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 1, command
+        assert "(seeddump.E001) seeddump needs Django 4.2 or newer; this project runs Django 3.2" in result.stderr
+        assert "Traceback" not in result.stderr

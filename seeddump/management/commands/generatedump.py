@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
@@ -14,7 +15,7 @@ from seeddump.management.progress import progress_writer
 
 class Command(BaseCommand):
     # Fast commands that check what they need themselves; `check` and `migrate` report stale dumps.
-    requires_system_checks: list[str] = []
+    requires_system_checks = [Tags.compatibility]  # seeddump.E001: an older Django, said in one line
     help = "Dumps the seeded database to a versioned, checksummed file in SEEDDUMP_DIR and points 'latest' at it."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
@@ -12,7 +13,7 @@ from seeddump.exceptions import SeeddumpError
 
 class Command(BaseCommand):
     help = "Lists every dump, local and shared, with whether it is the latest, stale, or cached as a snapshot."
-    requires_system_checks: list[str] = []
+    requires_system_checks = [Tags.compatibility]  # seeddump.E001: an older Django, said in one line
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("environment", nargs="?", help="Only this environment.")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
@@ -11,7 +12,7 @@ from seeddump.exceptions import SeeddumpError
 
 class Command(BaseCommand):
     help = "Deletes older local dumps of an environment (never the latest), with their metadata and snapshots."
-    requires_system_checks: list[str] = []
+    requires_system_checks = [Tags.compatibility]  # seeddump.E001: an older Django, said in one line
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("environment")

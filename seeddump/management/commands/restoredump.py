@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
+from django.core.checks import Tags
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
@@ -17,7 +18,7 @@ from seeddump.restore import RestorePlan, interrupt_on_sigterm, plan_restore, re
 
 class Command(BaseCommand):
     # Fast commands that check what they need themselves; `check` and `migrate` report stale dumps.
-    requires_system_checks: list[str] = []
+    requires_system_checks = [Tags.compatibility]  # seeddump.E001: an older Django, said in one line
     help = (
         "Verifies a dump and replaces the database with it. The database is only replaced once the "
         "restored copy is complete and checked; on any failure it is left as it was."
