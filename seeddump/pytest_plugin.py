@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import unittest
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
@@ -175,6 +176,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     everyone = _everyone(config)
     for item in items:
         marked = item.get_closest_marker(MARKER) is not None
+        if _unittest(item):
+            # A Django TestCase opens its transaction for the whole class, before any function-scoped
+            # fixture could point its connection at the seeded database: it keeps pytest-django's.
+            if marked:
+                raise pytest.UsageError(
+                    f"seeddump: {item.nodeid} is a unittest TestCase; the seeddump marker works on pytest-style "
+                    "tests (functions and plain classes). Use one, or the seeded_db fixture in one."
+                )
+            continue
         if not (marked or "seeded_db" in _names(item) or (everyone and _uses_database(item))):
             continue
         if marked and not _uses_database(item) and "seeded_db" not in _names(item):
@@ -184,6 +194,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             # First, so that it points the connections at the seeded database before pytest-django's
             # fixtures open their transaction there, and points them back after those have finished.
             fixturenames.insert(0, _FIXTURE)
+
+
+def _unittest(item: pytest.Item) -> bool:
+    cls = getattr(item, "cls", None)
+    return isinstance(cls, type) and issubclass(cls, unittest.TestCase)
 
 
 def _marked_environment(item: pytest.Item) -> str | None:

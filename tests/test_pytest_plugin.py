@@ -111,6 +111,39 @@ def test_session_wide_seeding_stays_available(inner, alias: str) -> None:
     result.assert_outcomes(passed=1)
 
 
+@pytest.mark.parametrize("alias", ["default"])
+def test_django_testcase_classes_keep_their_own_database(inner, alias: str) -> None:
+    pytester, _ = inner
+    pytester.makepyfile(
+        test_classes="""
+        from django.test import TestCase
+        from project.reality.models import Team
+
+        class EmptyDatabaseTests(TestCase):
+            def test_empty(self):
+                self.assertEqual(Team.objects.count(), 0)
+        """
+    )
+    # Session-wide seeding leaves unittest-style Django tests on pytest-django's empty database...
+    run_inner(pytester, "test_classes.py", "--seeddump-all").assert_outcomes(passed=1)
+
+    # ... and marking one says in one line that the marker needs a pytest-style test.
+    pytester.makepyfile(
+        test_marked_class="""
+        import pytest
+        from django.test import TestCase
+
+        @pytest.mark.seeddump
+        class SeededTests(TestCase):
+            def test_seeded(self):
+                pass
+        """
+    )
+    result = run_inner(pytester, "test_marked_class.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "seeddump: test_marked_class.py::SeededTests::test_seeded is a unittest TestCase" in result.stderr.str()
+
+
 def _seeded(alias: str) -> str:
     return f"test_plugin_{alias}_seeded_dev"
 
