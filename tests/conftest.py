@@ -191,10 +191,18 @@ def manage(
     the database it replaces, and the next query here reconnects.
     """
     connections.close_all()
+    argv = [sys.executable, "manage.py", *args]
+    return run_bounded(argv, cwd=REPO, env=manage_env(alias, dumps_dir, env), stdin=stdin or "", timeout=180)
+
+
+def run_bounded(
+    argv: list[str], *, cwd: Path, env: dict[str, str], stdin: str = "", timeout: float
+) -> subprocess.CompletedProcess:
+    """Runs a process in a session of its own; past ``timeout`` it is killed with whatever it started."""
     process = subprocess.Popen(
-        [sys.executable, "manage.py", *args],
-        cwd=REPO,
-        env=manage_env(alias, dumps_dir, env),
+        argv,
+        cwd=cwd,
+        env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -202,12 +210,19 @@ def manage(
         start_new_session=True,
     )
     try:
-        out, err = process.communicate(stdin if stdin is not None else "", timeout=180)
+        out, err = process.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # with whatever it started
+        os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         raise
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)
+
+
+def shell_env(**extra: str) -> dict[str, str]:
+    """A developer's shell in another project: none of this test session's Django, seeddump or pytest settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SEEDDUMP_", "PYTEST_", "VIRTUAL_"))}
+    env.pop("PYTHONPATH", None)
+    return {**env, **extra}
 
 
 _started: list[subprocess.Popen] = []

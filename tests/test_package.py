@@ -3,9 +3,7 @@ that is not this repository."""
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import subprocess
 import sys
 import zipfile
@@ -18,7 +16,7 @@ from django.db import connections
 from psycopg import sql
 
 from seeddump import postgres, snapshots
-from tests.conftest import REPO
+from tests.conftest import REPO, run_bounded, shell_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(databases="__all__")]
 
@@ -44,20 +42,8 @@ User.objects.bulk_create(User(username=f"user{n}") for n in range(250))
 
 
 def run(argv: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SEEDDUMP_", "PYTEST_", "VIRTUAL_"))}
-    env.pop("PYTHONPATH", None)
-    env["DJANGO_SETTINGS_MODULE"] = "settings"
-    process = subprocess.Popen(
-        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    result = subprocess.CompletedProcess(argv, process.returncode, out, err)
-    assert result.returncode == 0, f"{' '.join(argv)}:\n{out}\n{err}"
+    result = run_bounded(argv, cwd=cwd, env=shell_env(DJANGO_SETTINGS_MODULE="settings"), timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(argv)}:\n{result.stdout}\n{result.stderr}"
     return result
 
 
@@ -153,7 +139,7 @@ def test_django_3_2_is_refused_by_pip_and_by_the_commands(dist: Path, tmp_path: 
     pinned.write_text("Django==3.2.*\n")
 
     # With the project's Django pinned, pip refuses instead of upgrading it.
-    refused = subprocess.run([*pip, "-c", str(pinned), str(wheel)], capture_output=True, text=True, timeout=280)
+    refused = run_bounded([*pip, "-c", str(pinned), str(wheel)], cwd=tmp_path, env=shell_env(), timeout=280)
     assert refused.returncode != 0 and "Cannot install seeddump==" in refused.stdout + refused.stderr
 
     # Installed anyway (--no-deps): every command says so in one check message, no traceback.
@@ -164,14 +150,8 @@ def test_django_3_2_is_refused_by_pip_and_by_the_commands(dist: Path, tmp_path: 
     (folder / "settings.py").write_text(SETTINGS.format(name="postgres", user="postgres", host="127.0.0.1", port=5432))
     (folder / "manage.py").write_text(MANAGE)
     for command in ("generatedump", "restoredump", "smoketest", "listdumps"):
-        result = subprocess.run(
-            [str(venv / "bin" / "python"), "manage.py", command, *(["dev"] if "dump" in command else [])],
-            cwd=folder,
-            env={**os.environ, "DJANGO_SETTINGS_MODULE": "settings", "PYTHONPATH": ""},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        argv = [str(venv / "bin" / "python"), "manage.py", command, *(["dev"] if command.endswith("dump") else [])]
+        result = run_bounded(argv, cwd=folder, env=shell_env(DJANGO_SETTINGS_MODULE="settings"), timeout=120)
         assert result.returncode == 1, command
         assert "(seeddump.E001) seeddump needs Django 4.2 or newer; this project runs Django 3.2" in result.stderr
         assert "Traceback" not in result.stderr

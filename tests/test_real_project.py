@@ -6,10 +6,8 @@ same order), then filled, dumped, restored cold and warm, smoke-tested, and test
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ from django.db import connections
 from psycopg import sql
 
 from seeddump import postgres, snapshots
+from tests.conftest import run_bounded, shell_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(databases="__all__")]
 
@@ -75,25 +74,7 @@ def test_other_tests_keep_an_empty_database():
 
 def run(argv: list[str], cwd: Path, timeout: float = 240, answer: str = "") -> subprocess.CompletedProcess:
     """A command in the site, with the environment a developer's shell would have (no test settings)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SEEDDUMP_", "PYTEST_"))}
-    env.pop("PYTHONPATH", None)
-    process = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = process.communicate(answer, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise
-    return subprocess.CompletedProcess(argv, process.returncode, out, err)
+    return run_bounded(argv, cwd=cwd, env=shell_env(), stdin=answer, timeout=timeout)
 
 
 def manage(site: Path, *args: str, answer: str = "") -> subprocess.CompletedProcess:
