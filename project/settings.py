@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "seeddump",
     "project.reality",
+    "project.emblems",
 ]
 
 MIDDLEWARE = [
@@ -68,6 +69,11 @@ else:
     DATABASES = {"default": _default}
     # The embedded server's own pg_dump/pg_restore match its version; search them first.
     SEEDDUMP_PG_BIN_DIRS = env.list("SEEDDUMP_PG_BIN_DIRS", default=[]) + _bin_dirs
+
+# The demo's seed writes each team's emblem here; generatedump archives it beside the dump (SEEDDUMP_MEDIA).
+MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "media")
+MEDIA_URL = "media/"
+SEEDDUMP_MEDIA = env.bool("SEEDDUMP_MEDIA", default=True)
 
 SEEDDUMP_DIR = env.path("SEEDDUMP_DIR", default=BASE_DIR / "seeds" / "dumps")
 SEEDDUMP_PROTECTED_ENVIRONMENTS = env.str("SEEDDUMP_PROTECTED_ENVIRONMENTS", default="prod,production")

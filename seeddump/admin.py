@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
-from seeddump import dumpfiles
+from seeddump import dumpfiles, media
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 from seeddump.models import DumpRecord
@@ -58,6 +58,7 @@ _SHOWN = (
     "version",
     "created_at",
     "size",
+    "media_files",
     "checksum",
     "schema",
     "on_disk",
@@ -107,8 +108,29 @@ class DumpRecordAdmin(admin.ModelAdmin):
         return False
 
     @admin.display(description="size", ordering="size_bytes")
-    def size(self, record: DumpRecord) -> str:
-        return f"{record.size_bytes / 1e6:.1f} MB"
+    def size(self, record: DumpRecord):
+        """The dump's size, and under it its media's (files and size), when it has media."""
+        summary = record.media_summary()
+        if summary is None:
+            return f"{record.size_bytes / 1e6:.1f} MB"
+        return format_html(
+            '{}<br><span class="mini quiet">+ media: {} files, {}</span>',
+            f"{record.size_bytes / 1e6:.1f} MB",
+            summary[0],
+            dumpfiles.human_size(summary[2]),
+        )
+
+    @admin.display(description="media")
+    def media_files(self, record: DumpRecord) -> str:  # not ``media``: ModelAdmin.media is its CSS and JS
+        summary = record.media_summary()
+        if summary is None:
+            return "none (made without --media)"
+        path = record.path
+        where = "" if path is None or dumpfiles.media_path(path).is_file() else " (the archive is not on disk)"
+        return (
+            f"{summary[0]} files, {dumpfiles.human_size(summary[1])} unpacked, "
+            f"{dumpfiles.human_size(summary[2])} archived{where}"
+        )
 
     @admin.display(description="rows", ordering="total_records")
     def rows(self, record: DumpRecord):
@@ -148,10 +170,15 @@ class DumpRecordAdmin(admin.ModelAdmin):
                     raise SeeddumpError(f"the file is not in {conf.DIR}")
                 metadata = dumpfiles.read_metadata(path)
                 dumpfiles.verify(path, metadata)
+                if metadata.media is not None:
+                    media.check(dumpfiles.media_path(path), metadata.media)
             except SeeddumpError as exc:
                 self.message_user(request, f"Checksum FAILED for {record.file_name}: {exc}", messages.ERROR)
             else:
-                self.message_user(request, f"Checksum OK for {record.file_name} ({metadata.checksum[:19]}…)")
+                with_media = " and its media archive" if metadata.media is not None else ""
+                self.message_user(
+                    request, f"Checksum OK for {record.file_name}{with_media} ({metadata.checksum[:19]}…)"
+                )
 
     @admin.action(description="Delete the selected records and their dump files", permissions=["delete"])
     def delete_with_files(self, request: HttpRequest, queryset: QuerySet) -> None:
@@ -161,7 +188,8 @@ class DumpRecordAdmin(admin.ModelAdmin):
             path = record.path  # None unless the record names a dump file in SEEDDUMP_DIR
             if path is not None:
                 path.unlink()
-                dumpfiles.metadata_path(path).unlink(missing_ok=True)
+                for companion in dumpfiles.companions(path):
+                    companion.unlink(missing_ok=True)
                 removed += 1
         count = queryset.count()
         queryset.delete()

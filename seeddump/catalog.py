@@ -26,6 +26,7 @@ class DumpEntry:
     latest: bool = False
     stale: bool = False
     snapshot: bool | None = None
+    media_missing: bool = False  # the metadata names a media archive that is not beside the local dump
 
     @property
     def created(self) -> datetime:
@@ -45,6 +46,9 @@ class DumpEntry:
             "latest": self.latest,
             "stale": self.stale,
             "snapshotCached": self.snapshot,
+            "media": None
+            if self.metadata.media is None
+            else {**self.metadata.media.to_json(), "missing": self.media_missing},
         }
 
 
@@ -57,7 +61,9 @@ def list_entries(
     entries: dict[str, DumpEntry] = {}
     for path in dumpfiles.list_dumps(directory, environment):
         try:
-            entries[path.name] = DumpEntry(path.name, dumpfiles.read_metadata(path), local=True)
+            metadata = dumpfiles.read_metadata(path)
+            gone = metadata.media is not None and not dumpfiles.media_path(path).is_file()
+            entries[path.name] = DumpEntry(path.name, metadata, local=True, media_missing=gone)
         except SeeddumpError as exc:
             warnings.append(str(exc))
     if shared.configured() and not offline:
@@ -102,7 +108,7 @@ class Pruned:
 def prune(environment: str, keep: int, *, dry_run: bool = False, using: str = "default") -> list[Pruned]:
     """Deletes all but the newest ``keep`` local dumps of ``environment`` (never the latest).
 
-    With each dump go its metadata, its cached snapshot and its admin record.
+    With each dump go its metadata, its media archive, its cached snapshot and its admin record.
     """
     dumpfiles.validate_environment(environment)
     if keep < 1:
@@ -127,7 +133,8 @@ def prune(environment: str, keep: int, *, dry_run: bool = False, using: str = "d
                 with snapshots.snapshot_lock(admin):
                     snapshots.drop(admin, snapshot)
             path.unlink()
-            dumpfiles.metadata_path(path).unlink(missing_ok=True)
+            for companion in dumpfiles.companions(path):
+                companion.unlink(missing_ok=True)
     if pruned and not dry_run:
         try:
             if records.table_exists(using):

@@ -68,6 +68,11 @@ class Settings:
         return str(getattr(settings, "SEEDDUMP_DUMP_COMPRESSION", "5"))
 
     @property
+    def MEDIA(self) -> bool:
+        """generatedump archives MEDIA_ROOT beside the dump by default (as with --media)."""
+        return bool(getattr(settings, "SEEDDUMP_MEDIA", False))
+
+    @property
     def MAINTENANCE_DB(self) -> str:
         """The database seeddump connects to while it creates, renames and drops others."""
         return getattr(settings, "SEEDDUMP_MAINTENANCE_DB", "postgres")
@@ -171,6 +176,11 @@ class Settings:
         """Tables whose row counts the smoke test does not compare with the dump's (``schema.table`` or
         ``table`` for the public schema)."""
         return frozenset(str(name) for name in getattr(settings, "SEEDDUMP_SMOKE_IGNORE_TABLES", ()))
+
+    @property
+    def SMOKE_FILE_SAMPLE(self) -> int:
+        """How many values of each FileField the smoke test checks on disk (0: none)."""
+        return int(getattr(settings, "SEEDDUMP_SMOKE_FILE_SAMPLE", 20))
 
     @property
     def SMOKE_SERVER_COMMAND(self) -> list[str] | None:

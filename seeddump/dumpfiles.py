@@ -47,7 +47,9 @@ _REQUIRED = (
     "environment", "version", "timestamp", "checksum", "recordCounts", "migrations", "migrationsFingerprint",
     "serverVersion", "pgDumpVersion", "database", "sizeBytes", "durationSeconds", "dumpFile",
 )  # fmt: skip
-_KNOWN = {*_REQUIRED, "format", "totalRecords", "compression", "note", "signature"}
+_KNOWN = {*_REQUIRED, "format", "totalRecords", "compression", "note", "signature", "media"}
+MEDIA_SUFFIX = ".media.tar.gz"
+_MAX_MEDIA_FILES = 10_000_000
 
 
 def validate_environment(environment: str) -> str:
@@ -75,6 +77,38 @@ def migrations_fingerprint(migrations: Iterable[tuple[str, str]]) -> str:
 
 
 @dataclass(frozen=True)
+class MediaInfo:
+    """The media archive beside a dump (``<dump stem>.media.tar.gz``): the project's MEDIA_ROOT when the
+    dump was made. ``files`` and ``bytes`` are what it holds unpacked; see ``seeddump.media``."""
+
+    file: str
+    size_bytes: int
+    checksum: str
+    files: int
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "sizeBytes": self.size_bytes,
+            "checksum": self.checksum,
+            "files": self.files,
+            "bytes": self.bytes,
+        }
+
+    def describe(self) -> str:
+        return f"{self.files} file(s), {human_size(self.bytes)}"
+
+
+def human_size(size: int) -> str:
+    """``518 bytes``, ``12.3 kB``, ``4.0 MB``, ``1.2 GB``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+@dataclass(frozen=True)
 class Metadata:
     environment: str
     version: str
@@ -91,6 +125,7 @@ class Metadata:
     dump_file: str
     compression: str = ""
     note: str = ""
+    media: MediaInfo | None = None  # the dump's media archive, when it was made with --media
     extra: dict[str, Any] = field(default_factory=dict)
     signature: str = ""  # see seeddump.signing
     signed_text: bytes = field(default=b"", compare=False, repr=False)  # what the signature covers
@@ -123,6 +158,7 @@ class Metadata:
             "dumpFile": self.dump_file,
             "compression": self.compression,
             "note": self.note,
+            **({"media": self.media.to_json()} if self.media is not None else {}),
             **self.extra,
             **({"signature": self.signature} if self.signature else {}),
         }
@@ -188,6 +224,28 @@ class Metadata:
         signature = data.get("signature", "")
         if not isinstance(signature, str) or len(signature) > 200:
             raise bad("signature must be text")
+        media = None
+        if data.get("media") is not None:
+            fields = data["media"]
+            if not isinstance(fields, dict) or not all(
+                name in fields for name in ("file", "sizeBytes", "checksum", "files", "bytes")
+            ):
+                raise bad("media must describe the media archive (file, sizeBytes, checksum, files, bytes)")
+            file_name, media_checksum = fields["file"], fields["checksum"]
+            if not isinstance(file_name, str) or not file_name.endswith(MEDIA_SUFFIX) or len(file_name) > 200:
+                raise bad(f"media.file must be the name of a {MEDIA_SUFFIX} archive")
+            if not isinstance(media_checksum, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", media_checksum):
+                raise bad("media.checksum must be sha256:<64 hex digits>")
+            files = whole(fields["files"], "media.files")
+            if files > _MAX_MEDIA_FILES:
+                raise bad(f"media.files must be at most {_MAX_MEDIA_FILES}")
+            media = MediaInfo(
+                file=file_name,
+                size_bytes=whole(fields["sizeBytes"], "media.sizeBytes"),
+                checksum=media_checksum,
+                files=files,
+                bytes=whole(fields["bytes"], "media.bytes"),
+            )
         return cls(
             environment=environment,
             version=text("version", 60, re.compile(r"[0-9A-Za-z]{1,40}")),
@@ -204,6 +262,7 @@ class Metadata:
             dump_file=text("dumpFile", 200),
             compression=text("compression", 40),
             note=text("note", _MAX_NOTE),
+            media=media,
             extra={k: v for k, v in data.items() if k not in _KNOWN},
             signature=signature,
             signed_text=signable(data),
@@ -257,6 +316,20 @@ def dump_in(directory: Path, file_name: str) -> Path | None:
 
 def metadata_path(dump_path: Path) -> Path:
     return dump_path.with_name(dump_path.name.removesuffix(".dump") + ".metadata.json")
+
+
+def media_path(dump_path: Path) -> Path:
+    """Where a dump's media archive lies: beside it, named after it."""
+    return dump_path.with_name(media_name(dump_path.name))
+
+
+def media_name(dump_file: str) -> str:
+    return dump_file.removesuffix(".dump") + MEDIA_SUFFIX
+
+
+def companions(dump_path: Path) -> list[Path]:
+    """The files that belong to a dump and go wherever it goes (deleted, pruned): its metadata and media."""
+    return [metadata_path(dump_path), media_path(dump_path)]
 
 
 def latest_dump_link(directory: Path, environment: str) -> Path:
@@ -534,6 +607,8 @@ def check_names_agree(metadata: Metadata, file_name: str, source: Path | str) ->
     problems = []
     if metadata.dump_file != file_name:
         problems.append(f"it describes {metadata.dump_file[:80]!r}")
+    if metadata.media is not None and metadata.media.file != media_name(file_name):
+        problems.append(f"its media archive is {metadata.media.file[:80]!r}, not {media_name(file_name)!r}")
     if match is not None:
         if metadata.environment != match["env"]:
             problems.append(f"it says environment {metadata.environment!r}, the name {match['env']!r}")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from seeddump import dumpfiles, postgres, records, signing
+from seeddump import dumpfiles, media, postgres, records, signing
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -41,6 +43,11 @@ class GeneratedDump:
     path: Path
     metadata: dumpfiles.Metadata
     recorded: bool
+    media_skipped: tuple[str, ...] = ()  # links and special files under MEDIA_ROOT left out of the archive
+
+    @property
+    def media_path(self) -> Path | None:
+        return dumpfiles.media_path(self.path) if self.metadata.media is not None else None
 
 
 def _quiet(message: str) -> None:
@@ -99,12 +106,16 @@ def generate_dump(
     using: str = "default",
     note: str = "",
     allow_empty: bool = False,
+    with_media: bool | None = None,
     progress: Progress = _quiet,
 ) -> GeneratedDump:
+    """Dumps the alias's database; with ``with_media`` (default: SEEDDUMP_MEDIA) MEDIA_ROOT is archived
+    beside it, while pg_dump runs (see ``seeddump.media``)."""
     dumpfiles.validate_environment(environment)
     settings_dict = postgres.settings_for(using)
+    media_root = media.media_root() if (conf.MEDIA if with_media is None else with_media) else None
     with postgres.user_errors(settings_dict):
-        return _generate(environment, settings_dict, using, note, allow_empty, progress)
+        return _generate(environment, settings_dict, using, note, allow_empty, media_root, progress)
 
 
 def _generate(
@@ -113,6 +124,7 @@ def _generate(
     using: str,
     note: str,
     allow_empty: bool,
+    media_root: Path | None,
     progress: Progress,
 ) -> GeneratedDump:
     directory = dumpfiles.ensure_directory(conf.DIR)
@@ -140,6 +152,8 @@ def _generate(
         version = project_version(migrations)
         moment = datetime.now(timezone.utc).replace(microsecond=0)
         partial = dumpfiles.new_partial(directory, environment)
+        media_partial = dumpfiles.new_partial(directory, environment) if media_root is not None else None
+        published: list[Path] = []
         try:
             progress(f"Dumping {sum(counts.values())} rows of {len(counts)} tables")
             args = [
@@ -148,20 +162,42 @@ def _generate(
                 f"--snapshot={snapshot}",
                 f"--file={partial}",
             ]
-            try:
-                postgres.run(pg_dump, args, settings_dict, what="pg_dump")
-            except SeeddumpError as exc:
-                if "No space left on device" in str(exc):
-                    raise _out_of_space(directory, partial.name, _likely_size(directory, environment)) from None
-                raise
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seeddump-media") as pool:
+                # The files are archived while pg_dump runs: as close to the dump's moment as files allow.
+                archiving = None
+                if media_root is not None and media_partial is not None:
+                    progress(f"Archiving the media in {media_root}")
+                    archiving = pool.submit(media.archive, media_root, media_partial, exclude=(directory,))
+                try:
+                    postgres.run(pg_dump, args, settings_dict, what="pg_dump")
+                except SeeddumpError as exc:
+                    if "No space left on device" in str(exc):
+                        raise _out_of_space(directory, partial.name, _likely_size(directory, environment)) from None
+                    raise
+                finally:
+                    archived = archiving.result() if archiving is not None else None
             conn.execute("COMMIT")
             progress("Computing the checksum")
             checksum = dumpfiles.sha256_of(partial)
             size = partial.stat().st_size
             final = dumpfiles.publish(partial, environment, version, moment)
+            published.append(final)
+            media_info = None
+            if archived is not None and media_partial is not None:
+                media_final = dumpfiles.media_path(final)
+                media_info = dumpfiles.MediaInfo(
+                    file=media_final.name,
+                    size_bytes=media_partial.stat().st_size,
+                    checksum=dumpfiles.sha256_of(media_partial),
+                    files=archived.files,
+                    bytes=archived.bytes,
+                )
+                os.replace(media_partial, media_final)  # the name is the new dump's own: nothing else has it
+                published.append(media_final)
         except BaseException as exc:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
+            for leftover in [partial, *([media_partial] if media_partial else []), *published]:
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise _out_of_space(directory, partial.name, _likely_size(directory, environment)) from None
             raise
@@ -182,6 +218,7 @@ def _generate(
             dump_file=final.name,
             compression=conf.DUMP_COMPRESSION,
             note=note,
+            media=media_info,
         )
     metadata = signing.sign(metadata)
     try:
@@ -189,10 +226,12 @@ def _generate(
         dumpfiles.point_latest(final, environment)
     except BaseException as exc:  # no dump may stay without its metadata
         final.unlink()
-        dumpfiles.metadata_path(final).unlink(missing_ok=True)
+        for companion in dumpfiles.companions(final):
+            companion.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             name = dumpfiles.metadata_path(final).name
             raise _out_of_space(directory, name, len(json.dumps(metadata.to_json())) + 4096) from None
         raise
     recorded = records.record_dump(using, final, metadata)
-    return GeneratedDump(path=final, metadata=metadata, recorded=recorded)
+    skipped = archived.skipped if archived is not None else ()
+    return GeneratedDump(path=final, metadata=metadata, recorded=recorded, media_skipped=skipped)

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from seeddump import databases, dumpfiles, load, postgres, records, snapshots
+from seeddump import databases, dumpfiles, load, media, postgres, records, snapshots
 from seeddump.conf import conf
 
 Progress = Callable[[str], None]
@@ -41,9 +41,12 @@ class Followup:
     empty_database: bool = True  # prepare an empty database for the next pg_restore into ``database``
     # The admin's dump records to write into the restored database: when each dump was last restored.
     restore_times: dict[str, datetime] | None = None
+    retired_media: tuple[Path, ...] = ()  # the replaced media folder, renamed beside MEDIA_ROOT
 
     def describe(self) -> list[str]:
         work = ["drop the replaced database"] if self.retired else []
+        if self.retired_media:
+            work.append("remove the replaced media folder")
         if self.build_snapshot:
             work.append("cache a snapshot of the dump")
         if self.ready_copy:
@@ -97,6 +100,9 @@ def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progr
     with postgres.connect_maintenance(settings_dict) as admin:
         for name in drop_leftovers(admin, followup.database, scratch=False):
             progress(f"Dropped the replaced database {name}")
+        for folder in followup.retired_media:  # goes with the replaced database
+            media.drop(folder)
+            progress(f"Removed the replaced media folder {folder}")
         keyed = cache_key(admin, followup.database)
         if keyed is not None and (followup.build_snapshot or followup.ready_copy):
             _finish_cache(admin, followup, settings_dict, *keyed, progress)

@@ -45,6 +45,16 @@ class DumpRecord(models.Model):
     def on_disk(self) -> bool:
         return self.path is not None
 
+    def media_summary(self) -> tuple[int, int, int] | None:
+        """(files, bytes unpacked, archive bytes) of the dump's media, or None when it has none."""
+        fields = self.metadata.get("media") if isinstance(self.metadata, dict) else None
+        if not isinstance(fields, dict):
+            return None
+        values = [fields.get(name) for name in ("files", "bytes", "sizeBytes")]
+        if not all(isinstance(value, int) and not isinstance(value, bool) for value in values):
+            return None
+        return values[0], values[1], values[2]  # type: ignore[return-value]
+
     def applied_migrations(self) -> list[tuple[str, str]] | None:
         """The migrations in the dump, or None when the stored metadata does not say."""
         from seeddump.dumpfiles import ungroup_migrations

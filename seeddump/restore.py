@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -31,6 +32,7 @@ from seeddump import (
     dumpfiles,
     finishing,
     load,
+    media,
     postgres,
     records,
     shared,
@@ -59,6 +61,7 @@ class RestorePlan:
     using: str
     status: staleness.DumpStatus
     notes: tuple[str, ...] = ()  # worth telling the user before the restore (a newer dump lies beside)
+    media_archive: Path | None = None  # the dump's media archive, checked; None: the files are left alone
 
     @property
     def server(self) -> postgres.Server:
@@ -73,6 +76,7 @@ class RestoreResult:
     tables: int
     rows: int
     source: str = "pg_restore"  # or "snapshot", "ready copy", "in place"
+    media_root: Path | None = None  # the media folder the dump's files were swapped into
     followup: finishing.Followup | None = None  # work left for later (see ``restore``'s ``defer``)
     background_pid: int | None = None
     # Settings of the replaced database this role could not copy: the statements that would.
@@ -109,6 +113,7 @@ def plan_restore(
     using: str = "default",
     force: bool = False,
     shared_storage: str = "auto",
+    with_media: bool = True,
     progress: Progress = _quiet,
 ) -> RestorePlan:
     """Finds the dump, reads its metadata and verifies its checksum, all before touching any database.
@@ -124,7 +129,16 @@ def plan_restore(
     with postgres.user_errors(postgres.settings_for(using)):
         if dump is None and shared.configured() and shared_storage != "offline":
             shared.sync_latest(environment, conf.DIR, required=shared_storage == "pull", progress=progress)
-        return _plan(environment, dump, using, force)
+        plan = _plan(environment, dump, using, force)
+    info = plan.metadata.media
+    if info is None:
+        return plan
+    if not with_media:
+        return replace(plan, notes=(*plan.notes, f"The dump's media ({info.describe()}) are not restored: --no-media."))
+    archive = dumpfiles.media_path(plan.dump_path)
+    progress(f"Checking the media archive {archive.name}")
+    media.check(archive, info)
+    return replace(plan, media_archive=archive)
 
 
 def _plan(environment: str, dump: str | Path | None, using: str, force: bool) -> RestorePlan:
@@ -204,6 +218,7 @@ def restore(
     database: str | None = None,
     defer: bool = False,
     in_place: bool = False,
+    media_root: Path | None = None,
     progress: Progress = _quiet,
 ) -> RestoreResult:
     """Restores a planned dump in place of the alias's database; see the module docstring.
@@ -220,16 +235,22 @@ def restore(
 
     ``in_place`` restores into the existing database in one transaction instead (for roles that may not
     create databases): slower, never cached, and just as safe: a failure rolls everything back.
+
+    When the plan has the dump's media, they are unpacked beside the media folder while the database is
+    restored, and swapped in right after the database (see ``seeddump.media``): into MEDIA_ROOT when the
+    alias's own database is restored, into ``media_root`` when given, and nowhere for another ``database``.
     """
     settings_dict = postgres.settings_for(plan.using)
     if database is not None:  # another database on the alias's server, such as its test database
         settings_dict = {**settings_dict, "NAME": database}
     use_snapshots = conf.SNAPSHOTS if use_snapshots is None else use_snapshots
     record = database is None
-    with postgres.user_errors(settings_dict):
+    if plan.media_archive is not None and media_root is None and database is None:
+        media_root = media.media_root()
+    with postgres.user_errors(settings_dict), _MediaSwap(plan, media_root, progress) as media_swap:
         if in_place:
-            return _restore_in_place(plan, settings_dict, progress, record)
-        result = _restore(plan, settings_dict, jobs, use_snapshots, defer, progress, record)
+            return _restore_in_place(plan, settings_dict, progress, record, media_swap)
+        result = _restore(plan, settings_dict, jobs, use_snapshots, defer, progress, record, media_swap)
         if result.followup is not None and not defer:
             try:
                 finishing.finish(result.followup, settings_dict, progress)
@@ -258,6 +279,7 @@ def _restore(
     defer: bool,
     progress: Progress,
     record: bool,
+    media_swap: _MediaSwap,
 ) -> RestoreResult:
     started = time.monotonic()
     target = _target(plan, settings_dict)
@@ -268,6 +290,7 @@ def _restore(
         owner = databases.restore_owner(admin, target, configured_owner(settings_dict))
         for name in finishing.drop_leftovers(admin, target):
             progress(f"Dropped {name}, left over by an interrupted restore")
+        media_swap.start()
         current = databases.identity_of(admin, target)
         exists = current is not None
         shape = current.shape if current is not None else databases.new_identity(admin, owner).shape
@@ -292,6 +315,7 @@ def _restore(
                     snapshots.keep(admin, scratch, metadata, key, progress)
             # Verified now, or when the snapshot was made (a snapshot accepts no connections since).
             carried = records.restore_times(plan.using) if exists and record else {}
+            media_swap.wait()  # unpacked beside the media folder while the database was restored
             connections[plan.using].close()
             progress(f"Swapping the restored database in for '{target}'")
             swapped = databases.swap(admin, target, scratch, retired, owner)
@@ -302,6 +326,7 @@ def _restore(
                 with contextlib.suppress(psycopg.Error):
                     databases.drop(admin, scratch)
             raise
+        retired_media = media_swap.swap(target)
     if record:
         carried[plan.dump_path.name] = datetime.now(timezone.utc)
     counts = metadata.record_counts
@@ -314,6 +339,7 @@ def _restore(
         ready_copy=use_snapshots and conf.READY_COPIES and defer,
         empty_database=defer,
         restore_times=carried if record else None,
+        retired_media=retired_media,
     )
     return RestoreResult(
         plan=plan,
@@ -324,11 +350,12 @@ def _restore(
         source=source,
         followup=followup,
         skipped_settings=tuple(swapped.skipped_settings),
+        media_root=media_swap.root,
     )
 
 
 def _restore_in_place(
-    plan: RestorePlan, settings_dict: Mapping[str, Any], progress: Progress, record: bool
+    plan: RestorePlan, settings_dict: Mapping[str, Any], progress: Progress, record: bool, media_swap: _MediaSwap
 ) -> RestoreResult:
     started = time.monotonic()
     target = _target(plan, settings_dict)
@@ -340,8 +367,12 @@ def _restore_in_place(
             )
         owner = databases.restore_owner(admin, target, configured_owner(settings_dict))
         carried = records.restore_times(plan.using) if record else {}
+        media_swap.start()
+        media_swap.wait()  # before the transaction: a failure to unpack leaves the database as it was
         connections[plan.using].close()
         load.in_place(admin, plan.dump_path, plan.metadata, settings_dict, target, owner, progress)
+        for folder in media_swap.swap(target):  # in place, nothing waits: the old files go now
+            media.drop(folder)
     if record:
         carried[plan.dump_path.name] = datetime.now(timezone.utc)
         try:
@@ -359,4 +390,69 @@ def _restore_in_place(
         tables=len(counts),
         rows=sum(counts.values()),
         source="in place",
+        media_root=media_swap.root,
     )
+
+
+class _MediaSwap:
+    """The dump's media on their way into the media folder: unpacked beside it in a thread while the database
+    is restored (``start``, ``wait``), swapped in right after the database (``swap``); on any failure before
+    that, the unpacked folder is removed and the media folder was never touched."""
+
+    def __init__(self, plan: RestorePlan, root: Path | None, progress: Progress) -> None:
+        self.archive, self.info = plan.media_archive, plan.metadata.media
+        self.root = root if self.archive is not None and self.info is not None else None
+        self.progress = progress
+        self.unpacked: Path | None = None
+        self.failure: BaseException | None = None
+        self.thread: threading.Thread | None = None
+        self.cancelled = threading.Event()
+
+    def __enter__(self) -> _MediaSwap:
+        if self.root is not None and self.info is not None:
+            media.check_space(self.root, self.info)  # before anything is touched
+        return self
+
+    def start(self) -> None:
+        """Starts unpacking (call it holding the target's lock: it first drops what killed runs left)."""
+        if self.root is None:
+            return
+        for folder in media.drop_leftovers(self.root):
+            self.progress(f"Removed {folder}, left over by an interrupted restore")
+
+        def run() -> None:
+            try:
+                assert self.archive is not None and self.info is not None and self.root is not None
+                self.unpacked = media.unpack(self.archive, self.info, self.root, self.progress, self.cancelled)
+            except BaseException as exc:  # handed to the restoring thread by ``wait``
+                self.failure = exc
+
+        self.thread = threading.Thread(target=run, name="seeddump-media", daemon=True)
+        self.thread.start()
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        if self.failure is not None:
+            raise self.failure
+
+    def swap(self, target: str) -> tuple[Path, ...]:
+        """Swaps the unpacked media in (after the database swap); the replaced folder, to drop with the
+        replaced database."""
+        if self.root is None or self.unpacked is None:
+            return ()
+        unpacked, self.unpacked = self.unpacked, None
+        try:
+            retired = media.swap(self.root, unpacked)
+        except SeeddumpError as exc:
+            raise SeeddumpError(f"'{target}' holds the restored dump, but its media are not in place: {exc}") from None
+        self.progress(f"Swapped the restored media into {self.root}")
+        return (retired,) if retired is not None else ()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            self.cancelled.set()
+            self.thread.join()
+        if self.unpacked is not None:
+            media.drop(self.unpacked)
+            self.unpacked = None

@@ -2,9 +2,9 @@
 
 SEEDDUMP_STORAGE names an alias in STORAGES (a folder on a shared drive through FileSystemStorage, S3
 through django-storages, any other storage). Dumps are stored as ``<SEEDDUMP_STORAGE_PREFIX>/<file name>``
-with their metadata beside them; the metadata is uploaded last, so a dump without metadata is not yet
-complete and is ignored. A download goes to a hidden temporary file, is checked against the metadata's
-size and sha256, and only then takes its name in the local folder.
+with their metadata (and media archive) beside them; the metadata is uploaded last, so a dump without
+metadata is not yet complete and is ignored. A download goes to a hidden temporary file, is checked
+against the metadata's size and sha256, and only then takes its name in the local folder.
 """
 
 from __future__ import annotations
@@ -96,10 +96,12 @@ def _failure(action: str, exc: Exception) -> SeeddumpError:
 
 
 def push(dump_path: Path, progress: Progress) -> list[str]:
-    """Uploads a dump, then its metadata. Returns the storage names."""
+    """Uploads a dump, its media archive (if it has one), then its metadata. Returns the storage names."""
     target = storage()
     names = []
-    for path in (dump_path, dumpfiles.metadata_path(dump_path)):
+    metadata = dumpfiles.read_metadata(dump_path)
+    media = [dumpfiles.media_path(dump_path)] if metadata.media is not None else []
+    for path in (dump_path, *media, dumpfiles.metadata_path(dump_path)):
         key = _key(path.name)
         try:
             if target.exists(key):
@@ -180,28 +182,42 @@ def newest(environment: str, warn: Progress | None = None) -> RemoteDump | None:
 
 
 def pull(remote: RemoteDump, directory: Path, progress: Progress) -> Path:
-    """Downloads a dump into ``directory`` under its own name, checked, and makes it the latest."""
+    """Downloads a dump (and its media archive) into ``directory`` under its own name, checked, and makes
+    it the latest. The metadata is written last: until then the dump is not complete."""
     directory = dumpfiles.ensure_directory(directory)
+    metadata = remote.metadata
+    _fetch(remote.name, metadata.size_bytes, metadata.checksum, directory, metadata.environment, progress)
+    if metadata.media is not None:  # its name was checked to be the dump's own (check_names_agree)
+        media = metadata.media
+        _fetch(media.file, media.size_bytes, media.checksum, directory, metadata.environment, progress)
     final = directory / remote.name
-    if final.is_file() and dumpfiles.sha256_of(final) == remote.metadata.checksum:
-        dumpfiles.point_latest(final, remote.metadata.environment)
+    dumpfiles.write_metadata(final, metadata)
+    dumpfiles.point_latest(final, metadata.environment)
+    return final
+
+
+def _fetch(name: str, size_bytes: int, checksum: str, directory: Path, environment: str, progress: Progress) -> Path:
+    """Downloads one file of a shared dump under its own name, checked against the metadata's size and
+    sha256; a local file of that name is kept if it is the same, and never replaced if it is not."""
+    final = directory / name
+    if final.is_file() and not final.is_symlink() and dumpfiles.sha256_of(final) == checksum:
         return final
     if final.exists() or final.is_symlink():
         raise SeeddumpError(
-            f"The local {final} differs from the shared dump of the same name, and an existing dump is never "
+            f"The local {final} differs from the shared file of the same name, and an existing dump is never "
             "replaced. Keep it (restoredump --offline), or move it out of the dumps folder and pull again."
         )
-    partial = dumpfiles.new_partial(directory, remote.metadata.environment)
+    partial = dumpfiles.new_partial(directory, environment)
     digest = hashlib.sha256()
     try:
-        progress(f"Downloading {remote.name} ({remote.metadata.size_bytes / 1e6:.1f} MB)")
+        progress(f"Downloading {name} ({size_bytes / 1e6:.1f} MB)")
         try:
-            source = _bounded("download from", lambda: storage().open(_key(remote.name), "rb"))
+            source = _bounded("download from", lambda: storage().open(_key(name), "rb"))
             with source, partial.open("wb") as target:
                 while chunk := _bounded("download from", lambda: source.read(_CHUNK)):
                     digest.update(chunk)
                     target.write(chunk)
-                    if target.tell() > remote.metadata.size_bytes:
+                    if target.tell() > size_bytes:
                         break  # longer than the metadata says: no use reading on
                 target.flush()
                 os.fsync(target.fileno())
@@ -210,10 +226,10 @@ def pull(remote: RemoteDump, directory: Path, progress: Progress) -> Path:
         except Exception as exc:  # storages raise their own errors (botocore's, SFTP's, ...)
             raise _failure("download from", exc) from None
         size = partial.stat().st_size
-        checksum_ok = "sha256:" + digest.hexdigest() == remote.metadata.checksum
-        if size != remote.metadata.size_bytes or not checksum_ok:
+        checksum_ok = "sha256:" + digest.hexdigest() == checksum
+        if size != size_bytes or not checksum_ok:
             raise SeeddumpError(
-                f"The download of {remote.name} does not match its metadata ({size} bytes, checksum "
+                f"The download of {name} does not match its metadata ({size} bytes, checksum "
                 f"{'ok' if checksum_ok else 'wrong'}): the shared copy is damaged. "
                 "Push the dump again from a machine that has it."
             )
@@ -221,9 +237,7 @@ def pull(remote: RemoteDump, directory: Path, progress: Progress) -> Path:
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-    dumpfiles.write_metadata(final, remote.metadata)
-    dumpfiles.point_latest(final, remote.metadata.environment)
-    progress(f"Downloaded {remote.name}")
+    progress(f"Downloaded {name}")
     return final
 
 

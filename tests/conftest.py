@@ -46,6 +46,13 @@ def alias(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(autouse=True)
+def media_root(tmp_path: Path, settings: Any) -> Path:
+    """Each test's own MEDIA_ROOT (made when something writes to it)."""
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    return tmp_path / "media"
+
+
 @pytest.fixture
 def dumps_dir(tmp_path: Path, settings: Any) -> Iterator[Path]:
     """A private dumps folder; the snapshots cached for it (or for the folder the test switched to, such as a
@@ -81,7 +88,8 @@ def table_rows(alias: str, table: str) -> list[tuple[Any, ...]]:
 
 def demo_snapshot(alias: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of the demo tables, in primary-key order."""
-    return {table: table_rows(alias, table) for table in ("reality_team", "reality_agent", "reality_node")}
+    tables = ("reality_team", "reality_agent", "reality_node", "emblems_emblem")
+    return {table: table_rows(alias, table) for table in tables}
 
 
 def schema_snapshot(alias: str) -> list[tuple[Any, ...]]:
@@ -135,7 +143,9 @@ def seeded_dumps(
                 result = run_command("generatedump", "dev", database=alias, verbosity=0)
             made[alias] = Path(result.out.strip().splitlines()[-1])
             with connections[alias].cursor() as cursor:
-                cursor.execute("TRUNCATE reality_node, reality_agent, reality_team, seeddump_dumprecord CASCADE")
+                cursor.execute(
+                    "TRUNCATE emblems_emblem, reality_node, reality_agent, reality_team, seeddump_dumprecord CASCADE"
+                )
     return made
 
 
@@ -145,6 +155,8 @@ def copy_dump(dump: Path, directory: Path, *, latest: bool = True) -> Path:
     target = directory / dump.name
     shutil.copy2(dump, target)
     shutil.copy2(dumpfiles.metadata_path(dump), dumpfiles.metadata_path(target))
+    if dumpfiles.media_path(dump).is_file():
+        shutil.copy2(dumpfiles.media_path(dump), dumpfiles.media_path(target))
     if latest:
         dumpfiles.point_latest(target, dumpfiles.DUMP_NAME_RE.fullmatch(dump.name)["env"])  # type: ignore[index]
     return target
@@ -178,6 +190,8 @@ def manage_env(alias: str, dumps_dir: Path, env: dict[str, str] | None = None) -
         "PYTHONUNBUFFERED": "1",
         "SEEDDUMP_BACKGROUND": "false",  # see tests/settings.py
         "SEEDDUMP_LOCK_TIMEOUT": "60",  # a stuck test fails alone, long before CI's limit
+        "MEDIA_ROOT": str(django_settings.MEDIA_ROOT),
+        "SEEDDUMP_MEDIA": "false",  # see tests/settings.py
         **(env or {}),
     }
 

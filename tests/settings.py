@@ -7,6 +7,7 @@
 """
 
 import os
+import tempfile
 
 import environ
 import psycopg
@@ -41,3 +42,7 @@ SEEDDUMP_LOCK_TIMEOUT = 60  # a stuck test fails alone, long before CI's limit
 # Restores finish before returning unless a test asks for the background (tests/test_background.py).
 SEEDDUMP_BACKGROUND = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# The demo seed writes files: never into the checkout's media/. Each test gets its own (conftest.py).
+MEDIA_ROOT = tempfile.mkdtemp(prefix="seeddump-test-media-")
+# Dumps carry media only where a test asks (--media): most tests are about the database.
+SEEDDUMP_MEDIA = False

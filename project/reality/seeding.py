@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 from django.db import connections
 
+from project.emblems import seeding as emblems
 from project.reality.models import Agent, RealityNode, Team
 
 WORDS = (
@@ -32,7 +33,11 @@ class Plan:
 
     @property
     def rows(self) -> int:
-        return self.teams * (1 + self.agents_per_team + self.nodes_per_team)
+        return self.teams * (2 + self.agents_per_team + self.nodes_per_team)  # a team, its emblem, ...
+
+    @property
+    def files(self) -> int:
+        return self.teams  # each team's emblem, under MEDIA_ROOT
 
 
 def plan_for(scale: int) -> Plan:
@@ -50,7 +55,10 @@ def seed(environment: str, scale: int, progress: Callable[[str], None], using: s
     connection = connections[using]
     with connection.cursor() as cursor:
         # Identities restart so that every run produces the same primary keys.
-        cursor.execute("TRUNCATE reality_node, reality_agent, reality_team RESTART IDENTITY CASCADE")
+        cursor.execute(
+            "TRUNCATE emblems_emblem, reality_node, reality_agent, reality_team RESTART IDENTITY CASCADE"
+        )
+    emblems.clear()
 
     for team_number in range(plan.teams):
         team = Team.objects.using(using).create(
@@ -59,6 +67,7 @@ def seed(environment: str, scale: int, progress: Callable[[str], None], using: s
             settings={"region": rng.choice(["north", "south", "east", "west"]), "tier": rng.randint(1, 5)},
             created_at=BASE_TIME + timedelta(days=team_number),
         )
+        emblems.seed_emblem(team, rng, using)
         agents = []
         for agent_number in range(plan.agents_per_team):
             agents.append(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import json
 from typing import Any
 
@@ -25,6 +26,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--note", default="", help="A note stored in the dump's metadata.")
         parser.add_argument("--allow-empty", action="store_true", help="Dump even when the database holds no data.")
+        parser.add_argument(
+            "--media",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="Archive MEDIA_ROOT beside the dump (default: the SEEDDUMP_MEDIA setting, else off).",
+        )
         parser.add_argument("--push", action="store_true", help="Upload the dump to the shared storage too.")
         parser.add_argument("--json", action="store_true", help="Print one JSON document with what was done.")
 
@@ -37,6 +44,7 @@ class Command(BaseCommand):
                 using=options["database"],
                 note=options["note"],
                 allow_empty=options["allow_empty"],
+                with_media=options["media"],
                 progress=progress,
             )
             pushed = shared.push(result.path, progress) if options["push"] else []
@@ -50,10 +58,19 @@ class Command(BaseCommand):
                     "Run: python manage.py migrate"
                 )
             )
+        if result.media_skipped:
+            shown = ", ".join(result.media_skipped[:3]) + (" …" if len(result.media_skipped) > 3 else "")
+            self.stderr.write(
+                self.style.WARNING(
+                    f"Left {len(result.media_skipped)} link(s) or special file(s) in MEDIA_ROOT out of the media "
+                    f"archive ({shown}): only plain files and folders travel with a dump."
+                )
+            )
         if as_json:
             document = {
                 "path": str(result.path),
                 "metadataPath": str(dumpfiles.metadata_path(result.path)),
+                "mediaPath": str(result.media_path) if result.media_path else None,
                 "pushed": pushed,
                 **metadata.to_json(),
             }
@@ -64,6 +81,12 @@ class Command(BaseCommand):
                 self.style.SUCCESS(
                     f"Dumped {metadata.total_rows} rows of {len(metadata.record_counts)} tables "
                     f"({metadata.size_bytes / 1e6:.1f} MB) in {metadata.duration_seconds:.1f}s"
+                    + (
+                        f", with {metadata.media.describe()} of media "
+                        f"({dumpfiles.human_size(metadata.media.size_bytes)} archived)"
+                        if metadata.media is not None
+                        else ""
+                    )
                     + (" and pushed it to the shared storage" if pushed else "")
                     + ":"
                 )

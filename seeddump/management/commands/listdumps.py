@@ -38,11 +38,24 @@ class Command(BaseCommand):
         if not entries:
             self.stdout.write("No dumps.")
             return
-        self.stdout.write(f"{'DUMP':58} {'VERSION':10} {'CREATED (UTC)':17} {'SIZE':>9} {'ROWS':>9}  WHERE   FLAGS")
+        self.stdout.write(
+            f"{'DUMP':58} {'VERSION':10} {'CREATED (UTC)':17} {'SIZE':>9} {'ROWS':>9}  {'MEDIA':18} WHERE   FLAGS"
+        )
         for e in entries:
             where = "both" if e.local and e.shared else ("local" if e.local else "shared")
-            flags = [f for f, on in (("latest", e.latest), ("stale", e.stale), ("snapshot", e.snapshot)) if on]
+            flags = [
+                f
+                for f, on in (
+                    ("latest", e.latest),
+                    ("stale", e.stale),
+                    ("snapshot", e.snapshot),
+                    ("media-missing", e.media_missing),
+                )
+                if on
+            ]
+            media = e.metadata.media
+            media_column = f"{media.files} files {media.size_bytes / 1e6:.1f}MB" if media is not None else "-"
             self.stdout.write(
                 f"{e.name:58} {e.metadata.version:10} {e.created:%Y-%m-%d %H:%M}  {e.metadata.size_bytes / 1e6:7.1f}MB "
-                f"{e.metadata.total_rows:>9}  {where:7} {','.join(flags)}"
+                f"{e.metadata.total_rows:>9}  {media_column:18} {where:7} {','.join(flags)}"
             )

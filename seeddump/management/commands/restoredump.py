@@ -50,6 +50,12 @@ class Command(BaseCommand):
             help="Restore into the existing database in one transaction, for a role that may not create "
             "databases. Slower; never cached.",
         )
+        parser.add_argument(
+            "--no-media",
+            action="store_false",
+            dest="media",
+            help="Leave MEDIA_ROOT as it is, even when the dump has media files.",
+        )
         parser.add_argument("--migrate", action="store_true", help="Apply the code's newer migrations after restoring.")
         parser.add_argument(
             "--force", action="store_true", help="Restore a dump that holds migrations this code does not have."
@@ -89,6 +95,7 @@ class Command(BaseCommand):
                 using=options["database"],
                 force=options["force"],
                 shared_storage=shared_storage,
+                with_media=options["media"],
                 progress=progress,
             )
             for note in plan.notes:
@@ -125,6 +132,12 @@ class Command(BaseCommand):
                     f"{result.tables} tables, {result.seconds:.1f}s."
                 )
             )
+            if result.media_root is not None and plan.metadata.media is not None:
+                self.stdout.write(
+                    self.style.SUCCESS(
+                        f"Restored its media ({plan.metadata.media.describe()}) into {result.media_root}."
+                    )
+                )
             if result.followup is not None:
                 self.stdout.write(
                     f"Finishing in the background (pid {result.background_pid}): "
@@ -162,6 +175,9 @@ class Command(BaseCommand):
                 "unknownMigrations": [f"{app}.{name}" for app, name in status.unknown],
                 "migrated": migrated,
                 "skippedSettings": list(result.skipped_settings),
+                "media": None
+                if result.media_root is None or plan.metadata.media is None
+                else {"root": str(result.media_root), **plan.metadata.media.to_json()},
             }
             self.stdout.write(json.dumps(document, indent=2))
 
@@ -200,8 +216,15 @@ class Command(BaseCommand):
         metadata = plan.metadata
         self.stdout.write(
             f"This replaces the {plan.server.describe()} with {plan.dump_path.name} "
-            f"(taken {metadata.timestamp:%Y-%m-%d %H:%M} UTC, {metadata.total_rows} rows).\n"
-            "Everything in that database now will be lost."
+            f"(taken {metadata.timestamp:%Y-%m-%d %H:%M} UTC, {metadata.total_rows} rows)"
+            + (
+                f", and the media folder with the dump's {metadata.media.describe()}"
+                if plan.media_archive and metadata.media
+                else ""
+            )
+            + ".\nEverything in that database"
+            + (" and folder" if plan.media_archive else "")
+            + " now will be lost."
         )
         try:
             answer = input("Type 'yes' to continue, or 'no' to cancel: ")

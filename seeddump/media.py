@@ -1,0 +1,469 @@
+"""Seeded media: the project's MEDIA_ROOT archived beside a dump, checked, unpacked beside it and swapped in.
+
+A dump made with ``--media`` has ``<dump stem>.media.tar.gz`` beside it: a gzip-compressed tar of every
+regular file and folder under MEDIA_ROOT (links, devices and sockets are left out), described in the dump's
+metadata (``dumpfiles.MediaInfo``: size, sha256, file count, unpacked bytes).
+
+An archive is input like a dump: ``check`` reads it once, in a stream, and refuses it in one line unless its
+checksum and size are the metadata's and every member is a plain file or folder whose name stays inside the
+media folder (no absolute path, no ``..``, no link, device or FIFO, no name twice). ``unpack`` reads it again
+into a new folder beside MEDIA_ROOT (``.<name>.seeddump-new.<pid>.<hex>``), checking every member and the
+checksum once more on the way, and never writes through a link: it creates each file itself with
+``O_EXCL|O_NOFOLLOW`` in a folder only this process can write to. ``swap`` then puts the unpacked folder in
+MEDIA_ROOT's place with one ``renameat2(RENAME_EXCHANGE)``: at every moment MEDIA_ROOT is one complete
+folder, the old or the new. The replaced folder is renamed ``.<name>.seeddump-old.<pid>.<hex>`` and dropped
+with the replaced database (``finishing``); whatever a killed run leaves is dropped by the next restore.
+
+Only the default storage, and only when it is a FileSystemStorage: files of a remote storage (S3, ...) are
+not on this machine to archive, and the commands refuse ``--media`` for them in one line.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import stat
+import tarfile
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from seeddump.dumpfiles import MediaInfo
+from seeddump.exceptions import SeeddumpError
+
+Progress = Callable[[str], None]
+
+_CHUNK = 1024 * 1024
+_COMPRESSLEVEL = 1  # media are mostly images and documents, already compressed: level 1 costs least
+_MAX_NAME = 4096
+# Free space kept beside MEDIA_ROOT after unpacking, on top of what the archive holds.
+SPACE_MARGIN = 64 * 1024 * 1024
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+class ArchiveRefused(SeeddumpError):
+    """A media archive that is damaged, not the metadata's, or holds a member that could escape the folder."""
+
+
+# --- The media folder -------------------------------------------------------------------------------------
+
+
+def media_root() -> Path:
+    """MEDIA_ROOT, as the default storage (a FileSystemStorage) uses it; SeeddumpError for any other storage."""
+    from django.core.files.storage import FileSystemStorage, storages
+
+    storage = storages["default"]
+    if not isinstance(storage, FileSystemStorage):
+        raise SeeddumpError(
+            f"Media archives need the default storage to be a FileSystemStorage (files on this machine); it is "
+            f"{type(storage).__module__}.{type(storage).__qualname__}. Copy those files with the storage's own "
+            "tools, and dump and restore without --media."
+        )
+    location = str(storage.location or "")
+    if not location or not Path(location).is_absolute():
+        raise SeeddumpError(
+            "MEDIA_ROOT is not set to an absolute folder, so there are no media files to archive or restore. "
+            "Set MEDIA_ROOT, or dump and restore without --media."
+        )
+    return Path(location)
+
+
+def _resolved(root: Path) -> Path:
+    """The folder MEDIA_ROOT names: a link is followed once, so the swap renames the real folder."""
+    return root.resolve() if root.is_symlink() else root
+
+
+# --- Archiving --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Archived:
+    files: int
+    bytes: int
+    skipped: tuple[str, ...]  # links and special files left out, relative to MEDIA_ROOT
+
+
+def _walk(root: Path, excluded: set[Path]) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """(relative name, entry) of every entry under ``root``, depth first, in name order, without following links."""
+    stack = [(root, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name, reverse=True)
+        for entry in entries:
+            relative = f"{prefix}{entry.name}"
+            if Path(entry.path) in excluded:
+                continue
+            yield relative, entry
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((Path(entry.path), relative + "/"))
+
+
+def archive(root: Path, target: Path, *, exclude: tuple[Path, ...] = ()) -> Archived:
+    """Writes MEDIA_ROOT (``root``) as a compressed tar to ``target``, an empty file of ours.
+
+    Members carry no owner and are made by reading each file through a descriptor opened without following
+    links, so the archive holds exactly what the folder held as plain files and folders.
+    """
+    root = _resolved(root)
+    files = total = 0
+    skipped: list[str] = []
+    excluded = {path.resolve() for path in exclude}
+    try:
+        with tarfile.open(target, "w:gz", compresslevel=_COMPRESSLEVEL, format=tarfile.PAX_FORMAT) as tar:
+            if not root.is_dir():
+                return Archived(0, 0, ())
+            for relative, entry in _walk(root, excluded):
+                info = entry.stat(follow_symlinks=False)
+                member = tarfile.TarInfo(relative)
+                member.mtime = int(info.st_mtime)
+                member.mode = stat.S_IMODE(info.st_mode) & 0o755
+                if stat.S_ISDIR(info.st_mode):
+                    member.type = tarfile.DIRTYPE
+                    tar.addfile(member)
+                    continue
+                if not stat.S_ISREG(info.st_mode):
+                    skipped.append(relative)
+                    continue
+                try:
+                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+                except FileNotFoundError:
+                    continue  # deleted while we walked: not part of the media any more
+                with os.fdopen(fd, "rb") as handle:
+                    opened = os.fstat(handle.fileno())
+                    if not stat.S_ISREG(opened.st_mode):
+                        skipped.append(relative)
+                        continue
+                    member.size = opened.st_size
+                    try:
+                        tar.addfile(member, handle)
+                    except OSError as exc:
+                        if "unexpected end of data" in str(exc):
+                            raise SeeddumpError(
+                                f"{root / relative} shrank while it was archived. Run generatedump again when "
+                                "nothing writes to MEDIA_ROOT."
+                            ) from None
+                        raise
+                files += 1
+                total += member.size
+    except PermissionError as exc:
+        raise SeeddumpError(
+            f"Cannot read {exc.filename} in MEDIA_ROOT: permission denied. Fix its permissions."
+        ) from None
+    return Archived(files, total, tuple(skipped))
+
+
+# --- Reading an archive -----------------------------------------------------------------------------------
+
+
+class _Hashing:
+    """A file object that hashes what is read through it, and refuses to read past ``limit`` bytes."""
+
+    def __init__(self, raw: IO[bytes], limit: int, name: str) -> None:
+        self.raw, self.limit, self.name = raw, limit, name
+        self.digest = hashlib.sha256()
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise ArchiveRefused(f"{self.name} is longer than its metadata says: it was changed.")
+        self.digest.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+
+def _member_name(member: tarfile.TarInfo, archive_name: str) -> str | None:
+    """The member's path inside the media folder, or None for the folder itself; refused if it could land
+    anywhere else or is anything but a plain file or folder."""
+
+    def refuse(why: str) -> ArchiveRefused:
+        shown = member.name if len(member.name) <= 80 else member.name[:80] + "…"
+        return ArchiveRefused(
+            f"The media archive {archive_name} holds {shown!r}, {why}: it could write outside the media folder, "
+            "so nothing was restored. Regenerate the dump with --media on a machine you trust."
+        )
+
+    name = member.name
+    if not name or "\x00" in name or len(name) > _MAX_NAME:
+        raise refuse("which is not a usable file name")
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith("/"):
+        raise refuse("an absolute path")
+    if ".." in path.parts:
+        raise refuse("a path with '..'")
+    if member.issym() or member.islnk():
+        raise refuse(f"a {'symbolic' if member.issym() else 'hard'} link (to {member.linkname[:80]!r})")
+    if member.ischr() or member.isblk() or member.isfifo():
+        raise refuse("a device or FIFO")
+    if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
+        raise refuse(f"a member of type {member.type!r}, not a plain file or folder")
+    parts = [part for part in path.parts if part != "."]
+    if any(len(part.encode()) > 255 for part in parts):
+        raise refuse("a name part longer than a file system allows")
+    return "/".join(parts) or None
+
+
+@dataclass
+class _Members:
+    """What the members of an archive amount to, checked as they come."""
+
+    archive_name: str
+    files: int = 0
+    bytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.file_names: set[str] = set()
+        self.folder_names: set[str] = set()
+
+    def admit(self, member: tarfile.TarInfo) -> str | None:
+        name = _member_name(member, self.archive_name)
+        if name is None:
+            return None
+        parents = ["/".join(name.split("/")[:i]) for i in range(1, name.count("/") + 1)]
+        if name in self.file_names or (member.isfile() and name in self.folder_names):
+            raise ArchiveRefused(f"The media archive {self.archive_name} holds {name!r} twice. Regenerate the dump.")
+        if any(parent in self.file_names for parent in parents):
+            raise ArchiveRefused(
+                f"The media archive {self.archive_name} holds {name!r} inside a file. Regenerate the dump."
+            )
+        self.folder_names.update(parents)
+        if member.isdir():
+            self.folder_names.add(name)
+        else:
+            self.file_names.add(name)
+            self.files += 1
+            self.bytes += member.size
+        return name
+
+
+def _open_archive(path: Path) -> IO[bytes]:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise SeeddumpError(
+            f"The dump's media archive {path.name} is missing from {path.parent}. Copy it from where the dump came "
+            "from, or restore the database alone with --no-media."
+        ) from None
+    except OSError as exc:
+        raise SeeddumpError(f"Cannot read the media archive {path}: {exc.strerror or exc}.") from None
+
+
+def _read(
+    handle: IO[bytes], info: MediaInfo, on_member: Callable[[tarfile.TarFile, tarfile.TarInfo, str], None]
+) -> None:
+    """Streams the archive once, admitting each member and handing it to ``on_member``; then checks the
+    checksum, the size and the totals against the metadata."""
+    name = info.file
+    size = os.fstat(handle.fileno()).st_size
+    regenerate = "Regenerate the dump with --media, or restore the database alone with --no-media."
+    if size != info.size_bytes:
+        raise ArchiveRefused(
+            f"The media archive {name} is {size} bytes but its metadata says {info.size_bytes}: it is truncated "
+            f"or was changed. {regenerate}"
+        )
+    hashing = _Hashing(handle, info.size_bytes, name)
+    members = _Members(name)
+    try:
+        with tarfile.open(fileobj=hashing, mode="r|gz") as tar:  # type: ignore[call-overload]
+            for member in tar:
+                relative = members.admit(member)
+                if members.files > info.files or members.bytes > info.bytes:
+                    raise ArchiveRefused(f"The media archive {name} holds more than its metadata says. {regenerate}")
+                if relative is not None:
+                    on_member(tar, member, relative)
+        hashing.drain()
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as exc:
+        raise ArchiveRefused(f"The media archive {name} cannot be read ({exc}): it is damaged. {regenerate}") from None
+    if "sha256:" + hashing.digest.hexdigest() != info.checksum:
+        raise ArchiveRefused(f"The checksum of the media archive {name} does not match its metadata. {regenerate}")
+    if (members.files, members.bytes) != (info.files, info.bytes):
+        raise ArchiveRefused(
+            f"The media archive {name} holds {members.files} file(s) of {members.bytes} bytes, its metadata says "
+            f"{info.files} of {info.bytes}. {regenerate}"
+        )
+
+
+def check(path: Path, info: MediaInfo) -> None:
+    """Refuses (ArchiveRefused, one line) an archive that is not the metadata's or holds an unsafe member."""
+    with _open_archive(path) as handle:
+        _read(handle, info, lambda tar, member, relative: None)
+
+
+# --- Unpacking and swapping -------------------------------------------------------------------------------
+
+_LEFTOVER = r"^\.{name}\.seeddump-(?P<kind>new|old)\.(?P<pid>\d+)\.[0-9a-f]{{8}}$"
+
+
+def _sibling(root: Path, kind: str) -> Path:
+    return root.with_name(f".{root.name}.seeddump-{kind}.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def check_space(root: Path, info: MediaInfo) -> None:
+    """Refuses before anything is touched when unpacking the archive beside MEDIA_ROOT would fill the disk."""
+    root = _resolved(root)
+    folder = next((p for p in (root.parent, *root.parent.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(folder).free
+    if free < info.bytes + SPACE_MARGIN:
+        raise SeeddumpError(
+            f"Not enough space beside MEDIA_ROOT ({root}) to unpack the dump's media: {info.bytes / 1e6:.1f} MB "
+            f"needed, {free / 1e6:.1f} MB free. Free some space, or restore the database alone with --no-media."
+        )
+
+
+def unpack(
+    path: Path, info: MediaInfo, root: Path, progress: Progress = _quiet, cancelled: threading.Event | None = None
+) -> Path:
+    """Unpacks the archive into a new folder beside MEDIA_ROOT and returns it (see the module docstring).
+    Any failure (or ``cancelled`` being set) removes that folder and leaves MEDIA_ROOT as it was."""
+    root = _resolved(root)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        target = _sibling(root, "new")
+        target.mkdir(mode=0o700)  # only this process writes into it until it is complete
+    except OSError as exc:
+        raise SeeddumpError(
+            f"Cannot create a folder beside MEDIA_ROOT ({root.parent}): {exc.strerror or exc}. seeddump unpacks "
+            "the media there and swaps the folders by rename; make that folder writable."
+        ) from None
+
+    def write(tar: tarfile.TarFile, member: tarfile.TarInfo, relative: str) -> None:
+        if cancelled is not None and cancelled.is_set():
+            raise SeeddumpError("Unpacking the media was cancelled; nothing was changed.")
+        destination = target.joinpath(*relative.split("/"))
+        if member.isdir():
+            destination.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return
+        destination.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        source = tar.extractfile(member)
+        assert source is not None
+        with os.fdopen(fd, "wb") as output:
+            shutil.copyfileobj(source, output, _CHUNK)
+            os.fchmod(output.fileno(), member.mode & 0o755 or 0o644)
+        os.utime(destination, (member.mtime, member.mtime), follow_symlinks=False)
+
+    try:
+        with _open_archive(path) as handle:
+            progress(f"Unpacking {info.describe()} of media beside {root}")
+            _read(handle, info, write)
+        _open_folders(target, root)
+    except BaseException as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        if isinstance(exc, OSError):
+            if exc.errno == errno.ENOSPC:
+                raise SeeddumpError(
+                    f"The disk beside MEDIA_ROOT ({root}) filled up while the media were unpacked; nothing was "
+                    "changed. Free some space, or restore the database alone with --no-media."
+                ) from None
+            raise SeeddumpError(f"Unpacking the media beside {root} failed: {exc}. Nothing was changed.") from None
+        raise
+    return target
+
+
+def _open_folders(target: Path, root: Path) -> None:
+    """Gives the unpacked folders the mode MEDIA_ROOT has (else 0755): they were private while unpacking."""
+    try:
+        mode = stat.S_IMODE(root.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o755
+    for folder, _, _ in os.walk(target):
+        os.chmod(folder, mode)
+
+
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+
+
+def _renameat2(source: Path, destination: Path, flags: int) -> bool:
+    """Linux's renameat2; False where the C library or the file system does not have it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    result = function(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(destination), flags)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(source))
+
+
+def swap(root: Path, unpacked: Path) -> Path | None:
+    """Puts ``unpacked`` in MEDIA_ROOT's place; returns the replaced folder (renamed beside it), if any.
+
+    One atomic exchange where the system has it, so a kill at any moment leaves MEDIA_ROOT complete;
+    elsewhere two renames (a kill between them leaves MEDIA_ROOT missing, the old folder beside it)."""
+    root = _resolved(root)
+    retired = _sibling(root, "old")
+    try:
+        if not root.exists():
+            if not _renameat2(unpacked, root, _RENAME_NOREPLACE):
+                os.rename(unpacked, root)
+            return None
+        if _renameat2(unpacked, root, _RENAME_EXCHANGE):
+            os.rename(unpacked, retired)  # ``unpacked`` now names the replaced folder
+        else:
+            os.rename(root, retired)
+            os.rename(unpacked, root)
+    except OSError as exc:
+        raise SeeddumpError(
+            f"Could not swap the restored media into {root}: {exc.strerror or exc}. The restored files are in "
+            f"{unpacked}; MEDIA_ROOT was left as it was."
+        ) from None
+    return retired
+
+
+def drop(folder: Path) -> None:
+    """Removes a replaced or abandoned media folder (never following a link inside it)."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def drop_leftovers(root: Path) -> list[Path]:
+    """Drops media folders our killed runs left beside MEDIA_ROOT: replaced folders, and unpacked ones whose
+    process is gone. Another user's folders, and live processes' ones, are left alone."""
+    root = _resolved(root)
+    pattern = re.compile(_LEFTOVER.format(name=re.escape(root.name)))
+    dropped = []
+    try:
+        entries = list(os.scandir(root.parent))
+    except OSError:
+        return []
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        if entry.stat(follow_symlinks=False).st_uid != os.geteuid():
+            continue
+        if match["kind"] == "new" and _alive(int(match["pid"])):
+            continue
+        drop(Path(entry.path))
+        dropped.append(Path(entry.path))
+    return dropped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
