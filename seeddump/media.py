@@ -237,10 +237,14 @@ class _Members:
             return None
         parents = ["/".join(name.split("/")[:i]) for i in range(1, name.count("/") + 1)]
         if name in self.file_names or (member.isfile() and name in self.folder_names):
-            raise ArchiveRefused(f"The media archive {self.archive_name} holds {name!r} twice. Regenerate the dump.")
+            raise ArchiveRefused(
+                f"The media archive {self.archive_name} holds {name!r} twice, so nothing was restored. "
+                "Regenerate the dump with --media."
+            )
         if any(parent in self.file_names for parent in parents):
             raise ArchiveRefused(
-                f"The media archive {self.archive_name} holds {name!r} inside a file. Regenerate the dump."
+                f"The media archive {self.archive_name} holds {name!r} inside a file, so nothing was restored. "
+                "Regenerate the dump with --media."
             )
         self.folder_names.update(parents)
         if member.isdir():
@@ -467,3 +471,59 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # another user's process
     return True
+
+
+# --- FileField values against the files -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileSample:
+    checked: int
+    missing: list[tuple[str, str]]  # (file name, model.field)
+    fields: list[str]  # model.field of every FileField sampled
+    unchecked: list[str]  # model.field whose storage is not on this machine
+
+
+def sample_files(using: str, root: Path, per_field: int) -> FileSample:
+    """Checks that the first ``per_field`` values of every FileField (ImageField too) in ``using``'s database
+    name files that exist: under ``root`` for the default storage's fields (the media folder the dump's files
+    were restored into), under its own folder for another FileSystemStorage; other storages are not on this
+    machine and are listed as unchecked."""
+    from django.apps import apps
+    from django.core.files.storage import FileSystemStorage, storages
+    from django.db import models
+
+    default = storages["default"]
+    checked, missing, fields, unchecked = 0, [], [], []
+    for model in apps.get_models():
+        for model_field in model._meta.get_fields():
+            if not isinstance(model_field, models.FileField):
+                continue
+            label = f"{model._meta.label}.{model_field.name}"
+            storage = model_field.storage
+            if not isinstance(storage, FileSystemStorage):
+                unchecked.append(label)
+                continue
+            base = root if storage is default or storage.location == getattr(default, "location", None) else None
+            folder = base or Path(storage.location)
+            names = (
+                model._base_manager.using(using)
+                .exclude(**{model_field.name: ""})
+                .exclude(**{f"{model_field.name}__isnull": True})
+                .order_by("pk")
+                .values_list(model_field.name, flat=True)[:per_field]
+            )
+            fields.append(label)
+            for name in names:
+                checked += 1
+                if not _file_exists(folder, str(name)):
+                    missing.append((str(name), label))
+    return FileSample(checked, missing, fields, unchecked)
+
+
+def _file_exists(folder: Path, name: str) -> bool:
+    """Whether ``name`` (a FileField value) is a file inside ``folder``; a value that points outside is not."""
+    relative = PurePosixPath(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        return False
+    return folder.joinpath(*relative.parts).is_file()

@@ -45,7 +45,7 @@ from django.db import connections
 from django.urls import NoReverseMatch, reverse
 from django.utils.module_loading import import_string
 
-from seeddump import databases, dumpfiles, postgres, restore
+from seeddump import databases, dumpfiles, media, postgres, restore
 from seeddump.conf import conf
 from seeddump.dumps import BOOKKEEPING_TABLES
 from seeddump.exceptions import SeeddumpError
@@ -192,15 +192,21 @@ def _server_command(port: int) -> list[str]:
     return [part.replace("{port}", str(port)) for part in command]
 
 
-def _server_env(using: str, database: str | None) -> dict[str, str]:
+def _server_env(using: str, database: str | None, media_root: Path | None = None) -> dict[str, str]:
     """The web server gets this process's environment, can import the same project, and runs with
-    ``seeddump.smoke_settings``: the project's settings pointed at ``database``."""
+    ``seeddump.smoke_settings``: the project's settings pointed at ``database`` (and ``media_root``)."""
     paths = [os.getcwd()]
     if sys.argv and sys.argv[0].endswith("manage.py"):
         paths.insert(0, str(Path(sys.argv[0]).resolve().parent))
     if os.environ.get("PYTHONPATH"):
         paths.append(os.environ["PYTHONPATH"])
-    server = {"settings": settings.SETTINGS_MODULE, "alias": using, "database": database, "health_path": HEALTH_PATH}
+    server = {
+        "settings": settings.SETTINGS_MODULE,
+        "alias": using,
+        "database": database,
+        "health_path": HEALTH_PATH,
+        "media_root": str(media_root) if media_root is not None else None,
+    }
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "seeddump.smoke_settings",
@@ -213,6 +219,11 @@ def _server_env(using: str, database: str | None) -> dict[str, str]:
 def smoke_database_name(target: str) -> str:
     """The database the smoke test restores into, beside ``target`` on the same server."""
     return f"seeddump_smoke_{hashlib.sha256(target.encode()).hexdigest()[:8]}"
+
+
+def smoke_media_root(target: str) -> Path:
+    """Where the smoke test unpacks the dump's media: its own folder, never the developer's MEDIA_ROOT."""
+    return conf.DIR / f"smoke-media-{hashlib.sha256(target.encode()).hexdigest()[:8]}"
 
 
 def _reversed(name: str) -> str | None:
@@ -265,6 +276,8 @@ class SmokeTest:
         self.metadata: dumpfiles.Metadata | None = None
         self.http: _Http | None = None
         self.smoke_database: str | None = None  # restored by this run, dropped at the end
+        self.smoke_media: Path | None = None  # the dump's media, unpacked by this run, removed at the end
+        self.media_root: Path | None = None  # where the files of the restored FileFields are
         self.user: Any = None
         self.password = secrets.token_urlsafe(24)
         self.api_headers: dict[str, str] = {}
@@ -377,6 +390,7 @@ class SmokeTest:
         self.check("database", "row counts match the dump's metadata", self._check_counts, needs=("server", "restored"))
         self.check("database", "migrations applied", self._migrate, needs=("server", "restored"), provides="migrated")
         self.check("database", "query through Django", self._query, needs=("migrated",), provides="db")
+        self.check("database", "files of FileFields exist", self._check_files, needs=("db",))
 
     @staticmethod
     def _skip(reason: str) -> Callable[[], str]:
@@ -394,6 +408,7 @@ class SmokeTest:
         plan = restore.plan_restore(self.environment, dump=self.dump_path, using=self.using)
         if self.overwrite:
             result = restore.restore(plan, progress=self.log)
+            self.media_root = result.media_root
             return f"{result.rows} rows in {result.tables} tables into '{result.database}' in {result.seconds:.1f}s"
         settings_dict = postgres.settings_for(self.using)
         target = str(settings_dict.get("NAME") or "")
@@ -404,13 +419,15 @@ class SmokeTest:
                     f"A database '{name}' that seeddump did not make is on the server; the smoke test will not "
                     "restore over it. Drop it, or pass --overwrite to test the configured database itself."
                 )
-        result = restore.restore(plan, database=name, progress=self.log)
-        self.smoke_database = name
+        folder = smoke_media_root(target) if plan.media_archive is not None else None
+        result = restore.restore(plan, database=name, media_root=folder, progress=self.log)
+        self.smoke_database, self.smoke_media, self.media_root = name, folder, folder
         with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
             databases.label(admin, name, {"seeddump": "smoke", "database": target})
+        files = f" and its media into {folder}" if folder is not None and plan.metadata.media is not None else ""
         return (
-            f"{result.rows} rows in {result.tables} tables into '{name}' (beside '{target}', which is not touched) "
-            f"in {result.seconds:.1f}s"
+            f"{result.rows} rows in {result.tables} tables into '{name}'{files} (beside '{target}', which is not "
+            f"touched) in {result.seconds:.1f}s"
         )
 
     def _migrate(self) -> str:
@@ -425,6 +442,34 @@ class SmokeTest:
             cursor.execute("SELECT count(*) FROM django_migrations")
             (count,) = cursor.fetchone()
         return f"{count} migrations recorded"
+
+    def _check_files(self) -> str:
+        if conf.SMOKE_FILE_SAMPLE <= 0:
+            raise Skipped("skipped: SEEDDUMP_SMOKE_FILE_SAMPLE is 0")
+        root = self.media_root
+        if root is None:
+            try:
+                root = media.media_root()
+            except SeeddumpError:
+                root = Path(settings.MEDIA_ROOT or ".")
+        sample = media.sample_files(self.using, root, conf.SMOKE_FILE_SAMPLE)
+        unchecked = f"; not on this machine, not checked: {', '.join(sample.unchecked)}" if sample.unchecked else ""
+        if sample.missing:
+            shown = ", ".join(f"{name} ({label})" for name, label in sample.missing[:3])
+            more = f" and {len(sample.missing) - 3} more" if len(sample.missing) > 3 else ""
+            has_media = self.metadata is not None and self.metadata.media is not None
+            hint = (
+                "The dump's media archive does not hold them: regenerate it with generatedump --media after seeding."
+                if has_media
+                else "The dump has no media: make it with generatedump --media so the seed's files travel with it."
+            )
+            raise SeeddumpError(
+                f"{len(sample.missing)} of {sample.checked} sampled file(s) are missing from {root}: {shown}{more}. "
+                f"{hint}"
+            )
+        if not sample.fields:
+            return "no FileField to check" + unchecked
+        return f"{sample.checked} sampled file(s) of {', '.join(sample.fields)} exist in {root}{unchecked}"
 
     def _check_counts(self) -> str:
         if self.metadata is None:
@@ -464,7 +509,7 @@ class SmokeTest:
             self.log("starting: " + " ".join(command))
             process = subprocess.Popen(
                 command,
-                env=_server_env(self.using, connections[self.using].settings_dict["NAME"]),
+                env=_server_env(self.using, connections[self.using].settings_dict["NAME"], self.smoke_media),
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -648,11 +693,22 @@ class SmokeTest:
     def _cleanup(self) -> None:
         if self.smoke_database is None:
             return
-        name = self.smoke_database
+        name, folder = self.smoke_database, self.smoke_media
         if self.keep_database:
             self.check("cleanup", f"keep {name}", lambda: f"kept for you to look at; drop it with: dropdb {name}")
+            if folder is not None:
+                self.check("cleanup", f"keep {folder}", lambda: "kept with the database")
             return
         self.check("cleanup", f"drop {name}", lambda: self._drop(name))
+        if folder is not None:
+            self.check("cleanup", f"remove {folder}", lambda: self._remove(folder))
+
+    @staticmethod
+    def _remove(folder: Path) -> str:
+        media.drop(folder)
+        if folder.exists():
+            raise SeeddumpError(f"Could not remove {folder}; remove it by hand.")
+        return "removed"
 
     def _drop(self, name: str) -> str:
         connections[self.using].close()

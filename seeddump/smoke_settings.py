@@ -1,11 +1,12 @@
-"""Settings of the web server ``smoketest`` starts: the project's own settings, with four changes.
+"""Settings of the web server ``smoketest`` starts: the project's own settings, with these changes:
 
 ``smoketest`` runs the server with ``DJANGO_SETTINGS_MODULE=seeddump.smoke_settings`` and, in the
 environment variable ``SEEDDUMP_SMOKE_SERVER``, a JSON object naming the project's settings module, the
 database alias and the database the smoke test restored. Here the project's settings are imported and
 copied, then:
 
-- the alias points at the smoke test's database, never at the developer's own;
+- the alias points at the smoke test's database, never at the developer's own, and MEDIA_ROOT at the smoke
+  test's copy of the dump's media, when it has media;
 - the health endpoint is served by a middleware in front of the project's own (no URL include needed);
 - the session and CSRF cookies are not ``Secure`` and there is no HTTPS redirect: the server speaks plain
   http on 127.0.0.1, where a browser (or the smoke test's client) never sends a Secure cookie back;
@@ -27,6 +28,13 @@ globals().update({name: getattr(_project, name) for name in dir(_project) if nam
 DATABASES = {alias: dict(database) for alias, database in _project.DATABASES.items()}
 if _server.get("database"):
     DATABASES[_server["alias"]]["NAME"] = _server["database"]
+
+if _server.get("media_root"):  # the dump's files, unpacked for the smoke test: never the developer's own
+    MEDIA_ROOT = _server["media_root"]
+    _storages = {alias: dict(config) for alias, config in getattr(_project, "STORAGES", {}).items()}
+    if "location" in (_storages.get("default", {}).get("OPTIONS") or {}):
+        _storages["default"]["OPTIONS"] = {**_storages["default"]["OPTIONS"], "location": MEDIA_ROOT}
+        STORAGES = _storages
 
 MIDDLEWARE = ["seeddump.views.SmokeHealthMiddleware", *getattr(_project, "MIDDLEWARE", [])]
 SEEDDUMP_SMOKE_HEALTH_PATH = _server["health_path"]

@@ -149,6 +149,49 @@ def seeded_dumps(
     return made
 
 
+@dataclass(frozen=True)
+class MediaDump:
+    path: Path  # the dump; its media archive lies beside it
+    files: dict[str, bytes]  # what MEDIA_ROOT held when it was made
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative name -> bytes); links are listed as ``-> target``."""
+    found: dict[str, bytes] = {}
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            found[name] = b"-> " + os.fsencode(os.readlink(path))
+        elif path.is_file():
+            found[name] = path.read_bytes()
+    return found
+
+
+@pytest.fixture(scope="session")
+def media_dumps(
+    tmp_path_factory: pytest.TempPathFactory, django_db_setup: None, django_db_blocker: Any
+) -> dict[str, MediaDump]:
+    """One seeded dump with media (the demo's emblems) per server, made once per session."""
+    made: dict[str, MediaDump] = {}
+    with django_db_blocker.unblock():
+        for alias in ALIASES:
+            if alias not in connections.settings:
+                continue
+            directory = tmp_path_factory.mktemp(f"media-dumps-{alias}")
+            media_root = tmp_path_factory.mktemp(f"media-root-{alias}")
+            from django.test import override_settings
+
+            with override_settings(SEEDDUMP_DIR=directory, MEDIA_ROOT=str(media_root)):
+                call_command("seed", "dev", scale=1, database=alias, verbosity=0)
+                result = run_command("generatedump", "dev", "--media", database=alias, verbosity=0)
+            made[alias] = MediaDump(Path(result.out.strip().splitlines()[-1]), files_of(media_root))
+            with connections[alias].cursor() as cursor:
+                cursor.execute(
+                    "TRUNCATE emblems_emblem, reality_node, reality_agent, reality_team, seeddump_dumprecord CASCADE"
+                )
+    return made
+
+
 def copy_dump(dump: Path, directory: Path, *, latest: bool = True) -> Path:
     """Copies a dump and its metadata into ``directory`` (as the newest of its environment)."""
     directory.mkdir(parents=True, exist_ok=True)

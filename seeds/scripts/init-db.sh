@@ -15,7 +15,9 @@
 # count after) and only then renamed into its place: a bad checksum, a protected environment, a failed
 # restore or wrong row counts stop the initialisation (non-zero exit) with POSTGRES_DB still empty, never
 # half restored. It does not check SEEDDUMP_SIGNING_KEY signatures (that needs Python): restore signed
-# dumps with restoredump.
+# dumps with restoredump. It restores the database only: a dump's media archive (<dump>.media.tar.gz, made
+# by generatedump --media) holds files for the app's MEDIA_ROOT, not for this container, and is left alone
+# (one log line says so); restoredump restores both.
 
 # The image sources init scripts that are not executable: keep options and exits inside a subshell.
 seeddump_init_db() (
@@ -63,8 +65,12 @@ seeddump_init_db() (
   [ -f "$dump" ] || fail "$link points at $target, which is missing; run generatedump $env_name again"
   [ -f "$metadata" ] || fail "the metadata of $target is missing ($(basename "$metadata")); run generatedump again"
 
+  # The top-level fields only: a dump made with --media has a "media" object with a checksum and a size of
+  # its own (no nested braces), which must never be read as the dump's.
+  local meta_text
+  meta_text="$(tr -d '\n' <"$metadata" | sed 's/"media"[[:space:]]*:[[:space:]]*{[^}]*}//')"
   local expected actual
-  expected="$(tr -d '\n' <"$metadata" | sed -n 's/.*"checksum"[[:space:]]*:[[:space:]]*"sha256:\([0-9a-f]\{64\}\)".*/\1/p')"
+  expected="$(printf '%s' "$meta_text" | sed -n 's/.*"checksum"[[:space:]]*:[[:space:]]*"sha256:\([0-9a-f]\{64\}\)".*/\1/p')"
   [ -n "$expected" ] || fail "$(basename "$metadata") has no sha256 checksum; run generatedump again"
   actual="$(sha256sum "$dump" | cut -d' ' -f1)"
   [ "$actual" = "$expected" ] ||
@@ -72,10 +78,10 @@ seeddump_init_db() (
 
   # The metadata must describe this dump: its environment and its size, as restoredump checks them.
   local meta_env meta_size size
-  meta_env="$(tr -d '\n' <"$metadata" | sed -n 's/.*"environment"[[:space:]]*:[[:space:]]*"\([a-z0-9_-]*\)".*/\1/p')"
+  meta_env="$(printf '%s' "$meta_text" | sed -n 's/.*"environment"[[:space:]]*:[[:space:]]*"\([a-z0-9_-]*\)".*/\1/p')"
   [ "$meta_env" = "$env_name" ] ||
     fail "$(basename "$metadata") says environment '$meta_env', not '$env_name'; copy the dump with its own metadata"
-  meta_size="$(tr -d '\n' <"$metadata" | sed -n 's/.*"sizeBytes"[[:space:]]*:[[:space:]]*\([0-9]\{1,19\}\).*/\1/p')"
+  meta_size="$(printf '%s' "$meta_text" | sed -n 's/.*"sizeBytes"[[:space:]]*:[[:space:]]*\([0-9]\{1,19\}\).*/\1/p')"
   size="$(wc -c <"$dump" | tr -d ' ')"
   [ "$meta_size" = "$size" ] ||
     fail "$target is $size bytes but its metadata says '$meta_size': it is truncated or was changed; regenerate it"
@@ -150,6 +156,10 @@ SELECT format('DROP DATABASE %I', :'scratch' || '_old') \gexec
 SQL
     fail "could not put the restored '$scratch' in the place of '$database'"
   log "restored $target into '$database' in $((SECONDS - started))s"
+  if [ -f "${dump%.dump}.media.tar.gz" ]; then
+    log "the dump also has media files ($(basename "${dump%.dump}.media.tar.gz")): this script restores the database only;"
+    log "the files belong in the app's MEDIA_ROOT: run python manage.py restoredump $env_name where the app runs"
+  fi
 )
 
 seeddump_init_db "$@" || exit 1
