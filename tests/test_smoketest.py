@@ -11,10 +11,16 @@ import pytest
 from django.db import connections
 
 from seeddump import databases, postgres, smoke
-from tests.conftest import database_names, manage, run_command
+from tests.conftest import MediaDump, copy_dump, database_names, files_of, manage, run_command
 from tests.test_refusals import _flip_byte
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+@pytest.fixture
+def seeded_dump(alias: str, media_dumps: dict[str, MediaDump], dumps_dir: Path) -> Path:
+    """Here the seeded dump has its media (the demo's emblems): the smoke test checks FileField values on disk."""
+    return copy_dump(media_dumps[alias].path, dumps_dir)
 
 
 def smoketest(alias: str, dumps_dir: Path, *args: str, env: dict[str, str] | None = None):
@@ -28,11 +34,15 @@ def _teams(alias: str) -> list[str]:
         return [name for (name,) in cursor.fetchall()]
 
 
-def test_healthy_stack_passes_in_a_database_of_its_own(alias: str, restored: Path, dumps_dir: Path) -> None:
-    # The developer's own work in the configured database: the smoke test must not touch it.
+def test_healthy_stack_passes_in_a_database_of_its_own(
+    alias: str, restored: Path, dumps_dir: Path, media_root: Path
+) -> None:
+    # The developer's own work in the configured database and media folder: the smoke test must not touch it.
     with connections[alias].cursor() as cursor:
         cursor.execute("UPDATE reality_team SET name = 'my local work' WHERE id = 1")
     before = _teams(alias)
+    (media_root / "emblems" / "team-0001.png").write_bytes(b"my own emblem")
+    files_before = files_of(media_root)
 
     result, log = smoketest(alias, dumps_dir)
 
@@ -43,6 +53,7 @@ def test_healthy_stack_passes_in_a_database_of_its_own(alias: str, restored: Pat
         "PASS  database: restore latest dump",
         "PASS  database: row counts match the dump's metadata",
         "PASS  database: migrations applied",
+        "PASS  database: files of FileFields exist",
         "PASS  backend: web server answers /__seeddump__/healthz/",
         "PASS  backend: create a smoke-test user",
         "PASS  backend: log in as a smoke-test user",
@@ -52,6 +63,7 @@ def test_healthy_stack_passes_in_a_database_of_its_own(alias: str, restored: Pat
         "PASS  frontend: GET /admin/ (logged in)",
         "PASS  frontend: GET /admin/seeddump/dumprecord/ (logged in)",
         "PASS  cleanup: drop seeddump_smoke_",
+        "PASS  cleanup: remove ",
     ]
     positions = [out.find(line) for line in lines]
     assert -1 not in positions, [line for line, at in zip(lines, positions, strict=True) if at == -1]
@@ -67,6 +79,28 @@ def test_healthy_stack_passes_in_a_database_of_its_own(alias: str, restored: Pat
         assert cursor.fetchone() == (0,)
     target = connections[alias].settings_dict["NAME"]
     assert smoke.smoke_database_name(target) not in database_names(alias)
+    # The dump's files were checked in a folder of the smoke test's own, now removed; MEDIA_ROOT is as it was.
+    assert "sampled file(s) of emblems.Emblem.image exist in " + str(dumps_dir / "smoke-media-") in out
+    assert files_of(media_root) == files_before
+    assert not list(dumps_dir.glob("smoke-media-*"))
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_files_missing_for_file_fields_fail_with_the_fix(
+    alias: str, seeded_dumps: dict[str, Path], dumps_dir: Path, media_root: Path
+) -> None:
+    """A dump made without --media, whose FileField values name files this machine does not have: the
+    broken links a restored environment would show."""
+    copy_dump(seeded_dumps[alias], dumps_dir)
+
+    result, _ = smoketest(alias, dumps_dir, "--skip-frontend")
+
+    assert result.returncode == 1
+    line = next(line for line in result.stdout.splitlines() if "files of FileFields exist" in line)
+    assert line.startswith("  FAIL  database: files of FileFields exist")
+    assert "2 of 2 sampled file(s) are missing from " + str(media_root) in line
+    assert "emblems/team-0001.png (emblems.Emblem.image)" in line
+    assert "make it with generatedump --media" in line
 
 
 @pytest.mark.parametrize("alias", ["default"])

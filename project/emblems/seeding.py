@@ -20,9 +20,7 @@ def png(rng: random.Random) -> bytes:
     """A 32x32 two-colour PNG in a random pattern, written by hand (no imaging library needed)."""
     colours = [bytes(rng.randrange(256) for _ in range(3)) for _ in range(2)]
     pattern = [[rng.random() < 0.5 for _ in range(SIZE // 4)] for _ in range(SIZE // 4)]
-    rows = b"".join(
-        b"\x00" + b"".join(colours[pattern[y // 4][x // 4]] for x in range(SIZE)) for y in range(SIZE)
-    )
+    rows = b"".join(b"\x00" + b"".join(colours[pattern[y // 4][x // 4]] for x in range(SIZE)) for y in range(SIZE))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

@@ -55,9 +55,7 @@ def seed(environment: str, scale: int, progress: Callable[[str], None], using: s
     connection = connections[using]
     with connection.cursor() as cursor:
         # Identities restart so that every run produces the same primary keys.
-        cursor.execute(
-            "TRUNCATE emblems_emblem, reality_node, reality_agent, reality_team RESTART IDENTITY CASCADE"
-        )
+        cursor.execute("TRUNCATE emblems_emblem, reality_node, reality_agent, reality_team RESTART IDENTITY CASCADE")
     emblems.clear()
 
     for team_number in range(plan.teams):

