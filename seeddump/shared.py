@@ -204,7 +204,8 @@ def _fetch(name: str, size_bytes: int, checksum: str, directory: Path, environme
         return final
     if final.exists() or final.is_symlink():
         raise SeeddumpError(
-            f"The local {final} differs from the shared file of the same name, and an existing dump is never "
+            f"The local {final} differs from the shared {'dump' if name.endswith('.dump') else 'file'} of the same "
+            "name, and an existing dump is never "
             "replaced. Keep it (restoredump --offline), or move it out of the dumps folder and pull again."
         )
     partial = dumpfiles.new_partial(directory, environment)

@@ -92,7 +92,7 @@ def build(environment: str, alias: str, *, reuse: bool, progress: Progress = _qu
     started = time.monotonic()
     settings_dict = postgres.settings_for(alias)
     name = seeded_name(str(settings_dict["NAME"]), environment)
-    plan = restore.plan_restore(environment, using=alias)
+    plan = restore.plan_restore(environment, using=alias, with_media=False)  # test databases get no media
     checksum = plan.metadata.checksum
     # One build per dump at a time: the first xdist worker restores and caches the snapshot, the others
     # wait, then copy the snapshot instead of each running pg_restore.

@@ -58,6 +58,10 @@ class Command(BaseCommand):
                     "Run: python manage.py migrate"
                 )
             )
+        if metadata.media is not None and metadata.media.files == 0:
+            self.stderr.write(
+                self.style.WARNING("MEDIA_ROOT holds no files (or does not exist): the dump's media archive is empty.")
+            )
         if result.media_skipped:
             shown = ", ".join(result.media_skipped[:3]) + (" …" if len(result.media_skipped) > 3 else "")
             self.stderr.write(
