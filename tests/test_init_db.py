@@ -15,7 +15,7 @@ import pytest
 from django.conf import settings
 
 from project import embedded
-from tests.conftest import REPO, copy_dump
+from tests.conftest import REPO, MediaDump, copy_dump
 from tests.test_refusals import _flip_byte
 
 # The seeded dump comes from the session's databases; these tests do not touch them otherwise.
@@ -83,6 +83,22 @@ def test_restores_the_latest_dump(image_env: dict[str, str], dev_dump: Path) -> 
     assert re.search(rf"restored {re.escape(dev_dump.name)} into '.*' in \d+s", result.stdout)
     assert table_count(image_env, "reality_node") == 3000
     assert table_count(image_env, "reality_team") == 2
+
+
+def test_a_dump_with_media_restores_its_database_and_says_the_files_are_not_restored(
+    image_env: dict[str, str], media_dumps: dict[str, MediaDump]
+) -> None:
+    """The metadata of a dump with media holds a second checksum and size (the archive's): the script must
+    check the dump's own, and leave the files (which belong in the app's MEDIA_ROOT) alone."""
+    dump = copy_dump(media_dumps["default"].path, Path(image_env["SEEDDUMP_DUMPS_DIR"]))
+
+    result = run_script(image_env)
+
+    assert result.returncode == 0, result.stderr
+    assert table_count(image_env, "emblems_emblem") == 2
+    archive = dump.name.removesuffix(".dump") + ".media.tar.gz"
+    assert f"the dump also has media files ({archive}): this script restores the database only" in result.stdout
+    assert "run python manage.py restoredump dev where the app runs" in result.stdout
 
 
 def test_bad_checksum_stops_initialisation(image_env: dict[str, str], dev_dump: Path) -> None:
