@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from seeddump import dumpfiles, finishing, postgres
+from seeddump import dumpfiles, finishing, postgres, processes
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -141,25 +141,10 @@ def _unfinished() -> tuple[str, str] | None:
         return None
     if own and own[-1].startswith("failed:"):
         return pid, own[-1]
-    if _alive(int(pid)):
+    if processes.alive(int(pid)):
         return None  # still at work
     last = next((line.strip() for line in reversed(after) if line.strip()), "no output")
     return pid, f"stopped before it finished (its last words: {last[:200]})"
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` still runs (a zombie that nobody reaped does not: it has exited)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 def last_failure() -> str | None:

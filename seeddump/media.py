@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from seeddump import processes
 from seeddump.dumpfiles import MediaInfo
 from seeddump.exceptions import SeeddumpError
 
@@ -456,21 +457,11 @@ def drop_leftovers(root: Path) -> list[Path]:
             continue
         if entry.stat(follow_symlinks=False).st_uid != os.geteuid():
             continue
-        if match["kind"] == "new" and _alive(int(match["pid"])):
+        if match["kind"] == "new" and processes.alive(int(match["pid"])):
             continue
         drop(Path(entry.path))
         dropped.append(Path(entry.path))
     return dropped
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 # --- FileField values against the files -------------------------------------------------------------------

@@ -125,28 +125,33 @@ def leftovers(alias: str) -> list[str]:
     return [name for name in database_names(alias) if name.startswith(prefixes)]
 
 
+def _seed_and_dump(alias: str, directory: Path, media_root: Path, *options: str) -> Path:
+    """Seeds the alias's test database (scale 1), dumps it into ``directory``, then empties the tables."""
+    from django.test import override_settings
+
+    with override_settings(SEEDDUMP_DIR=directory, MEDIA_ROOT=str(media_root)):
+        call_command("seed", "dev", scale=1, database=alias, verbosity=0)
+        result = run_command("generatedump", "dev", *options, database=alias, verbosity=0)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE emblems_emblem, reality_node, reality_agent, reality_team, seeddump_dumprecord CASCADE"
+        )
+    return Path(result.out.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="session")
 def seeded_dumps(
     tmp_path_factory: pytest.TempPathFactory, django_db_setup: None, django_db_blocker: Any
 ) -> dict[str, Path]:
     """One seeded dump per server, made once per session: {alias: dump path}."""
-    made: dict[str, Path] = {}
     with django_db_blocker.unblock():
-        for alias in ALIASES:
-            if alias not in connections.settings:
-                continue
-            directory = tmp_path_factory.mktemp(f"seeded-{alias}")
-            from django.test import override_settings
-
-            with override_settings(SEEDDUMP_DIR=directory):
-                call_command("seed", "dev", scale=1, database=alias, verbosity=0)
-                result = run_command("generatedump", "dev", database=alias, verbosity=0)
-            made[alias] = Path(result.out.strip().splitlines()[-1])
-            with connections[alias].cursor() as cursor:
-                cursor.execute(
-                    "TRUNCATE emblems_emblem, reality_node, reality_agent, reality_team, seeddump_dumprecord CASCADE"
-                )
-    return made
+        return {
+            alias: _seed_and_dump(
+                alias, tmp_path_factory.mktemp(f"seeded-{alias}"), tmp_path_factory.mktemp(f"seeded-media-{alias}")
+            )
+            for alias in ALIASES
+            if alias in connections.settings
+        }
 
 
 @dataclass(frozen=True)
@@ -175,20 +180,11 @@ def media_dumps(
     made: dict[str, MediaDump] = {}
     with django_db_blocker.unblock():
         for alias in ALIASES:
-            if alias not in connections.settings:
-                continue
-            directory = tmp_path_factory.mktemp(f"media-dumps-{alias}")
-            media_root = tmp_path_factory.mktemp(f"media-root-{alias}")
-            from django.test import override_settings
-
-            with override_settings(SEEDDUMP_DIR=directory, MEDIA_ROOT=str(media_root)):
-                call_command("seed", "dev", scale=1, database=alias, verbosity=0)
-                result = run_command("generatedump", "dev", "--media", database=alias, verbosity=0)
-            made[alias] = MediaDump(Path(result.out.strip().splitlines()[-1]), files_of(media_root))
-            with connections[alias].cursor() as cursor:
-                cursor.execute(
-                    "TRUNCATE emblems_emblem, reality_node, reality_agent, reality_team, seeddump_dumprecord CASCADE"
-                )
+            if alias in connections.settings:
+                media_root = tmp_path_factory.mktemp(f"media-root-{alias}")
+                directory = tmp_path_factory.mktemp(f"media-dumps-{alias}")
+                dump = _seed_and_dump(alias, directory, media_root, "--media")
+                made[alias] = MediaDump(dump, files_of(media_root))
     return made
 
 

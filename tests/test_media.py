@@ -389,17 +389,17 @@ def test_without_an_atomic_exchange_two_renames_still_swap(
 # --- With the team: shared storage, listings, pruning, the admin -------------------------------------------
 
 
-def test_push_and_pull_carry_the_media(
-    alias: str,
-    dumps_dir: Path,
-    media_root: Path,
-    shared_folder: Path,
-    settings: Any,
-    tmp_path: Path,
-) -> None:
+def seed_and_push(alias: str) -> Path:
     run_command("seed", "dev", scale=1, database=alias, verbosity=0)
+    return Path(run_command("generatedump", "dev", "--media", "--push", database=alias).out.split()[-1])
+
+
+@pytest.mark.usefixtures("dumps_dir")
+def test_push_and_pull_carry_the_media(
+    alias: str, media_root: Path, shared_folder: Path, settings: Any, tmp_path: Path
+) -> None:
+    pushed = seed_and_push(alias)
     seeded = files_of(media_root)
-    pushed = Path(run_command("generatedump", "dev", "--media", "--push", database=alias).out.split()[-1])
     assert (shared_folder / "seeddump" / dumpfiles.media_path(pushed).name).is_file()
     shutil.rmtree(media_root)
     Team.objects.using(alias).all().delete()
@@ -412,16 +412,9 @@ def test_push_and_pull_carry_the_media(
     assert Emblem.objects.using(alias).count() == 2
 
 
-def test_a_damaged_shared_archive_is_not_pulled(
-    alias: str,
-    dumps_dir: Path,
-    media_root: Path,
-    shared_folder: Path,
-    settings: Any,
-    tmp_path: Path,
-) -> None:
-    run_command("seed", "dev", scale=1, database=alias, verbosity=0)
-    pushed = Path(run_command("generatedump", "dev", "--media", "--push", database=alias).out.split()[-1])
+@pytest.mark.usefixtures("dumps_dir")
+def test_a_damaged_shared_archive_is_not_pulled(alias: str, shared_folder: Path, settings: Any, tmp_path: Path) -> None:
+    pushed = seed_and_push(alias)
     shared_archive = shared_folder / "seeddump" / dumpfiles.media_path(pushed).name
     shared_archive.write_bytes(shared_archive.read_bytes()[::-1])
     settings.SEEDDUMP_DIR = tmp_path / "teammate-dumps"
