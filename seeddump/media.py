@@ -100,8 +100,11 @@ def _walk(root: Path, excluded: set[Path]) -> Iterator[tuple[str, os.DirEntry[st
     stack = [(root, "")]
     while stack:
         folder, prefix = stack.pop()
-        with os.scandir(folder) as listing:
-            entries = sorted(listing, key=lambda e: e.name, reverse=True)
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name, reverse=True)
+        except FileNotFoundError:
+            continue  # removed while we walked
         for entry in entries:
             relative = f"{prefix}{entry.name}"
             if Path(entry.path) in excluded:
@@ -162,6 +165,10 @@ def archive(root: Path, target: Path, *, exclude: tuple[Path, ...] = ()) -> Arch
         raise SeeddumpError(
             f"Cannot read {exc.filename} in MEDIA_ROOT: permission denied. Fix its permissions."
         ) from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise  # generatedump says how much space it needs
+        raise SeeddumpError(f"Archiving MEDIA_ROOT failed at {exc.filename or root}: {exc.strerror or exc}.") from None
     return Archived(files, total, tuple(skipped))
 
 
