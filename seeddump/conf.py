@@ -73,6 +73,12 @@ class Settings:
         return bool(getattr(settings, "SEEDDUMP_MEDIA", False))
 
     @property
+    def RESTORE_HOOKS(self) -> list[object]:
+        """Run against the restored database before it is swapped in: a list is a management command with its
+        arguments, a string the dotted path of a callable taking ``using`` (see seeddump.preswap)."""
+        return list(getattr(settings, "SEEDDUMP_RESTORE_HOOKS", ()))
+
+    @property
     def MAINTENANCE_DB(self) -> str:
         """The database seeddump connects to while it creates, renames and drops others."""
         return getattr(settings, "SEEDDUMP_MAINTENANCE_DB", "postgres")

@@ -34,6 +34,7 @@ from seeddump import (
     load,
     media,
     postgres,
+    preswap,
     records,
     shared,
     signing,
@@ -77,6 +78,7 @@ class RestoreResult:
     rows: int
     source: str = "pg_restore"  # or "snapshot", "ready copy", "in place"
     media_root: Path | None = None  # the media folder the dump's files were swapped into
+    migrated: tuple[str, ...] | None = None  # migrations applied before the swap; None: not tried there
     followup: finishing.Followup | None = None  # work left for later (see ``restore``'s ``defer``)
     background_pid: int | None = None
     # Settings of the replaced database this role could not copy: the statements that would.
@@ -219,6 +221,7 @@ def restore(
     defer: bool = False,
     in_place: bool = False,
     media_root: Path | None = None,
+    migrate: bool = False,
     progress: Progress = _quiet,
 ) -> RestoreResult:
     """Restores a planned dump in place of the alias's database; see the module docstring.
@@ -239,6 +242,10 @@ def restore(
     When the plan has the dump's media, they are unpacked beside the media folder while the database is
     restored, and swapped in right after the database (see ``seeddump.media``): into MEDIA_ROOT when the
     alias's own database is restored, into ``media_root`` when given, and nowhere for another ``database``.
+
+    With ``migrate``, the code's newer migrations are applied to the restored database before it is swapped
+    in, and for the alias's own database the SEEDDUMP_RESTORE_HOOKS run there too (``seeddump.preswap``): a
+    failure leaves the target as it was. (In place, there is no before: the command migrates after.)
     """
     settings_dict = postgres.settings_for(plan.using)
     if database is not None:  # another database on the alias's server, such as its test database
@@ -250,7 +257,7 @@ def restore(
     with postgres.user_errors(settings_dict), _MediaSwap(plan, media_root, progress) as media_swap:
         if in_place:
             return _restore_in_place(plan, settings_dict, progress, record, media_swap)
-        result = _restore(plan, settings_dict, jobs, use_snapshots, defer, progress, record, media_swap)
+        result = _restore(plan, settings_dict, jobs, use_snapshots, defer, progress, record, media_swap, migrate)
         if result.followup is not None and not defer:
             try:
                 finishing.finish(result.followup, settings_dict, progress)
@@ -280,6 +287,7 @@ def _restore(
     progress: Progress,
     record: bool,
     media_swap: _MediaSwap,
+    migrate: bool,
 ) -> RestoreResult:
     started = time.monotonic()
     target = _target(plan, settings_dict)
@@ -297,7 +305,7 @@ def _restore(
         key = databases.Identity(owner=owner, shape=shape).cache_key(databases.current_user(admin))
         scratch = finishing.scratch_prefix(target) + secrets.token_hex(4)
         retired = finishing.retired_prefix(target) + secrets.token_hex(4)
-        source, claimed = "pg_restore", None
+        source, claimed, changed = "pg_restore", None, False
         try:
             if use_snapshots:
                 claimed = snapshots.copy_for(admin, metadata, target, key, scratch, progress)
@@ -315,12 +323,15 @@ def _restore(
                     snapshots.keep(admin, scratch, metadata, key, progress)
             # Verified now, or when the snapshot was made (a snapshot accepts no connections since).
             carried = records.restore_times(plan.using) if exists and record else {}
+            to_migrate = migrate and bool(plan.status.missing)
+            changed = to_migrate or (record and bool(conf.RESTORE_HOOKS))  # no longer the dump as it is
+            prepared = preswap.prepare(plan.using, scratch, target, migrate=to_migrate, hooks=record, progress=progress)
             media_swap.wait()  # unpacked beside the media folder while the database was restored
             connections[plan.using].close()
             progress(f"Swapping the restored database in for '{target}'")
             swapped = databases.swap(admin, target, scratch, retired, owner)
         except BaseException:
-            if claimed is not None and snapshots.unclaim_ready(admin, claimed, scratch):
+            if claimed is not None and not changed and snapshots.unclaim_ready(admin, claimed, scratch):
                 progress(f"Kept the ready copy {claimed.name} for the next restore")
             else:
                 with contextlib.suppress(psycopg.Error):
@@ -351,6 +362,7 @@ def _restore(
         followup=followup,
         skipped_settings=tuple(swapped.skipped_settings),
         media_root=media_swap.root,
+        migrated=prepared.migrations if migrate else None,
     )
 
 

@@ -56,7 +56,11 @@ class Command(BaseCommand):
             dest="media",
             help="Leave MEDIA_ROOT as it is, even when the dump has media files.",
         )
-        parser.add_argument("--migrate", action="store_true", help="Apply the code's newer migrations after restoring.")
+        parser.add_argument(
+            "--migrate",
+            action="store_true",
+            help="Apply the code's newer migrations to the restored database before it replaces yours.",
+        )
         parser.add_argument(
             "--force", action="store_true", help="Restore a dump that holds migrations this code does not have."
         )
@@ -110,6 +114,7 @@ class Command(BaseCommand):
                     use_snapshots=None if options["snapshot"] else False,
                     defer=in_background,
                     in_place=options["in_place"],
+                    migrate=options["migrate"],
                     progress=progress,
                 )
                 if result.followup is not None:
@@ -152,7 +157,7 @@ class Command(BaseCommand):
             )
         if failure:
             background.acknowledge_failure()  # this restore tidied up after it
-        migrated = self._report_migrations(plan, options)
+        migrated = self._report_migrations(plan, options, result.migrated)
         if as_json:
             status = plan.status
             document = {
@@ -181,9 +186,18 @@ class Command(BaseCommand):
             }
             self.stdout.write(json.dumps(document, indent=2))
 
-    def _report_migrations(self, plan: RestorePlan, options: dict[str, Any]) -> bool:
+    def _report_migrations(
+        self, plan: RestorePlan, options: dict[str, Any], before_swap: tuple[str, ...] | None
+    ) -> bool:
         """Says how the restored database stands against the code's migrations; True if it migrated."""
         status = plan.status
+        if before_swap:
+            if options["verbosity"] >= 1 and not options["json"]:
+                self.stdout.write(
+                    f"Applied {len(before_swap)} migration(s) to the restored database before the swap: "
+                    f"{', '.join(before_swap)}."
+                )
+            return True
         if status.unknown:
             self.stderr.write(
                 self.style.WARNING(

@@ -1,0 +1,125 @@
+"""restoredump --migrate and SEEDDUMP_RESTORE_HOOKS work on the restored database before it is swapped in: a
+migration or a hook that fails leaves the target exactly as it was, and says which one failed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import CommandError
+from django.db import connections
+
+from project.reality.models import Team
+from tests.conftest import REPO, demo_snapshot, leftovers, run_command
+from tests.test_stale import MISSING, column_exists, dump_behind_the_code, migrate, migrated_back_at_the_end
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+__all__ = ["migrated_back_at_the_end"]  # a fixture of test_stale's, used here by name
+
+
+def restore(alias: str, **options: Any) -> str:
+    return run_command("restoredump", "dev", database=alias, interactive=False, **options).out
+
+
+def local_work(alias: str) -> dict[str, Any]:
+    Team.objects.using(alias).create(name="my local team", created_at="2026-02-01T00:00:00Z")
+    return demo_snapshot(alias)
+
+
+@pytest.mark.usefixtures("dumps_dir", "migrated_back_at_the_end")
+def test_migrations_are_applied_before_the_swap(alias: str) -> None:
+    dump_behind_the_code(alias)
+    migrate(alias)
+
+    out = restore(alias, migrate=True)
+
+    assert f"Applied 1 migration(s) to the restored database before the swap: {MISSING}." in out
+    assert column_exists(alias, "reality_node", "rank")
+    assert Team.objects.using(alias).count() == 2
+
+
+@pytest.fixture
+def failing_migration(tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The code gains a migration that fails (as a data migration that meets unexpected rows would)."""
+    package = tmp_path / "failing_migrations"
+    shutil.copytree(REPO / "project" / "reality" / "migrations", package, ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "0003_fails.py").write_text(
+        "from django.db import migrations\n\n\n"
+        "def fail(apps, schema_editor):\n"
+        "    raise ValueError('a team has no region')\n\n\n"
+        "class Migration(migrations.Migration):\n"
+        "    dependencies = [('reality', '0002_node_rank')]\n"
+        "    operations = [migrations.RunPython(fail)]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings.MIGRATION_MODULES = {"reality": "failing_migrations"}
+    return "reality.0003_fails"
+
+
+@pytest.mark.usefixtures("dumps_dir", "seeded_dump")
+def test_a_failing_migration_leaves_the_target_untouched(alias: str, failing_migration: str) -> None:
+    before = local_work(alias)
+
+    with pytest.raises(CommandError) as failed:
+        restore(alias, migrate=True)
+
+    message = str(failed.value)
+    assert "\n" not in message
+    assert f"the migration {failing_migration} failed on the restored database (ValueError: a team has no region)" in (
+        message
+    )
+    assert "was not changed" in message
+    assert demo_snapshot(alias) == before
+    assert leftovers(alias) == []
+
+
+@pytest.mark.usefixtures("dumps_dir", "seeded_dump")
+def test_hooks_run_on_the_restored_database_before_the_swap(alias: str, settings: Any) -> None:
+    settings.SEEDDUMP_RESTORE_HOOKS = [
+        ["createsuperuser", "--noinput", "--username", "dev", "--email", "dev@example.com"],
+        "tests.test_preswap.rename_first_team",
+    ]
+
+    out = restore(alias, verbosity=2)
+
+    assert "Running the restore hook createsuperuser --noinput --username dev" in out
+    assert User.objects.using(alias).filter(username="dev", is_superuser=True).exists()
+    assert Team.objects.using(alias).order_by("pk").first().name == "renamed by a hook"  # type: ignore[union-attr]
+
+
+def rename_first_team(using: str) -> None:
+    with connections[using].cursor() as cursor:
+        cursor.execute("UPDATE reality_team SET name = 'renamed by a hook' WHERE id = 1")
+
+
+def failing_hook(using: str) -> None:
+    rename_first_team(using)
+    raise RuntimeError("the anonymiser found no users")
+
+
+@pytest.mark.usefixtures("dumps_dir", "seeded_dump")
+def test_a_failing_hook_leaves_the_target_untouched(alias: str, settings: Any) -> None:
+    before = local_work(alias)
+    restore(alias)  # a ready copy and a snapshot of the dump: a failing hook must not spoil them either
+    restore(alias)
+    Team.objects.using(alias).create(name="my local team", created_at="2026-02-01T00:00:00Z")
+    before = demo_snapshot(alias)
+    settings.SEEDDUMP_RESTORE_HOOKS = ["tests.test_preswap.failing_hook"]
+
+    with pytest.raises(CommandError) as failed:
+        restore(alias)
+
+    message = str(failed.value)
+    assert "\n" not in message
+    assert "The restore hook 'tests.test_preswap.failing_hook' (SEEDDUMP_RESTORE_HOOKS) failed" in message
+    assert "RuntimeError: the anonymiser found no users" in message and "was not changed" in message
+    assert demo_snapshot(alias) == before
+    assert leftovers(alias) == []
+
+    settings.SEEDDUMP_RESTORE_HOOKS = []
+    restore(alias)  # the cache was not spoilt by the hook's change
+    assert "renamed by a hook" not in [t.name for t in Team.objects.using(alias).all()]
+    assert Team.objects.using(alias).count() == 2
