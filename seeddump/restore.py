@@ -325,6 +325,8 @@ def _restore(
             carried = records.restore_times(plan.using) if exists and record else {}
             to_migrate = migrate and bool(plan.status.missing)
             changed = to_migrate or (record and bool(conf.RESTORE_HOOKS))  # no longer the dump as it is
+            if changed:  # a copy of the snapshot or a ready copy is closed to connections
+                databases.close(admin, scratch, closed=False)
             prepared = preswap.prepare(plan.using, scratch, target, migrate=to_migrate, hooks=record, progress=progress)
             media_swap.wait()  # unpacked beside the media folder while the database was restored
             connections[plan.using].close()
