@@ -109,6 +109,12 @@ class Settings:
         return bool(getattr(settings, "SEEDDUMP_READY_COPIES", True))
 
     @property
+    def UNDO(self) -> bool:
+        """Keep the database (and media folder) a restore replaced, closed, until the next restore of it, so that
+        ``restoredump --undo`` can put it back."""
+        return bool(getattr(settings, "SEEDDUMP_UNDO", True))
+
+    @property
     def BACKGROUND(self) -> bool:
         """restoredump returns once the database is in place and finishes the rest in a background process."""
         return bool(getattr(settings, "SEEDDUMP_BACKGROUND", True))

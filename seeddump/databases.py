@@ -234,12 +234,18 @@ def restore_owner(admin: psycopg.Connection, target: str, configured: str | None
     return owner
 
 
+def may_create(admin: psycopg.Connection) -> bool:
+    """Whether the connecting role may create (and rename) databases."""
+    (allowed,) = admin.execute(  # type: ignore[misc]
+        "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    return bool(allowed)
+
+
 def check_may_create(admin: psycopg.Connection, target: str) -> None:
     """Restoring beside ``target`` and swapping it in needs the CREATEDB privilege."""
-    (allowed, user) = admin.execute(  # type: ignore[misc]
-        "SELECT rolsuper OR rolcreatedb, rolname FROM pg_roles WHERE rolname = current_user"
-    ).fetchone()
-    if not allowed:
+    if not may_create(admin):
+        user = current_user(admin)
         raise SeeddumpError(
             f"Role '{user}' may not create databases (it lacks CREATEDB), and restoredump restores beside "
             f"'{target}' before it swaps the copy in. Grant it (ALTER ROLE \"{user}\" CREATEDB), or restore "
@@ -294,6 +300,13 @@ def exists(admin: psycopg.Connection, name: str) -> bool:
         "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %s)", (name,)
     ).fetchone()
     return bool(found)
+
+
+def oid_of(admin: psycopg.Connection, name: str) -> int | None:
+    """The database's oid: it stays with the database through renames, so it tells a database from
+    another later given the same name."""
+    row = admin.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return None if row is None else int(row[0])
 
 
 def is_ours(admin: psycopg.Connection, name: str) -> bool:

@@ -42,6 +42,9 @@ class Followup:
     # The admin's dump records to write into the restored database: when each dump was last restored.
     restore_times: dict[str, datetime] | None = None
     retired_media: tuple[Path, ...] = ()  # the replaced media folder, renamed beside MEDIA_ROOT
+    # The restored database's oid: the records are written only while ``database`` is still that one (an
+    # undo or another restore may have replaced it since).
+    restored_oid: int | None = None
 
     def describe(self) -> list[str]:
         work = ["drop the replaced database"] if self.retired else []
@@ -56,16 +59,17 @@ class Followup:
         return work
 
 
-def _tag(database: str) -> str:
+def tag(database: str) -> str:
+    """Eight hex digits naming a target database in the names of what seeddump keeps for it."""
     return hashlib.sha256(database.encode()).hexdigest()[:8]
 
 
 def scratch_prefix(database: str) -> str:
-    return f"seeddump_tmp_{_tag(database)}_"
+    return f"seeddump_tmp_{tag(database)}_"
 
 
 def retired_prefix(database: str) -> str:
-    return f"seeddump_old_{_tag(database)}_"
+    return f"seeddump_old_{tag(database)}_"
 
 
 def drop_leftovers(admin: psycopg.Connection, database: str, *, scratch: bool = True) -> list[str]:
@@ -106,7 +110,12 @@ def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progr
         keyed = cache_key(admin, followup.database)
         if keyed is not None and (followup.build_snapshot or followup.ready_copy):
             _finish_cache(admin, followup, settings_dict, *keyed, progress)
-        if followup.restore_times is not None:
+        replaced_since = followup.restored_oid is not None and (
+            databases.oid_of(admin, followup.database) != followup.restored_oid
+        )
+        if followup.restore_times is not None and replaced_since:
+            progress(f"Did not record the restore for the admin: '{followup.database}' was replaced since")
+        elif followup.restore_times is not None:
             recorded = records.sync_from_disk(followup.using, conf.DIR, followup.restore_times)
             progress(f"Recorded {recorded} dump(s) for the admin")
         if keyed is not None and followup.empty_database:

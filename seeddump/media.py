@@ -443,6 +443,54 @@ def swap(root: Path, unpacked: Path) -> Path | None:
     return retired
 
 
+def undo_folder(root: Path, tag: str) -> Path:
+    """Where the media folder a restore replaced is kept for an undo: beside MEDIA_ROOT, one per database."""
+    root = _resolved(root)
+    return root.with_name(f".{root.name}.seeddump-undo.{tag}")
+
+
+def keep_for_undo(root: Path, replaced: Path, tag: str) -> Path:
+    """Renames the replaced folder to ``undo_folder``; one kept there before becomes a leftover (dropped)."""
+    kept = undo_folder(root, tag)
+    retire_undo(root, tag)
+    os.rename(replaced, kept)
+    return kept
+
+
+def retire_undo(root: Path, tag: str) -> Path | None:
+    """Renames the folder kept for an undo of ``tag`` (if it is ours) to a leftover name, returned for
+    ``drop``; a killed run's leftovers are dropped by the next restore."""
+    kept = kept_for_undo(root, tag)
+    if kept is None:
+        return None
+    retired = _sibling(_resolved(root), "old")
+    os.rename(kept, retired)
+    return retired
+
+
+def kept_for_undo(root: Path, tag: str) -> Path | None:
+    """The folder kept for an undo of ``tag``: a real folder of ours (a link or another user's is never used)."""
+    kept = undo_folder(root, tag)
+    try:
+        info = kept.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        return None
+    return kept
+
+
+def set_aside(root: Path) -> Path | None:
+    """Renames MEDIA_ROOT to a leftover name beside it (for ``drop``), as when an undo takes back a media
+    folder a restore made where there was none."""
+    root = _resolved(root)
+    if not root.exists():
+        return None
+    retired = _sibling(root, "old")
+    os.rename(root, retired)
+    return retired
+
+
 def drop(folder: Path) -> None:
     """Removes a replaced or abandoned media folder (never following a link inside it)."""
     shutil.rmtree(folder, ignore_errors=True)

@@ -40,6 +40,7 @@ from seeddump import (
     signing,
     snapshots,
     staleness,
+    undo,
 )
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
@@ -80,6 +81,8 @@ class RestoreResult:
     media_root: Path | None = None  # the media folder the dump's files were swapped into
     migrated: tuple[str, ...] | None = None  # migrations applied before the swap; None: not tried there
     followup: finishing.Followup | None = None  # work left for later (see ``restore``'s ``defer``)
+    undo_copy: str | None = None  # the replaced database, kept for ``undo_last``
+    undo_note: str | None = None  # why none was kept, when the user may wonder
     background_pid: int | None = None
     # Settings of the replaced database this role could not copy: the statements that would.
     skipped_settings: tuple[str, ...] = ()
@@ -271,11 +274,93 @@ def restore(
 
 
 def _target(plan: RestorePlan, settings_dict: Mapping[str, Any]) -> str:
+    return _target_of(plan.using, settings_dict)
+
+
+def _target_of(using: str, settings_dict: Mapping[str, Any]) -> str:
     check_target_not_protected(settings_dict)
     target = str(settings_dict.get("NAME") or "")
     if not target:
-        raise SeeddumpError(f"DATABASES['{plan.using}'] has no NAME to restore into.")
+        raise SeeddumpError(f"DATABASES['{using}'] has no NAME to restore into.")
     return target
+
+
+def find_undo(using: str = "default") -> undo.UndoCopy | None:
+    """What ``undo_last`` would put back for the alias's database, if anything (to show before asking)."""
+    settings_dict = postgres.settings_for(using)
+    with postgres.user_errors(settings_dict):
+        target = _target_of(using, settings_dict)
+        with postgres.connect_maintenance(settings_dict) as admin:
+            return undo.find(admin, target)
+
+
+@dataclass(frozen=True)
+class UndoResult:
+    database: str
+    copy: undo.UndoCopy  # what was put back
+    seconds: float
+    media_root: Path | None = None  # the media folder that was put back too
+    skipped_settings: tuple[str, ...] = ()
+
+
+def undo_last(
+    using: str = "default", *, environment: str | None = None, with_media: bool = True, progress: Progress = _quiet
+) -> UndoResult:
+    """Puts back the database (and media folder) the last restore of the alias's database replaced; see
+    ``seeddump.undo``. The same swap as a restore, under the same lock: the undone restore's database is
+    dropped, and there is nothing left to undo after.
+
+    ``environment``, when given, must be the one whose restore is undone."""
+    started = time.monotonic()
+    settings_dict = postgres.settings_for(using)
+    with postgres.user_errors(settings_dict):
+        target = _target_of(using, settings_dict)
+        with postgres.connect_maintenance(settings_dict) as admin, target_lock(admin, target, progress):
+            copy = undo.find(admin, target)
+            if copy is None:
+                raise SeeddumpError(
+                    f"Nothing to undo for '{target}': no database replaced by a restore is kept (the last restore "
+                    "was already undone, kept nothing because SEEDDUMP_UNDO is off or it restored in place "
+                    "without CREATEDB, or there was no database before it)."
+                )
+            if environment is not None and copy.environment != environment:
+                raise SeeddumpError(
+                    f"The last restore of '{target}' was of a '{copy.environment}' dump, not '{environment}': "
+                    f"undoing it would bring back {copy.describe()}. Run: python manage.py restoredump --undo"
+                )
+            databases.check_may_create(admin, target)
+            owner = databases.restore_owner(admin, target, configured_owner(settings_dict))
+            tag = finishing.tag(target)
+            root = media.media_root() if copy.media is not None and with_media else None
+            kept_media = media.kept_for_undo(root, tag) if root is not None and copy.media == "kept" else None
+            if root is not None and copy.media == "kept" and kept_media is None:
+                raise SeeddumpError(
+                    f"The media folder kept for this undo ({media.undo_folder(root, tag)}) is gone; nothing was "
+                    "changed. Undo the database alone with: python manage.py restoredump --undo --no-media"
+                )
+            connections[using].close()
+            retired = finishing.retired_prefix(target) + secrets.token_hex(4)
+            progress(f"Swapping {copy.name} back in for '{target}'")
+            swapped = databases.swap(admin, target, copy.name, retired, owner)
+            replaced_media: list[Path] = []
+            if root is not None:
+                put_back = media.swap(root, kept_media) if kept_media is not None else media.set_aside(root)
+                replaced_media += [put_back] if put_back is not None else []
+            elif copy.media == "kept":  # --no-media: the kept folder no longer undoes anything
+                with contextlib.suppress(SeeddumpError):
+                    left = media.retire_undo(media.media_root(), tag)
+                    replaced_media += [left] if left is not None else []
+            progress(f"Dropping the undone restore's database {retired}")
+            databases.drop(admin, retired)
+        for folder in replaced_media:
+            media.drop(folder)
+    return UndoResult(
+        database=target,
+        copy=copy,
+        seconds=time.monotonic() - started,
+        media_root=root,
+        skipped_settings=tuple(swapped.skipped_settings),
+    )
 
 
 def _restore(
@@ -340,6 +425,9 @@ def _restore(
                     databases.drop(admin, scratch)
             raise
         retired_media = media_swap.swap(target)
+        replaced = retired if swapped.replaced else None
+        kept = _keep_for_undo(admin, plan, target, replaced, media_swap.root, retired_media, progress, record)
+        restored_oid = databases.oid_of(admin, target)
     if record:
         carried[plan.dump_path.name] = datetime.now(timezone.utc)
     counts = metadata.record_counts
@@ -347,12 +435,13 @@ def _restore(
         using=plan.using,
         database=target,
         dump_path=plan.dump_path,
-        retired=(retired,) if swapped.replaced else (),
+        retired=kept.retired,
         build_snapshot=use_snapshots and source == "pg_restore" and defer,
         ready_copy=use_snapshots and conf.READY_COPIES and defer,
         empty_database=defer,
         restore_times=carried if record else None,
-        retired_media=retired_media,
+        retired_media=kept.retired_media,
+        restored_oid=restored_oid,
     )
     return RestoreResult(
         plan=plan,
@@ -365,7 +454,42 @@ def _restore(
         skipped_settings=tuple(swapped.skipped_settings),
         media_root=media_swap.root,
         migrated=prepared.migrations if migrate else None,
+        undo_copy=kept.copy,
+        undo_note=kept.note,
     )
+
+
+def _keep_for_undo(
+    admin: psycopg.Connection,
+    plan: RestorePlan,
+    target: str,
+    replaced: str | None,
+    media_root: Path | None,
+    replaced_media: tuple[Path, ...],
+    progress: Progress,
+    record: bool,
+) -> undo.Kept:
+    """Keeps what the restore replaced for an undo (the alias's own database only); never fails the restore,
+    which is in place by now."""
+    if not record:
+        return undo.Kept(None, (replaced,) if replaced else (), replaced_media)
+    try:
+        kept = undo.keep(
+            admin,
+            target,
+            replaced,
+            dump_path=plan.dump_path,
+            environment=plan.environment,
+            media_root=media_root,
+            replaced_media=replaced_media,
+        )
+    except (psycopg.Error, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        progress(f"Could not keep the replaced database for an undo ({reason}); it is dropped instead")
+        return undo.Kept(None, (replaced,) if replaced else (), replaced_media, f"it could not be kept ({reason})")
+    if kept.copy is not None:
+        progress(f"Kept the replaced database as {kept.copy} for an undo")
+    return kept
 
 
 def _restore_in_place(
@@ -381,11 +505,26 @@ def _restore_in_place(
             )
         owner = databases.restore_owner(admin, target, configured_owner(settings_dict))
         carried = records.restore_times(plan.using) if record else {}
+        for name in finishing.drop_leftovers(admin, target, scratch=False):
+            progress(f"Dropped {name}, left over by an interrupted restore")
         media_swap.start()
         media_swap.wait()  # before the transaction: a failure to unpack leaves the database as it was
         connections[plan.using].close()
-        load.in_place(admin, plan.dump_path, plan.metadata, settings_dict, target, owner, progress)
-        for folder in media_swap.swap(target):  # in place, nothing waits: the old files go now
+        pending, why_not = _copy_for_undo(admin, target, progress) if record else (None, None)
+        try:
+            load.in_place(admin, plan.dump_path, plan.metadata, settings_dict, target, owner, progress)
+        except BaseException:
+            if pending is not None:
+                with contextlib.suppress(psycopg.Error):
+                    databases.drop(admin, pending)
+            raise
+        replaced_media = media_swap.swap(target)
+        kept = _keep_for_undo(admin, plan, target, pending, media_swap.root, replaced_media, progress, record)
+        if why_not:
+            kept = replace(kept, note=why_not)
+        for name in kept.retired:  # in place, nothing waits: what is not kept goes now
+            databases.drop(admin, name)
+        for folder in kept.retired_media:
             media.drop(folder)
     if record:
         carried[plan.dump_path.name] = datetime.now(timezone.utc)
@@ -405,7 +544,26 @@ def _restore_in_place(
         rows=sum(counts.values()),
         source="in place",
         media_root=media_swap.root,
+        undo_copy=kept.copy,
+        undo_note=kept.note,
     )
+
+
+def _copy_for_undo(admin: psycopg.Connection, target: str, progress: Progress) -> tuple[str | None, str | None]:
+    """In place, the database is changed rather than replaced: a copy of it is what an undo can put back.
+    The copy's name, or None and why there is none."""
+    if not conf.UNDO:
+        return None, "SEEDDUMP_UNDO is off"
+    if not databases.may_create(admin):
+        return None, "this role may not create databases, so an in-place restore cannot copy it first"
+    for _attempt in range(3):
+        try:
+            pending = undo.make_pending(admin, target)
+        except psycopg.errors.ObjectInUse:  # a new session came between ending them and the copy
+            continue
+        progress(f"Copied '{target}' to {pending} for an undo")
+        return pending, None
+    return None, "it kept getting new connections while it was being copied"
 
 
 class _MediaSwap:

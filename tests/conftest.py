@@ -23,7 +23,7 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connections
 
-from seeddump import dumpfiles, postgres, snapshots
+from seeddump import dumpfiles, postgres, snapshots, undo
 
 REPO = Path(__file__).resolve().parent.parent
 ALIASES = ["default", "system"]
@@ -65,6 +65,7 @@ def dumps_dir(tmp_path: Path, settings: Any) -> Iterator[Path]:
         with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
             for folder in folders:
                 snapshots.drop_all(admin, folder)
+            undo.drop(admin, connections[alias].settings_dict["NAME"])  # what its restores kept for an undo
 
 
 @dataclass

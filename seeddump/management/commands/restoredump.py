@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -9,11 +10,12 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
-from seeddump import background
+from seeddump import background, dumpfiles
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 from seeddump.management.progress import progress_writer
-from seeddump.restore import RestorePlan, interrupt_on_sigterm, plan_restore, restore
+from seeddump.restore import RestorePlan, find_undo, interrupt_on_sigterm, plan_restore, restore, undo_last
+from seeddump.undo import UndoCopy
 
 
 class Command(BaseCommand):
@@ -25,7 +27,12 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("environment", help="Environment whose latest dump to restore, such as dev.")
+        parser.add_argument("environment", nargs="?", help="Environment whose latest dump to restore, such as dev.")
+        parser.add_argument(
+            "--undo",
+            action="store_true",
+            help="Put back the database (and media folder) the last restore replaced, instead of restoring.",
+        )
         parser.add_argument("--dump", help="Restore this dump file instead of the environment's latest.")
         parser.add_argument(
             "--database", default=DEFAULT_DB_ALIAS, help="Database alias to replace. Defaults to 'default'."
@@ -85,6 +92,10 @@ class Command(BaseCommand):
         if as_json and options["interactive"]:
             raise CommandError("--json needs --no-input: a script cannot answer the confirmation.")
         progress = progress_writer(self, verbosity, to_stderr=as_json)
+        if options["undo"]:
+            return self._undo(options, progress)
+        if not options["environment"]:
+            raise CommandError("Name the environment to restore (such as dev), or pass --undo.")
         if failure := background.last_failure():
             self.stderr.write(
                 self.style.WARNING(
@@ -143,6 +154,10 @@ class Command(BaseCommand):
                         f"Restored its media ({plan.metadata.media.describe()}) into {result.media_root}."
                     )
                 )
+            if result.undo_copy is not None:
+                self.stdout.write("Undo it with: python manage.py restoredump --undo (until the next restore)")
+            elif result.undo_note:
+                self.stdout.write(f"The replaced database is not kept for an undo: {result.undo_note}.")
             if result.followup is not None:
                 self.stdout.write(
                     f"Finishing in the background (pid {result.background_pid}): "
@@ -180,11 +195,75 @@ class Command(BaseCommand):
                 "unknownMigrations": [f"{app}.{name}" for app, name in status.unknown],
                 "migrated": migrated,
                 "skippedSettings": list(result.skipped_settings),
+                "undo": None if result.undo_copy is None else {"database": result.undo_copy},
+                "undoNote": result.undo_note,
                 "media": None
                 if result.media_root is None or plan.metadata.media is None
                 else {"root": str(result.media_root), **plan.metadata.media.to_json()},
             }
             self.stdout.write(json.dumps(document, indent=2))
+
+    _NOT_WITH_UNDO = ("dump", "jobs", "in_place", "migrate", "force", "pull", "offline")
+
+    def _undo(self, options: dict[str, Any], progress: Callable[[str], None]) -> None:
+        given = [name for name in self._NOT_WITH_UNDO if options[name]]
+        if not options["snapshot"]:
+            given.append("no_snapshot")
+        if given:
+            shown = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise CommandError(f"--undo puts back the replaced database as it was; it does not take {shown}.")
+        using = options["database"]
+        try:
+            copy = find_undo(using)
+            if options["interactive"] and not self._confirmed_undo(using, copy):
+                raise CommandError("Undo cancelled; the database was not changed.")
+            with interrupt_on_sigterm():
+                result = undo_last(
+                    using, environment=options["environment"], with_media=options["media"], progress=progress
+                )
+        except SeeddumpError as exc:
+            raise CommandError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise CommandError("Undo interrupted; the database was not changed.") from None
+        if options["json"]:
+            document = {
+                "result": "undone",
+                "database": result.database,
+                "undid": result.copy.replaced_by,
+                "environment": result.copy.environment,
+                "replacedAt": None if result.copy.replaced_at is None else dumpfiles.isoformat(result.copy.replaced_at),
+                "seconds": round(result.seconds, 3),
+                "media": None if result.media_root is None else {"root": str(result.media_root)},
+                "skippedSettings": list(result.skipped_settings),
+            }
+            self.stdout.write(json.dumps(document, indent=2))
+            return
+        if options["verbosity"] >= 1:
+            self.stdout.write(self.style.SUCCESS(f"Put back {result.copy.describe()}, in {result.seconds:.1f}s."))
+            if result.media_root is not None:
+                self.stdout.write(self.style.SUCCESS(f"Put back its media folder {result.media_root}."))
+            self.stdout.write("Nothing more to undo: the undone restore's database was dropped.")
+        if result.skipped_settings:
+            self.stderr.write(
+                self.style.WARNING(
+                    f"'{result.database}' lost {len(result.skipped_settings)} setting(s) this role may not make; "
+                    f"run as a superuser: {'; '.join(result.skipped_settings)}"
+                )
+            )
+
+    def _confirmed_undo(self, using: str, copy: UndoCopy | None) -> bool:
+        if copy is None:
+            return True  # undo_last says there is nothing to undo
+        self.stdout.write(
+            f"This puts back {copy.describe()}"
+            + (" (and its media folder)" if copy.media == "kept" else "")
+            + ".\nEverything in that database now will be lost."
+        )
+        try:
+            answer = input("Type 'yes' to continue, or 'no' to cancel: ")
+        except EOFError:
+            return False
+        return answer.strip().lower() == "yes"
 
     def _report_migrations(
         self, plan: RestorePlan, options: dict[str, Any], before_swap: tuple[str, ...] | None
@@ -238,7 +317,11 @@ class Command(BaseCommand):
             )
             + ".\nEverything in that database"
             + (" and folder" if plan.media_archive else "")
-            + " now will be lost."
+            + (
+                " now is kept until the next restore: python manage.py restoredump --undo puts it back."
+                if conf.UNDO
+                else " now will be lost."
+            )
         )
         try:
             answer = input("Type 'yes' to continue, or 'no' to cancel: ")

@@ -6,21 +6,27 @@ from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
-from seeddump import background, postgres, snapshots
+from seeddump import background, postgres, snapshots, undo
 from seeddump.exceptions import SeeddumpError
 
 
 class Command(BaseCommand):
     # Fast commands that check what they need themselves; `check` and `migrate` report stale dumps.
     requires_system_checks = [Tags.compatibility]  # seeddump.E001: an older Django, said in one line
-    help = "Lists the cached snapshots, ready copies and empty databases of restoredump on the server, or drops them."
+    help = (
+        "Lists the cached snapshots, ready copies, empty databases and databases kept for an undo of restoredump "
+        "on the server, or drops them."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Whose server. Default: 'default'.")
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--prune", action="store_true", help="Drop stale snapshots and those over the limit.")
         group.add_argument(
-            "--drop-all", action="store_true", help="Drop every snapshot and ready copy of this dumps folder."
+            "--drop-all",
+            action="store_true",
+            help="Drop every snapshot and ready copy of this dumps folder, and the database kept to undo the last "
+            "restore of --database.",
         )
         parser.add_argument(
             "--all-folders",
@@ -48,6 +54,8 @@ class Command(BaseCommand):
                     else:
                         with snapshots.snapshot_lock(admin):
                             dropped = snapshots.drop_all(admin) if options["drop_all"] else snapshots.prune(admin)
+                    if options["drop_all"]:
+                        dropped += undo.drop(admin, str(settings_dict.get("NAME") or ""))
                     for name in dropped:
                         self.stdout.write(f"Dropped {name}")
                     if not dropped:
@@ -57,6 +65,8 @@ class Command(BaseCommand):
                 ready = snapshots.list_snapshots(admin, kind=snapshots.READY_PREFIX, all_folders=all_folders)
                 empty = snapshots.list_snapshots(admin, kind=snapshots.EMPTY_PREFIX, all_folders=all_folders)
                 foreign = snapshots.foreign(admin, all_folders=all_folders)
+                kept = undo.list_copies(admin)
+                foreign_undo = undo.foreign(admin)
         except SeeddumpError as exc:
             raise CommandError(str(exc)) from None
         for copy in foreign:
@@ -66,8 +76,21 @@ class Command(BaseCommand):
                     "never used or dropped by seeddump. Drop it yourself if nobody should have made it."
                 )
             )
+        for other in foreign_undo:
+            self.stderr.write(
+                self.style.WARNING(
+                    f"{other.name}  foreign: owned by '{other.owner}', not by the role seeddump connects as; "
+                    "never used or dropped by seeddump. Drop it yourself if nobody should have made it."
+                )
+            )
+        for undo_copy in kept:
+            self.stdout.write(
+                f"{undo_copy.name}  {undo_copy.size_bytes / 1e6:8.1f} MB  (for an undo: {undo_copy.describe()}"
+                + (", with its media folder" if undo_copy.media == "kept" else "")
+                + ")"
+            )
         if not found and not ready and not empty:
-            self.stdout.write("No cached snapshots.")
+            self.stdout.write("No cached snapshots." if not kept else f"No cached snapshots; {_mb(kept)} for undo.")
             return
         for snapshot in found + ready:
             created = f"{snapshot.created:%Y-%m-%d %H:%M} UTC" if snapshot.created else "unknown"
@@ -85,5 +108,11 @@ class Command(BaseCommand):
             )
         total = sum(s.size_bytes for s in found + ready + empty) / 1e6
         self.stdout.write(
-            f"{len(found)} snapshot(s), {len(ready)} ready cop{'y' if len(ready) == 1 else 'ies'}, {total:.1f} MB."
+            f"{len(found)} snapshot(s), {len(ready)} ready cop{'y' if len(ready) == 1 else 'ies'}, {total:.1f} MB"
+            + (f"; {len(kept)} kept for undo, {_mb(kept)}" if kept else "")
+            + "."
         )
+
+
+def _mb(copies: list[undo.UndoCopy]) -> str:
+    return f"{sum(copy.size_bytes for copy in copies) / 1e6:.1f} MB"
