@@ -76,8 +76,8 @@ def test_the_background_drops_the_old_database_and_prepares_the_next_restore(
 ) -> None:
     first = restoredump(alias, dumps_dir)
     assert first["source"] == "pg_restore"
+    assert first["undo"] is not None  # the replaced database is kept for an undo, not dropped
     assert first["background"]["work"] == [
-        "drop the replaced database",
         "cache a snapshot of the dump",
         "prepare a ready copy for the next restore",
         "prepare an empty database for the next pg_restore",
@@ -98,6 +98,7 @@ def test_the_background_drops_the_old_database_and_prepares_the_next_restore(
     Team.objects.using(alias).all().delete()
     second = restoredump(alias, dumps_dir)
     assert second["source"] == "ready copy"
+    assert second["background"]["work"][0] == "drop the replaced database"  # the first's, no longer the last
     assert demo_snapshot(alias) == seeded
     [ready] = cache["ready"]
     assert ready not in database_names(alias)  # it became the database
@@ -113,10 +114,7 @@ def test_the_background_drops_the_old_database_and_prepares_the_next_restore(
 
 def test_a_cold_restore_uses_the_prepared_empty_database(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:
     first = restoredump(alias, dumps_dir, "--no-snapshot")
-    assert first["background"]["work"] == [
-        "drop the replaced database",
-        "prepare an empty database for the next pg_restore",
-    ]
+    assert first["background"]["work"] == ["prepare an empty database for the next pg_restore"]
     wait_for_exit(first["background"]["pid"])
     [empty] = cache_of(alias, dumps_dir)["empty"]
     seeded = demo_snapshot(alias)

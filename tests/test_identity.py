@@ -20,7 +20,7 @@ import pytest
 from django.db import connections
 from psycopg import sql
 
-from seeddump import databases, dumpfiles, finishing, postgres, snapshots
+from seeddump import databases, dumpfiles, finishing, postgres, snapshots, undo
 from seeddump.exceptions import SeeddumpError
 from tests.conftest import database_names, database_url, manage, wait_for_exit
 
@@ -72,7 +72,7 @@ class Server:
             targets = [d.name for d in databases.with_prefix(admin, f"sdt_target_{self.suffix}_", sizes=False)]
             names = set(targets)
             for target in targets:
-                for prefix in (finishing.scratch_prefix(target), finishing.retired_prefix(target)):
+                for prefix in (finishing.scratch_prefix(target), finishing.retired_prefix(target), undo.prefix(target)):
                     names.update(d.name for d in databases.with_prefix(admin, prefix, sizes=False))
             owned = admin.execute(
                 "SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = ANY(%s)",

@@ -25,7 +25,7 @@ from django.test import Client
 
 from project.emblems.models import Emblem
 from project.reality.models import Team
-from seeddump import dumpfiles, media
+from seeddump import dumpfiles, finishing, media
 from tests.conftest import (
     REPO,
     MediaDump,
@@ -65,8 +65,14 @@ def restore(alias: str, *args: str, **options: Any) -> str:
 
 
 def beside(media_root: Path) -> list[str]:
-    """What seeddump may leave beside MEDIA_ROOT: its unpacked and replaced folders."""
+    """What seeddump may leave beside MEDIA_ROOT: its unpacked and replaced folders, and the one kept for an
+    undo (``kept_for_undo``)."""
     return sorted(p.name for p in media_root.parent.iterdir() if p.name.startswith(f".{media_root.name}.seeddump-"))
+
+
+def kept_for_undo(alias: str, media_root: Path) -> list[str]:
+    """Beside MEDIA_ROOT after a restore that replaced it: only the replaced folder, kept for an undo."""
+    return [media.undo_folder(media_root, finishing.tag(connections[alias].settings_dict["NAME"])).name]
 
 
 def assert_untouched(alias: str, media_root: Path, local: dict[str, Any]) -> None:
@@ -104,11 +110,11 @@ def test_round_trip_brings_back_the_rows_and_their_files(
     assert len(emblems) == 2 and Team.objects.using(alias).count() == 2
     for emblem in emblems:  # every FileField value names a file that is there
         assert (media_root / emblem.image.name).read_bytes() == media_dump.files[emblem.image.name]
-    assert beside(media_root) == []  # the replaced folder went with the replaced database
+    assert beside(media_root) == kept_for_undo(alias, media_root)  # the replaced folder, kept with the database
 
     again = restore(alias)  # from the snapshot: the files come back just the same
     assert "from its cached snapshot" in again
-    assert files_of(media_root) == media_dump.files and beside(media_root) == []
+    assert files_of(media_root) == media_dump.files and beside(media_root) == kept_for_undo(alias, media_root)
 
 
 def test_a_media_root_that_does_not_exist_yet_is_made(alias: str, media_dump: MediaDump, media_root: Path) -> None:
@@ -134,7 +140,7 @@ def test_a_linked_media_root_keeps_its_link(alias: str, media_dump: MediaDump, t
 def test_in_place_restore_brings_the_files_too(alias: str, media_dump: MediaDump, media_root: Path, local_work) -> None:
     out = restore(alias, "--in-place")
     assert "in place" in out
-    assert files_of(media_root) == media_dump.files and beside(media_root) == []
+    assert files_of(media_root) == media_dump.files and beside(media_root) == kept_for_undo(alias, media_root)
 
 
 def test_no_media_leaves_the_folder_as_it_is(
@@ -374,7 +380,7 @@ def test_a_kill_during_the_media_swap_leaves_one_complete_folder(
     out = restore(alias, verbosity=2)  # ... the next restore removes, and finishes the job
     assert "left over by an interrupted restore" in out
     assert files_of(media_root) == media_dump.files
-    assert beside(media_root) == []
+    assert beside(media_root) == kept_for_undo(alias, media_root)
 
 
 def test_without_an_atomic_exchange_two_renames_still_swap(
@@ -383,7 +389,7 @@ def test_without_an_atomic_exchange_two_renames_still_swap(
     """Where the system has no renameat2 (macOS, old kernels), the folders are swapped by two renames."""
     monkeypatch.setattr(media, "_renameat2", lambda source, destination, flags: False)
     restore(alias)
-    assert files_of(media_root) == media_dump.files and beside(media_root) == []
+    assert files_of(media_root) == media_dump.files and beside(media_root) == kept_for_undo(alias, media_root)
 
 
 # --- With the team: shared storage, listings, pruning, the admin -------------------------------------------

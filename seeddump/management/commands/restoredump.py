@@ -94,7 +94,7 @@ class Command(BaseCommand):
         progress = progress_writer(self, verbosity, to_stderr=as_json)
         if options["undo"]:
             return self._undo(options, progress)
-        if not options["environment"]:
+        if options["environment"] is None:
             raise CommandError("Name the environment to restore (such as dev), or pass --undo.")
         if failure := background.last_failure():
             self.stderr.write(
