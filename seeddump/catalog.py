@@ -10,11 +10,10 @@ from typing import Any
 import psycopg
 from django.db import DatabaseError
 
-from seeddump import dumpfiles, postgres, records, shared, snapshots
+from seeddump import dumpfiles, postgres, records, shared, snapshots, staleness
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 from seeddump.models import DumpRecord
-from seeddump.staleness import CodeMigrations
 
 
 @dataclass
@@ -25,6 +24,8 @@ class DumpEntry:
     shared: bool = False
     latest: bool = False
     stale: bool = False
+    fits: bool = True  # holds no migration the checked-out code lacks
+    chosen: bool = False  # what ``restoredump ENV`` restores for the checked-out code (staleness.choose)
     snapshot: bool | None = None
     media_missing: bool = False  # the metadata names a media archive that is not beside the local dump
 
@@ -45,6 +46,8 @@ class DumpEntry:
             "shared": self.shared,
             "latest": self.latest,
             "stale": self.stale,
+            "fits": self.fits,
+            "chosen": self.chosen,
             "snapshotCached": self.snapshot,
             "media": None
             if self.metadata.media is None
@@ -75,20 +78,24 @@ def list_entries(
             warnings.append(str(exc))
     ordered = sorted(entries.values(), key=lambda e: (e.created, e.name))
 
-    code = CodeMigrations.load()
+    code = staleness.CodeMigrations.load()
     for entry in ordered:
         missing, unknown = code.compare(entry.metadata.migrations)
-        entry.stale = bool(missing or unknown)
+        entry.stale, entry.fits = bool(missing or unknown), not unknown
     for env in {e.metadata.environment for e in ordered}:
+        chosen = None
         try:
             latest_path = dumpfiles.resolve_latest(directory, env)
             latest_name = latest_path.name
             if note := dumpfiles.newer_note(directory, latest_path):
                 warnings.append(note)
+            choice = staleness.choose(directory, env, code)
+            chosen = choice.dump_path.name if choice.fits else None
         except SeeddumpError:
             latest_name = [e for e in ordered if e.metadata.environment == env][-1].name
         for entry in ordered:
             entry.latest = entry.latest or entry.name == latest_name
+            entry.chosen = entry.chosen or entry.name == chosen
     try:
         with postgres.connect_maintenance(postgres.settings_for(using)) as admin:
             cached = {(s.checksum, s.dump_file) for s in snapshots.list_snapshots(admin)}

@@ -28,8 +28,11 @@ from seeddump.exceptions import SeeddumpError
 
 FORMAT = 1
 ENVIRONMENT_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+# A version is SEEDDUMP_VERSION, a short commit or a fingerprint, marked -dirty-<hex> (``seeddump.versions``).
+_VERSION = r"[0-9A-Za-z]{1,40}(?:-dirty-[0-9a-f]{8})?"
+VERSION_RE = re.compile(_VERSION)
 DUMP_NAME_RE = re.compile(
-    r"^(?P<env>[a-z][a-z0-9_-]{0,31})-seeded-v(?P<version>[0-9A-Za-z]{1,40})"
+    rf"^(?P<env>[a-z][a-z0-9_-]{{0,31}})-seeded-v(?P<version>{_VERSION})"
     r"-(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<serial>\d{1,4}))?\.dump$"
 )
 ARCHIVE_MAGIC = b"PGDMP"
@@ -248,7 +251,7 @@ class Metadata:
             )
         return cls(
             environment=environment,
-            version=text("version", 60, re.compile(r"[0-9A-Za-z]{1,40}")),
+            version=text("version", 60, VERSION_RE),
             timestamp=timestamp,
             checksum=checksum,
             record_counts=dict(counts),

@@ -6,9 +6,7 @@ import contextlib
 import errno
 import json
 import os
-import re
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from seeddump import dumpfiles, media, postgres, records, signing
+from seeddump import dumpfiles, media, postgres, records, signing, versions
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -44,6 +42,7 @@ class GeneratedDump:
     metadata: dumpfiles.Metadata
     recorded: bool
     media_skipped: tuple[str, ...] = ()  # links and special files under MEDIA_ROOT left out of the archive
+    uncommitted_migrations: tuple[str, ...] = ()  # why the version is marked -dirty (see ``versions``)
 
     @property
     def media_path(self) -> Path | None:
@@ -69,27 +68,6 @@ def _out_of_space(directory: Path, file_name: str, needed: int | None) -> Seeddu
         f"The disk of {directory} is full: writing {file_name} failed ({need}{free / 1e6:.1f} MB free). Nothing "
         "was kept of this dump. Free some space (python manage.py prunedumps ENV) and run generatedump again."
     )
-
-
-def project_version(migrations: list[tuple[str, str]]) -> str:
-    """The dump version: the SEEDDUMP_VERSION setting, the project's short git commit, or a fingerprint."""
-    if conf.VERSION:
-        version = str(conf.VERSION)
-        if not re.fullmatch(r"[0-9A-Za-z]{1,40}", version):
-            raise SeeddumpError(f"SEEDDUMP_VERSION {version!r} must be 1 to 40 letters or digits.")
-        return version
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(conf.PROJECT_DIR), "rev-parse", "--short=7", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        result = None
-    if result is not None and result.returncode == 0 and result.stdout.strip().isalnum():
-        return result.stdout.strip()
-    return dumpfiles.migrations_fingerprint(migrations)[:7]
 
 
 def _applied_migrations(conn: psycopg.Connection) -> list[tuple[str, str]]:
@@ -149,7 +127,7 @@ def _generate(
                 f"The {postgres.server_of(settings_dict).describe()} holds no data to dump. Seed it first "
                 "(for example: python manage.py seed), or pass --allow-empty to dump it anyway."
             )
-        version = project_version(migrations)
+        version = versions.project_version(migrations)
         moment = datetime.now(timezone.utc).replace(microsecond=0)
         partial = dumpfiles.new_partial(directory, environment)
         media_partial = dumpfiles.new_partial(directory, environment) if media_root is not None else None
@@ -180,7 +158,7 @@ def _generate(
             progress("Computing the checksum")
             checksum = dumpfiles.sha256_of(partial)
             size = partial.stat().st_size
-            final = dumpfiles.publish(partial, environment, version, moment)
+            final = dumpfiles.publish(partial, environment, version.text, moment)
             published.append(final)
             media_info = None
             if archived is not None and media_partial is not None:
@@ -204,7 +182,7 @@ def _generate(
 
         metadata = dumpfiles.Metadata(
             environment=environment,
-            version=version,
+            version=version.text,
             timestamp=moment,
             checksum=checksum,
             record_counts=counts,
@@ -234,4 +212,10 @@ def _generate(
         raise
     recorded = records.record_dump(using, final, metadata)
     skipped = archived.skipped if archived is not None else ()
-    return GeneratedDump(path=final, metadata=metadata, recorded=recorded, media_skipped=skipped)
+    return GeneratedDump(
+        path=final,
+        metadata=metadata,
+        recorded=recorded,
+        media_skipped=skipped,
+        uncommitted_migrations=version.uncommitted,
+    )

@@ -70,6 +70,9 @@ class _Seeding:
             names[alias] = seeded.name
             self.made.add((alias, seeded.name))
             self.built.append(seeded.describe())
+            for note in (f"seeddump: {note}" for note in seeded.notes):
+                if note not in self.notes:
+                    self.notes.append(note)
             if seeded.status.stale:
                 note = seeded.status.message()
                 if seeded.migrated:

@@ -123,8 +123,10 @@ def plan_restore(
 ) -> RestorePlan:
     """Finds the dump, reads its metadata and verifies its checksum, all before touching any database.
 
-    A dump holding migrations the code does not have is refused unless ``force``: the code could not
-    run against it, and ``migrate`` cannot undo migrations it does not know.
+    Without ``dump``, the environment's latest dump is restored, or, when it holds migrations the code does
+    not have (made on another branch), the newest one that holds none (``staleness.choose``). A dump
+    holding migrations the code does not have is refused unless ``force``: the code could not run against
+    it, and ``migrate`` cannot undo migrations it does not know.
 
     With a shared storage configured (SEEDDUMP_STORAGE), ``shared_storage`` is "auto" (use a newer shared
     dump when the storage answers), "pull" (the storage must answer) or "offline" (never ask it).
@@ -155,8 +157,11 @@ def _plan(environment: str, dump: str | Path | None, using: str, force: bool) ->
         dump_path = dumpfiles.check_dump_path(Path(dump), directory)
         notes: tuple[str, ...] = ()
     else:
-        dump_path = dumpfiles.resolve_latest(directory, environment)
-        note = dumpfiles.newer_note(directory, dump_path)
+        choice = staleness.choose(directory, environment)
+        if not choice.fits and not force:
+            raise SeeddumpError(choice.refusal())
+        dump_path = choice.dump_path
+        note = choice.note() or dumpfiles.newer_note(directory, dump_path)
         notes = (note,) if note else ()
     metadata = dumpfiles.read_metadata(dump_path)
     signing.check(metadata, dump_path.name)

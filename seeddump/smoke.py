@@ -45,7 +45,7 @@ from django.db import connections
 from django.urls import NoReverseMatch, reverse
 from django.utils.module_loading import import_string
 
-from seeddump import databases, dumpfiles, media, postgres, restore
+from seeddump import databases, dumpfiles, media, postgres, restore, staleness
 from seeddump.conf import conf
 from seeddump.dumps import BOOKKEEPING_TABLES
 from seeddump.exceptions import SeeddumpError
@@ -367,12 +367,15 @@ class SmokeTest:
 
     def _check_latest(self) -> str:
         try:
-            self.dump_path = dumpfiles.resolve_latest(conf.DIR, self.environment)
-            self.metadata = dumpfiles.read_metadata(self.dump_path)
+            choice = staleness.choose(conf.DIR, self.environment)  # the dump restoredump would restore
         except SeeddumpError as exc:
             return self._missing(str(exc))
+        if not choice.fits:
+            return self._missing(choice.refusal())
+        self.dump_path, self.metadata = choice.dump_path, choice.status.metadata
         taken = dumpfiles.isoformat(self.metadata.timestamp)
-        return f"{self.dump_path.name}: {self.metadata.total_rows} rows, taken {taken}"
+        why = " (the latest holds migrations this code does not have)" if choice.passed_over else ""
+        return f"{self.dump_path.name}{why}: {self.metadata.total_rows} rows, taken {taken}"
 
     # --- 2. database ----------------------------------------------------------------------------
 

@@ -124,6 +124,69 @@ def status_of(dump_path: Path, metadata: dumpfiles.Metadata, code: CodeMigration
     return DumpStatus(metadata.environment, dump_path, metadata, missing, unknown)
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The dump of an environment to restore for the checked-out code (see ``choose``)."""
+
+    status: DumpStatus  # the chosen dump; when nothing fits, the latest
+    passed_over: tuple[DumpStatus, ...]  # newer dumps (the latest first) holding migrations the code lacks
+    fits: bool  # the chosen dump holds no migration the code lacks
+
+    @property
+    def dump_path(self) -> Path:
+        return self.status.dump_path
+
+    def note(self) -> str | None:
+        """Why the chosen dump is not the latest, when it is not."""
+        if not self.fits or not self.passed_over:
+            return None
+        latest = self.passed_over[0]
+        others = len(self.passed_over) - 1
+        return (
+            f"Restoring {self.dump_path.name}, the newest {self.status.environment} dump this code can run: "
+            f"the latest, {latest.dump_path.name}, holds {_count(latest.unknown)} it does not have "
+            f"({_names(latest.unknown)})"
+            + (f", and so do {others} newer dump(s)" if others else "")
+            + "; it was made on another branch or a newer checkout."
+        )
+
+    def refusal(self) -> str:
+        latest = self.status
+        older = len(self.passed_over) - 1
+        return (
+            f"No {latest.environment} dump fits this code: the latest, {latest.dump_path.name}, holds "
+            f"{_count(latest.unknown)} this code does not have ({_names(latest.unknown)})"
+            + (f", and so do the {older} other dump(s) of {latest.environment}" if older else "")
+            + ". They were made on another branch or a newer checkout. Check out matching code, or make a dump "
+            f"for this code with: python manage.py generatedump {latest.environment} (--force restores the latest "
+            "anyway)."
+        )
+
+
+def choose(directory: Path, environment: str, code: CodeMigrations | None = None) -> Choice:
+    """The dump of ``environment`` to restore for the checked-out code: the latest, unless it holds
+    migrations the code does not have (made on another branch); then the newest dump in the folder that
+    holds none (the code's newer migrations can be applied to it). Dumps whose metadata cannot be read
+    are passed over; the chosen one is verified by the restore like any other."""
+    code = code or CodeMigrations.load()
+    latest_path = dumpfiles.resolve_latest(directory, environment)
+    latest = status_of(latest_path, dumpfiles.read_metadata(latest_path), code)
+    if not latest.unknown:
+        return Choice(latest, (), fits=True)
+    passed_over = [latest]
+    for path in reversed(dumpfiles.list_dumps(directory, environment)):
+        if path.name == latest_path.name:
+            continue
+        try:
+            status = status_of(path, dumpfiles.read_metadata(path), code)
+        except SeeddumpError:
+            continue
+        if not status.unknown:
+            return Choice(status, tuple(passed_over), fits=True)
+        passed_over.append(status)
+    return Choice(latest, tuple(passed_over), fits=False)
+
+
 def latest_statuses(directory: Path) -> tuple[list[DumpStatus], list[str]]:
     """The status of the latest dump of every environment in ``directory``, and the problems reading them."""
     statuses, errors = [], []

@@ -51,6 +51,7 @@ class Seeded:
     migrated: int  # migrations applied on top of the dump
     source: str  # how it was made: "pg_restore", "snapshot" (a copy of the cached one), or "kept"
     seconds: float
+    notes: tuple[str, ...] = ()  # worth telling at the end of the session (which dump was chosen, and why)
 
     def describe(self) -> str:
         if self.reused:
@@ -123,7 +124,8 @@ def build(environment: str, alias: str, *, reuse: bool, progress: Progress = _qu
             with postgres.connect(settings_dict, name) as conn:
                 counts = postgres.count_rows(conn)
             databases.label(admin, name, _label(checksum, counts))
-    return Seeded(alias, name, plan.status, reused, migrated, source, time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    return Seeded(alias, name, plan.status, reused, migrated, source, elapsed, notes=plan.notes)
 
 
 def forget(alias: str, name: str) -> None:

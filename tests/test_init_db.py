@@ -15,6 +15,7 @@ import pytest
 from django.conf import settings
 
 from project import embedded
+from seeddump import dumpfiles
 from tests.conftest import REPO, MediaDump, copy_dump
 from tests.test_refusals import _flip_byte
 
@@ -74,7 +75,14 @@ def dev_dump(seeded_dumps: dict[str, Path], image_env: dict[str, str]) -> Path:
     return copy_dump(seeded_dumps["default"], Path(image_env["SEEDDUMP_DUMPS_DIR"]))
 
 
-def test_restores_the_latest_dump(image_env: dict[str, str], dev_dump: Path) -> None:
+@pytest.mark.parametrize("version", ["committed", "dirty"])
+def test_restores_the_latest_dump(image_env: dict[str, str], dev_dump: Path, version: str) -> None:
+    if version == "dirty":  # made from uncommitted migrations: v<commit>-dirty-<hex> (seeddump.versions)
+        dirty = dev_dump.with_name(re.sub(r"-seeded-v([0-9a-f]+)-", r"-seeded-v\1-dirty-0123abcd-", dev_dump.name))
+        dev_dump.rename(dirty)
+        dumpfiles.metadata_path(dev_dump).rename(dumpfiles.metadata_path(dirty))
+        dumpfiles.point_latest(dirty, "dev")
+        dev_dump = dirty
     result = run_script(image_env)
 
     assert result.returncode == 0, result.stderr

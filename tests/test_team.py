@@ -185,7 +185,7 @@ def test_listdumps_agrees_with_the_files(alias: str, dumps_dir: Path, settings) 
     assert dumps[first.name]["totalRecords"] == sum(dumpfiles.read_metadata(first).record_counts.values())
     assert all(d["local"] and not d["shared"] and not d["stale"] for d in dumps.values())
     text = run_command("listdumps", "dev", database=alias).out
-    assert first.name in text and "latest,snapshot" in text
+    assert first.name in text and "latest,chosen,snapshot" in text
 
 
 def test_prunedumps_keeps_exactly_n_and_the_latest(alias: str, dumps_dir: Path, settings) -> None:

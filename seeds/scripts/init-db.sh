@@ -58,7 +58,7 @@ seeddump_init_db() (
   case "$target" in
     */*) fail "$link points outside the dumps folder ($target)" ;;
   esac
-  [[ "$target" =~ ^$env_name-seeded-v[0-9A-Za-z]+-[0-9]{8}T[0-9]{6}Z(-[0-9]+)?\.dump$ ]] ||
+  [[ "$target" =~ ^$env_name-seeded-v[0-9A-Za-z]+(-dirty-[0-9a-f]{8})?-[0-9]{8}T[0-9]{6}Z(-[0-9]+)?\.dump$ ]] ||
     fail "$link points at '$target', which is not a $env_name dump"
   local dump="$dumps_dir/$target"
   local metadata="${dump%.dump}.metadata.json"

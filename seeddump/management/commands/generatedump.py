@@ -70,6 +70,15 @@ class Command(BaseCommand):
                     f"archive ({shown}): only plain files and folders travel with a dump."
                 )
             )
+        if result.uncommitted_migrations:
+            uncommitted = result.uncommitted_migrations
+            shown = ", ".join(uncommitted[:3]) + (f" and {len(uncommitted) - 3} more" if len(uncommitted) > 3 else "")
+            self.stderr.write(
+                self.style.WARNING(
+                    f"The database has migrations whose files are not committed ({shown}): the dump's version "
+                    f"is {metadata.version}, so that it is never taken for a dump of the committed code."
+                )
+            )
         if as_json:
             document = {
                 "path": str(result.path),

@@ -12,7 +12,10 @@ from seeddump.exceptions import SeeddumpError
 
 
 class Command(BaseCommand):
-    help = "Lists every dump, local and shared, with whether it is the latest, stale, or cached as a snapshot."
+    help = (
+        "Lists every dump, local and shared, with whether it is the latest, the one restoredump chooses for this "
+        "code, stale, made on another branch, or cached as a snapshot."
+    )
     requires_system_checks = [Tags.compatibility]  # seeddump.E001: an older Django, said in one line
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -47,7 +50,9 @@ class Command(BaseCommand):
                 f
                 for f, on in (
                     ("latest", e.latest),
+                    ("chosen", e.chosen),
                     ("stale", e.stale),
+                    ("other-branch", not e.fits),
                     ("snapshot", e.snapshot),
                     ("media-missing", e.media_missing),
                 )
