@@ -16,6 +16,7 @@ Putting the copy back is ``restore.undo_last``: the same swap as a restore, unde
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ import psycopg
 
 from seeddump import databases, dumpfiles, finishing, media
 from seeddump.conf import conf
+from seeddump.exceptions import SeeddumpError
 
 PREFIX = "seeddump_undo_"
 KIND = "undo"
@@ -113,6 +115,9 @@ def retire(admin: psycopg.Connection, target: str, media_root: Path | None) -> t
         except psycopg.errors.InsufficientPrivilege:
             databases.drop(admin, copy.name)
     folders = []
+    if media_root is None:  # a restore that leaves the files alone: a folder kept before undoes nothing now
+        with contextlib.suppress(SeeddumpError):
+            media_root = media.media_root()
     if media_root is not None and (folder := media.retire_undo(media_root, finishing.tag(target))) is not None:
         folders.append(folder)
     return retired, folders

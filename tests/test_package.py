@@ -15,7 +15,7 @@ from django.conf import settings as django_settings
 from django.db import connections
 from psycopg import sql
 
-from seeddump import postgres, snapshots
+from seeddump import postgres, snapshots, undo
 from tests.conftest import REPO, run_bounded, shell_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(databases="__all__")]
@@ -88,6 +88,7 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     yield folder, name
     with postgres.connect_maintenance(system) as admin:
         snapshots.drop_all(admin, folder / "seeds" / "dumps")
+        undo.drop(admin, name)
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 

@@ -29,15 +29,12 @@ from tests.conftest import (
 )
 from tests.test_identity import Server, identity, restoredump, team_names
 from tests.test_identity import server as server_fixture
+from tests.test_media import beside, restore
 from tests.test_preswap import restore_with_a_ready_copy_left
 
 server = server_fixture  # a fixture of test_identity's, used here by name
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
-
-
-def restore(alias: str, *args: str, **options: Any) -> str:
-    return run_command("restoredump", "dev", *args, database=alias, interactive=False, **options).out
 
 
 def undo_restore(alias: str, *args: str, **options: Any) -> str:
@@ -125,16 +122,22 @@ def test_only_the_last_restore_is_kept_and_undone(alias: str, seeded_dump: Path)
     assert as_it_was(alias) == between
 
 
-def test_undo_brings_back_the_media_folder(
+@pytest.fixture
+def media_dump_over_notes(
     alias: str, media_dumps: dict[str, MediaDump], dumps_dir: Path, media_root: Path
-) -> None:
+) -> MediaDump:
+    """The session's dump with media as dev's latest, and a MEDIA_ROOT holding the developer's own notes."""
     copy_dump(media_dumps[alias].path, dumps_dir)
     media_root.mkdir()
     (media_root / "notes.txt").write_text("my notes")
+    return media_dumps[alias]
+
+
+def test_undo_brings_back_the_media_folder(alias: str, media_dump_over_notes: MediaDump, media_root: Path) -> None:
     before = local_work(alias)
 
     restore(alias)
-    assert files_of(media_root) == media_dumps[alias].files
+    assert files_of(media_root) == media_dump_over_notes.files
     assert beside(media_root) == [f".media.seeddump-undo.{finishing.tag(connections[alias].settings_dict['NAME'])}"]
     assert kept_copies(alias)[0].media == "kept"
 
@@ -157,10 +160,6 @@ def test_undo_of_a_restore_that_made_the_media_folder_removes_it(
     undo_restore(alias)
 
     assert not media_root.exists() and beside(media_root) == []
-
-
-def beside(media_root: Path) -> list[str]:
-    return sorted(p.name for p in media_root.parent.iterdir() if p.name.startswith(f".{media_root.name}.seeddump-"))
 
 
 @pytest.mark.usefixtures("dumps_dir", "seeded_dump")
@@ -284,3 +283,15 @@ def test_the_background_work_does_not_record_a_restore_that_was_undone(alias: st
 
     assert f"Did not record the restore for the admin: '{result.database}' was replaced since" in said
     assert as_it_was(alias) == before
+
+
+def test_a_restore_that_leaves_the_files_alone_drops_the_folder_kept_before(
+    alias: str, media_dump_over_notes: MediaDump, media_root: Path
+) -> None:
+    restore(alias)  # keeps the folder with the notes for an undo
+
+    restore(alias, "--no-media")  # the database only: the kept folder no longer undoes the last restore
+
+    assert beside(media_root) == []
+    undo_restore(alias)
+    assert files_of(media_root) == media_dump_over_notes.files  # that restore left the files alone; so does its undo
