@@ -510,7 +510,7 @@ def _restore_in_place(
             )
         owner = databases.restore_owner(admin, target, configured_owner(settings_dict))
         carried = records.restore_times(plan.using) if record else {}
-        for name in finishing.drop_leftovers(admin, target, scratch=False):
+        for name in finishing.drop_leftovers(admin, target, scratch=False) + undo.drop_pending(admin, target):
             progress(f"Dropped {name}, left over by an interrupted restore")
         media_swap.start()
         media_swap.wait()  # before the transaction: a failure to unpack leaves the database as it was

@@ -6,6 +6,9 @@ that it stays exactly as it was, owned by the role seeddump connects as, and lab
 when it was replaced and by which dump. When the restore also replaced MEDIA_ROOT, the replaced folder is
 kept beside it as ``.<media>.seeddump-undo.<tag>`` (``seeddump.media``).
 
+A restore in place changes the target rather than replacing it, so it first copies the target under the
+same prefix, labelled pending, and keeps that copy only once its transaction commits.
+
 One generation per target: the next restore of it retires the kept copy (renamed like a replaced database,
 and dropped with it), and so does an undo, so a second undo finds nothing. SEEDDUMP_UNDO = False keeps
 nothing. As with every database seeddump makes, only one the connecting role owns is ever used or dropped:
@@ -30,6 +33,7 @@ from seeddump.exceptions import SeeddumpError
 
 PREFIX = "seeddump_undo_"
 KIND = "undo"
+PENDING = "undo-pending"  # an in-place restore's copy of the target, until the restore commits
 
 
 def prefix(target: str) -> str:
@@ -137,6 +141,7 @@ def keep(
     as the target's undo copy, retiring the earlier one. ``media_root`` is the media folder the restore
     swapped (None: it left the files alone), ``replaced_media`` the folder it replaced there, if any."""
     retired, retired_media = retire(admin, target, media_root)
+    drop_pending(admin, target, but=replaced)
     if replaced is None or not conf.UNDO:
         note = None if replaced is None else "SEEDDUMP_UNDO is off"
         return Kept(None, (*retired, *([replaced] if replaced else [])), (*retired_media, *replaced_media), note)
@@ -166,13 +171,24 @@ def keep(
 
 
 def make_pending(admin: psycopg.Connection, target: str) -> str:
-    """For a restore in place: copies ``target`` (closed) under a replaced name before it is changed, to be
-    kept by ``keep`` once the restore commits (and dropped with the replaced databases if it does not).
+    """For a restore in place: copies ``target`` (closed, labelled pending) before it is changed, to be kept by
+    ``keep`` once the restore commits; one a killed restore left is dropped by the next (``drop_pending``).
     Ends the target's sessions first: a database in use cannot be copied. Needs CREATEDB."""
-    name = finishing.retired_prefix(target) + secrets.token_hex(4)
+    name = prefix(target) + secrets.token_hex(4)
     databases.end_sessions(admin, target)
     databases.clone(admin, target, name, closed=True)
+    databases.label(admin, name, {"seeddump": PENDING, "database": target})
     return name
+
+
+def drop_pending(admin: psycopg.Connection, target: str, *, but: str | None = None) -> list[str]:
+    """Drops the pending copies of ``target`` (ours) that killed in-place restores left, all but ``but``.
+    Call it holding the target's lock: a running in-place restore's copy looks the same."""
+    dropped = []
+    for database in databases.ours(admin, prefix(target), sizes=False):
+        if database.label.get("seeddump") == PENDING and database.name != but and databases.drop(admin, database.name):
+            dropped.append(database.name)
+    return dropped
 
 
 def drop(admin: psycopg.Connection, target: str) -> list[str]:

@@ -295,3 +295,18 @@ def test_a_restore_that_leaves_the_files_alone_drops_the_folder_kept_before(
     assert beside(media_root) == []
     undo_restore(alias)
     assert files_of(media_root) == media_dump_over_notes.files  # that restore left the files alone; so does its undo
+
+
+@pytest.mark.usefixtures("dumps_dir", "seeded_dump")
+def test_the_copy_a_killed_in_place_restore_left_is_never_put_back_and_is_dropped(alias: str) -> None:
+    target = connections[alias].settings_dict["NAME"]
+    connections[alias].close()
+    with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
+        left = undo.make_pending(admin, target)  # as an in-place restore killed before its commit leaves it
+
+    with pytest.raises(CommandError, match="Nothing to undo"):
+        undo_restore(alias)
+
+    out = restore(alias, "--in-place", verbosity=2)
+    assert f"Dropped {left}, left over by an interrupted restore" in out
+    assert left not in {copy.name for copy in kept_copies(alias)} and len(kept_copies(alias)) == 1
