@@ -155,15 +155,16 @@ def _plan(environment: str, dump: str | Path | None, using: str, force: bool) ->
         dumpfiles.remove_abandoned_partials(directory)  # a killed download's, or a killed generatedump's
     if dump is not None:
         dump_path = dumpfiles.check_dump_path(Path(dump), directory)
+        metadata = dumpfiles.read_metadata(dump_path)
+        status = staleness.status_of(dump_path, metadata)
         notes: tuple[str, ...] = ()
     else:
         choice = staleness.choose(directory, environment)
         if not choice.fits and not force:
             raise SeeddumpError(choice.refusal())
-        dump_path = choice.dump_path
+        dump_path, metadata, status = choice.dump_path, choice.status.metadata, choice.status
         note = choice.note() or dumpfiles.newer_note(directory, dump_path)
         notes = (note,) if note else ()
-    metadata = dumpfiles.read_metadata(dump_path)
     signing.check(metadata, dump_path.name)
     check_not_protected(metadata.environment)
     if metadata.environment != environment:
@@ -171,7 +172,6 @@ def _plan(environment: str, dump: str | Path | None, using: str, force: bool) ->
             f"{dump_path.name} is a '{metadata.environment}' dump, not '{environment}'. "
             f"Run: python manage.py restoredump {metadata.environment} --dump {dump_path}"
         )
-    status = staleness.status_of(dump_path, metadata)
     if status.unknown and not force:
         raise SeeddumpError(
             f"{dump_path.name} holds {len(status.unknown)} migration(s) this code does not have "
@@ -278,10 +278,6 @@ def restore(
     return result
 
 
-def _target(plan: RestorePlan, settings_dict: Mapping[str, Any]) -> str:
-    return _target_of(plan.using, settings_dict)
-
-
 def _target_of(using: str, settings_dict: Mapping[str, Any]) -> str:
     check_target_not_protected(settings_dict)
     target = str(settings_dict.get("NAME") or "")
@@ -380,7 +376,7 @@ def _restore(
     migrate: bool,
 ) -> RestoreResult:
     started = time.monotonic()
-    target = _target(plan, settings_dict)
+    target = _target_of(plan.using, settings_dict)
     metadata = plan.metadata
 
     with postgres.connect_maintenance(settings_dict) as admin, target_lock(admin, target, progress):
@@ -501,7 +497,7 @@ def _restore_in_place(
     plan: RestorePlan, settings_dict: Mapping[str, Any], progress: Progress, record: bool, media_swap: _MediaSwap
 ) -> RestoreResult:
     started = time.monotonic()
-    target = _target(plan, settings_dict)
+    target = _target_of(plan.using, settings_dict)
     with postgres.connect_maintenance(settings_dict) as admin, target_lock(admin, target, progress):
         if not databases.exists(admin, target):
             raise SeeddumpError(

@@ -10,7 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
@@ -362,3 +362,35 @@ def spy_bin(alias: str, tmp_path: Path, settings) -> Iterator[Path]:
     settings.SEEDDUMP_PG_BIN_DIRS = [folder]
     yield log
     postgres._probe.cache_clear()
+
+
+@pytest.fixture
+def reality_migrations(tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Path]]:
+    """Makes the demo's reality migrations those of another checkout or branch: ``copy(package, folder)`` copies
+    them into ``folder/package`` (default: the test's tmp_path), importable and the app's MIGRATION_MODULES."""
+    made: list[str] = []
+
+    def copy(package: str, folder: Path | None = None) -> Path:
+        folder = folder or tmp_path
+        target = folder / package
+        shutil.copytree(
+            REPO / "project" / "reality" / "migrations", target, ignore=shutil.ignore_patterns("__pycache__")
+        )
+        monkeypatch.syspath_prepend(str(folder))
+        settings.MIGRATION_MODULES = {"reality": package}
+        made.append(package)
+        return target
+
+    yield copy
+    for name in [name for name in sys.modules if name.split(".")[0] in made]:
+        del sys.modules[name]  # the next test's copy is another folder
+
+
+def write_reality_migration(package: Path, name: str, operations: str, preamble: str = "") -> None:
+    """A migration ``name`` after reality.0002_node_rank in ``package``, with these operations (Python source)."""
+    (package / f"{name}.py").write_text(
+        f"from django.db import migrations\n\n{preamble}\n"
+        "class Migration(migrations.Migration):\n"
+        "    dependencies = [('reality', '0002_node_rank')]\n"
+        f"    operations = {operations}\n"
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.test import Client
 
 from seeddump.models import DumpRecord
-from tests.conftest import REPO, run_command
+from tests.conftest import run_command, write_reality_migration
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,7 +48,7 @@ def test_admin_lists_dumps_read_only(dumps_dir: Path, admin_client_default: Clie
 
 
 def test_the_schema_column_sees_migrations_written_while_the_server_runs(
-    dumps_dir: Path, admin_client_default: Client, tmp_path: Path, settings, monkeypatch: pytest.MonkeyPatch
+    dumps_dir: Path, admin_client_default: Client, reality_migrations: Callable[..., Path]
 ) -> None:
     """A dump made on a branch with a migration this checkout does not have yet is stale ("unknown"); once the
     migration is written (the branch is checked out) the same running server shows it current."""
@@ -59,16 +59,8 @@ def test_the_schema_column_sees_migrations_written_while_the_server_runs(
     record.save()
     assert "stale: 1 unknown" in admin_client_default.get("/admin/seeddump/dumprecord/").content.decode()
 
-    package = tmp_path / "future_migrations"  # the app's migrations as the checked-out branch has them
-    shutil.copytree(REPO / "project" / "reality" / "migrations", package, ignore=shutil.ignore_patterns("__pycache__"))
-    (package / "0003_future.py").write_text(
-        "from django.db import migrations\n\n\n"
-        "class Migration(migrations.Migration):\n"
-        "    dependencies = [('reality', '0002_node_rank')]\n"
-        "    operations = []\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    settings.MIGRATION_MODULES = {"reality": "future_migrations"}
+    package = reality_migrations("future_migrations")  # the app's migrations as the checked-out branch has them
+    write_reality_migration(package, "0003_future", "[]")
 
     html = admin_client_default.get("/admin/seeddump/dumprecord/").content.decode()
     assert "stale: 1 unknown" not in html and ">current<" in html

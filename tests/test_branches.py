@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from django.db import connections
 
 from project.reality.models import Team
 from seeddump import dumpfiles, testdatabases
-from tests.conftest import REPO, MediaDump, copy_dump, manage, run_command
+from tests.conftest import MediaDump, copy_dump, manage, run_command, write_reality_migration
 from tests.test_stale import FOREIGN, MISSING, column_exists, dump_behind_the_code, migrate, migrated_back_at_the_end
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -113,29 +111,19 @@ def git(folder: Path, *args: str) -> str:
 
 
 @pytest.fixture
-def project_checkout(tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def project_checkout(tmp_path: Path, settings: Any, reality_migrations: Callable[..., Path]) -> Path:
     """A git checkout of its own holding the demo's reality migrations, committed, as the project's."""
     checkout = tmp_path / "checkout"
-    package = checkout / "branch_migrations"
-    shutil.copytree(REPO / "project" / "reality" / "migrations", package, ignore=shutil.ignore_patterns("__pycache__"))
+    reality_migrations("branch_migrations", checkout)
     git(checkout, "init", "-q")
     git(checkout, "add", ".")
     git(checkout, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "reality migrations")
-    monkeypatch.syspath_prepend(str(checkout))
-    settings.MIGRATION_MODULES = {"reality": "branch_migrations"}
     settings.SEEDDUMP_PROJECT_DIR = checkout
-    yield checkout
-    for name in [name for name in sys.modules if name.split(".")[0] == "branch_migrations"]:
-        del sys.modules[name]  # the next test's checkout is another folder
+    return checkout
 
 
 def add_migration(checkout: Path, sql: str) -> None:
-    (checkout / "branch_migrations" / "0003_local.py").write_text(
-        "from django.db import migrations\n\n\n"
-        "class Migration(migrations.Migration):\n"
-        "    dependencies = [('reality', '0002_node_rank')]\n"
-        f"    operations = [migrations.RunSQL({sql!r}, 'SELECT 1')]\n"
-    )
+    write_reality_migration(checkout / "branch_migrations", "0003_local", f"[migrations.RunSQL({sql!r}, 'SELECT 1')]")
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ migration or a hook that fails leaves the target exactly as it was, and says whi
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from django.db import connections
 from project.reality.models import Team
 from seeddump import finishing, postgres
 from seeddump import restore as restore_module
-from tests.conftest import REPO, demo_snapshot, leftovers, run_command
+from tests.conftest import demo_snapshot, leftovers, run_command, write_reality_migration
 from tests.test_stale import MISSING, column_exists, dump_behind_the_code, migrate, migrated_back_at_the_end
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -44,20 +44,14 @@ def test_migrations_are_applied_before_the_swap(alias: str) -> None:
 
 
 @pytest.fixture
-def failing_migration(tmp_path: Path, settings: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+def failing_migration(reality_migrations: Callable[..., Path]) -> str:
     """The code gains a migration that fails (as a data migration that meets unexpected rows would)."""
-    package = tmp_path / "failing_migrations"
-    shutil.copytree(REPO / "project" / "reality" / "migrations", package, ignore=shutil.ignore_patterns("__pycache__"))
-    (package / "0003_fails.py").write_text(
-        "from django.db import migrations\n\n\n"
-        "def fail(apps, schema_editor):\n"
-        "    raise ValueError('a team has no region')\n\n\n"
-        "class Migration(migrations.Migration):\n"
-        "    dependencies = [('reality', '0002_node_rank')]\n"
-        "    operations = [migrations.RunPython(fail)]\n"
+    write_reality_migration(
+        reality_migrations("failing_migrations"),
+        "0003_fails",
+        "[migrations.RunPython(fail)]",
+        preamble="\ndef fail(apps, schema_editor):\n    raise ValueError('a team has no region')\n\n",
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    settings.MIGRATION_MODULES = {"reality": "failing_migrations"}
     return "reality.0003_fails"
 
 
