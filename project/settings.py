@@ -92,6 +92,13 @@ if "SEEDDUMP_STORAGE_TIMEOUT" in env:
 if "SEEDDUMP_LOCK_TIMEOUT" in env:
     SEEDDUMP_LOCK_TIMEOUT = env.int("SEEDDUMP_LOCK_TIMEOUT")
 SEEDDUMP_READY_COPIES = env.bool("SEEDDUMP_READY_COPIES", default=True)
+if "SEEDDUMP_CLONES" in env:  # unset: clones when the server shows it can make them
+    SEEDDUMP_CLONES = env.bool("SEEDDUMP_CLONES")
+if "SEEDDUMP_CACHE_MAX_SIZE" in env:
+    SEEDDUMP_CACHE_MAX_SIZE = env.int("SEEDDUMP_CACHE_MAX_SIZE")
+if "SEEDDUMP_MIN_FREE_DISK" in env:  # bytes, or "none": not checked
+    _free = env.str("SEEDDUMP_MIN_FREE_DISK")
+    SEEDDUMP_MIN_FREE_DISK = None if _free.lower() == "none" else int(_free)
 SEEDDUMP_SMOKE_API_URLS = env.list("SEEDDUMP_SMOKE_API_URLS", default=["/api/teams/", "/api/agents/", "/api/nodes/"])
 for _name in ("SEEDDUMP_SMOKE_PAGES", "SEEDDUMP_SMOKE_LOGIN_PAGES", "SEEDDUMP_SMOKE_IGNORE_TABLES"):
     if _name in env:

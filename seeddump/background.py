@@ -175,6 +175,9 @@ def _effective_settings() -> dict[str, Any]:
         "SEEDDUMP_LOCK_TIMEOUT": conf.LOCK_TIMEOUT,
         "SEEDDUMP_SNAPSHOTS_KEEP": conf.SNAPSHOTS_KEEP,
         "SEEDDUMP_READY_COPIES": conf.READY_COPIES,
+        "SEEDDUMP_CLONES": conf.CLONES,
+        "SEEDDUMP_CACHE_MAX_SIZE": conf.CACHE_MAX_SIZE,
+        "SEEDDUMP_MIN_FREE_DISK": conf.MIN_FREE_DISK,
         "SEEDDUMP_OWNER": conf.OWNER,
     }
 
@@ -230,4 +233,12 @@ def main() -> None:
     except SeeddumpError as exc:
         log(f"failed: {exc} The next restore tidies up.")
         sys.exit(1)
-    log(_DONE)
+    log(f"{_DONE} (peak memory {_peak_memory_mb():.0f} MB)")
+
+
+def _peak_memory_mb() -> float:
+    """This process's peak resident memory, or its largest child's (pg_restore) if larger (Linux: kB)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return max(own.ru_maxrss, children.ru_maxrss) / 1024

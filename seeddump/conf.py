@@ -109,6 +109,26 @@ class Settings:
         return bool(getattr(settings, "SEEDDUMP_READY_COPIES", True))
 
     @property
+    def CLONES(self) -> bool | None:
+        """Copy databases as copy-on-write clones (PostgreSQL 18's file_copy_method = clone): None (the default)
+        when the server shows it can, True always on PostgreSQL 18, False never."""
+        value = getattr(settings, "SEEDDUMP_CLONES", None)
+        return None if value is None else bool(value)
+
+    @property
+    def CACHE_MAX_SIZE(self) -> int | None:
+        """Bytes the snapshot cache (snapshots, ready copies, builds) may hold on a server; None: no bound."""
+        value = getattr(settings, "SEEDDUMP_CACHE_MAX_SIZE", None)
+        return None if value is None else int(value)
+
+    @property
+    def MIN_FREE_DISK(self) -> int | None:
+        """Bytes that must stay free on the server's disk after the cache makes a copy (checked when the
+        server's data directory is on this machine); None: not checked."""
+        value = getattr(settings, "SEEDDUMP_MIN_FREE_DISK", 1024**3)
+        return None if value is None else int(value)
+
+    @property
     def UNDO(self) -> bool:
         """Keep the database (and media folder) a restore replaced, closed, until the next restore of it, so that
         ``restoredump --undo`` can put it back."""

@@ -302,6 +302,12 @@ def exists(admin: psycopg.Connection, name: str) -> bool:
     return bool(found)
 
 
+def size_of(admin: psycopg.Connection, name: str) -> int:
+    """The database's size on disk in bytes (0 if there is none)."""
+    row = admin.execute("SELECT pg_database_size(oid) FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def oid_of(admin: psycopg.Connection, name: str) -> int | None:
     """The database's oid: it stays with the database through renames, so it tells a database from
     another later given the same name."""

@@ -664,7 +664,69 @@ def verify(dump_path: Path, metadata: Metadata) -> None:
     with dump_path.open("rb") as handle:
         if handle.read(len(ARCHIVE_MAGIC)) != ARCHIVE_MAGIC:
             raise SeeddumpError(f"{dump_path.name} is not a pg_dump custom-format archive. {regenerate}")
+    if verified_before(dump_path, metadata.checksum):
+        return
     if sha256_of(dump_path) != metadata.checksum:
         raise SeeddumpError(
             f"The checksum of {dump_path.name} does not match its metadata: the file is corrupt. {regenerate}"
         )
+    remember_verified(dump_path, metadata.checksum)
+
+
+# Hashing a dump is the one step of a warm restore that grows with the database (about a second per GB).
+# A file whose checksum was computed here and which has not changed since (same device, inode, size,
+# modification and change times: any write, rename or link changes the change time, which only root can
+# set back) is not hashed again. The record lives in the (private) dumps folder; elsewhere files are
+# always hashed.
+_VERIFIED_NAME = ".seeddump-verified.json"
+
+
+def _file_state(path: Path) -> list[int]:
+    info = path.stat()
+    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
+def _private_folder(folder: Path) -> bool:
+    try:
+        info = folder.stat()
+    except OSError:
+        return False
+    return info.st_uid == os.geteuid() and not info.st_mode & 0o077
+
+
+def _verified_records(folder: Path) -> dict[str, Any]:
+    try:
+        records = json.loads((folder / _VERIFIED_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def verified_before(path: Path, checksum: str) -> bool:
+    """Whether ``path`` was hashed to ``checksum`` here and has not changed since (see above)."""
+    if not _private_folder(path.parent):
+        return False
+    record = _verified_records(path.parent).get(path.name)
+    try:
+        return (
+            isinstance(record, dict) and record.get("checksum") == checksum and record.get("file") == _file_state(path)
+        )
+    except OSError:
+        return False
+
+
+def remember_verified(path: Path, checksum: str) -> None:
+    """Records that ``path`` has ``checksum`` as it now is; forgets files that are gone. Best effort."""
+    folder = path.parent
+    if not _private_folder(folder):
+        return
+    with contextlib.suppress(OSError, SeeddumpError):
+        records = {name: record for name, record in _verified_records(folder).items() if (folder / name).is_file()}
+        records[path.name] = {"checksum": checksum, "file": _file_state(path)}
+        partial = folder / f".{_VERIFIED_NAME}.{secrets.token_hex(4)}"
+        try:
+            with open_own(partial, append=False) as handle:
+                json.dump(records, handle)
+            os.replace(partial, folder / _VERIFIED_NAME)
+        finally:
+            partial.unlink(missing_ok=True)

@@ -210,6 +210,7 @@ def _generate(
             name = dumpfiles.metadata_path(final).name
             raise _out_of_space(directory, name, len(json.dumps(metadata.to_json())) + 4096) from None
         raise
+    dumpfiles.remember_verified(final, checksum)  # the first restore need not hash it again
     recorded = records.record_dump(using, final, metadata)
     skipped = archived.skipped if archived is not None else ()
     return GeneratedDump(

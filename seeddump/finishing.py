@@ -20,12 +20,17 @@ import psycopg
 
 from seeddump import databases, dumpfiles, load, media, postgres, records, snapshots
 from seeddump.conf import conf
+from seeddump.exceptions import SeeddumpError
 
 Progress = Callable[[str], None]
 
 
 def _quiet(message: str) -> None:
     pass
+
+
+# The background work gives way to a restore that started meanwhile: that one caches the dump itself.
+_RESTORE_RUNNING = "a restore of this dumps folder is running, which comes first"
 
 
 @dataclass(frozen=True)
@@ -72,13 +77,23 @@ def retired_prefix(database: str) -> str:
     return f"seeddump_old_{tag(database)}_"
 
 
-def drop_leftovers(admin: psycopg.Connection, database: str, *, scratch: bool = True) -> list[str]:
+# First key of the advisory lock a restore holds on its target (the second: a hash of the target's name).
+TARGET_LOCK_CLASS = 0x5EED
+
+
+def target_lock_key(database: str) -> tuple[int, str]:
+    return (TARGET_LOCK_CLASS, database)
+
+
+def drop_leftovers(
+    admin: psycopg.Connection, database: str, *, scratch: bool = True, retired: bool = True
+) -> list[str]:
     """Drops our scratch and replaced databases of ``database`` left by killed runs or by ``finish``.
 
     Only call it with ``scratch`` while holding the target's lock: a running restore's scratch database
     looks the same. Replaced databases are never in use. Databases of these names that another role
     owns are left alone."""
-    prefixes = [retired_prefix(database)] + ([scratch_prefix(database)] if scratch else [])
+    prefixes = ([retired_prefix(database)] if retired else []) + ([scratch_prefix(database)] if scratch else [])
     dropped = []
     for prefix in prefixes:
         for leftover in databases.ours(admin, prefix, sizes=False):
@@ -102,14 +117,22 @@ def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progr
     copies are made under the snapshot lock, which a restore takes to look for them.
     """
     with postgres.connect_maintenance(settings_dict) as admin:
-        for name in drop_leftovers(admin, followup.database, scratch=False):
+        # A DROP DATABASE makes the server write out everything first (a checkpoint): not while another
+        # restore of this database runs, whose own finishing drops the replaced databases.
+        free = postgres.lock_is_free(admin, target_lock_key(followup.database))
+        if not free:
+            progress(f"Left the replaced database to the restore of '{followup.database}' now running")
+        for name in drop_leftovers(admin, followup.database, scratch=False) if free else []:
             progress(f"Dropped the replaced database {name}")
         for folder in followup.retired_media:  # goes with the replaced database
             media.drop(folder)
             progress(f"Removed the replaced media folder {folder}")
         keyed = cache_key(admin, followup.database)
         if keyed is not None and (followup.build_snapshot or followup.ready_copy):
-            _finish_cache(admin, followup, settings_dict, *keyed, progress)
+            try:
+                _finish_cache(admin, followup, settings_dict, *keyed, progress)
+            except (psycopg.Error, SeeddumpError) as exc:  # a full disk, say: the cache is only a cache
+                progress(f"Did not finish caching the dump: {str(exc).strip().splitlines()[0]}")
         replaced_since = followup.restored_oid is not None and (
             databases.oid_of(admin, followup.database) != followup.restored_oid
         )
@@ -143,6 +166,13 @@ def _finish_cache(
         if snapshot is None or not followup.ready_copy or snapshots.find(admin, metadata, key) is None:
             return
         if snapshots.find_ready(admin, metadata, followup.database, key) is None:
+            if no_room := snapshots.make_room(admin, databases.size_of(admin, snapshot.name)):
+                progress(f"Did not prepare a ready copy: {no_room}")
+                return
+            with snapshots.no_restore_running(admin) as free:
+                if not free:
+                    progress(f"Did not prepare a ready copy: {_RESTORE_RUNNING}")
+                    return
             ready = snapshots.make_ready(admin, snapshot, followup.database)
             if ready is None:
                 progress("Did not prepare a ready copy: its name is taken by a database that is not ours")
@@ -161,17 +191,28 @@ def _build_snapshot(
 ) -> snapshots.Snapshot | None:
     """Restores the dump (again: the first copy is in use) into a build database and adopts it as snapshot."""
     dumpfiles.verify(followup.dump_path, metadata)  # the file may have changed since the restore
-    try:
-        build = snapshots.start_build(admin, metadata, key, identity.shape)
-    except psycopg.errors.DuplicateDatabase:  # a foreign database has the name: no snapshot then
-        progress("Did not cache a snapshot: its build database's name is taken by a database that is not ours")
+    if no_room := snapshots.make_room(admin, databases.size_of(admin, followup.database)):
+        progress(f"Did not cache a snapshot: {no_room}")
         return None
+    with snapshots.no_restore_running(admin) as free:
+        if not free:
+            progress(f"Did not cache a snapshot: {_RESTORE_RUNNING}")
+            return None
+        try:
+            build = snapshots.start_build(admin, metadata, key, identity.shape)
+        except psycopg.errors.DuplicateDatabase:  # a foreign database has the name: no snapshot then
+            progress("Did not cache a snapshot: its build database's name is taken by a database that is not ours")
+            return None
     try:
         load.into_new(admin, followup.dump_path, metadata, settings_dict, build, identity.owner, None, progress)
         snapshot = snapshots.adopt(admin, build, metadata, key)
     except psycopg.errors.DuplicateDatabase:
         databases.drop(admin, build)
         progress("Did not cache a snapshot: its name is taken by a database that is not ours")
+        return None
+    except SeeddumpError as exc:  # stopped by a restore that needs the server (snapshots.stop_builds), a full disk
+        databases.drop(admin, build)
+        progress(f"Did not cache a snapshot: its pg_restore did not finish ({str(exc).strip().splitlines()[0]})")
         return None
     except BaseException:
         with contextlib.suppress(psycopg.Error):

@@ -197,18 +197,66 @@ def advisory_lock(
     if not acquired:
         holder = _lock_holder(conn, first, second)
         waiting(holder)
-        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{conf.LOCK_TIMEOUT}s")))
-        try:
-            conn.execute(sql.SQL("SELECT pg_advisory_lock({})").format(args))
-        except psycopg.errors.LockNotAvailable:
-            raise LockBusy(busy(holder)) from None
-        finally:
-            conn.execute("RESET lock_timeout")
+        if not _wait_for_lock(conn, sql.SQL("SELECT pg_advisory_lock({})").format(args)):
+            raise LockBusy(busy(holder))
     try:
         yield
     finally:
         with contextlib.suppress(psycopg.Error):
             conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(args))
+
+
+def _wait_for_lock(conn: psycopg.Connection, statement: sql.Composed) -> bool:
+    """Runs a blocking lock ``statement`` for at most SEEDDUMP_LOCK_TIMEOUT seconds; False if it timed out."""
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{conf.LOCK_TIMEOUT}s")))
+    try:
+        conn.execute(statement)
+    except psycopg.errors.LockNotAvailable:
+        return False
+    finally:
+        conn.execute("RESET lock_timeout")
+    return True
+
+
+def _lock_args(key: tuple[int, int | str]) -> sql.Composable:
+    second: sql.Composable = sql.Literal(key[1])
+    if isinstance(key[1], str):
+        second = sql.SQL("hashtext({})").format(second)
+    return sql.SQL("{}, {}").format(sql.Literal(key[0]), second)
+
+
+@contextlib.contextmanager
+def shared_advisory_lock(conn: psycopg.Connection, key: tuple[int, int | str]) -> Iterator[None]:
+    """Holds the session advisory lock ``key`` shared: any number of holders, none while someone holds it
+    exclusively (briefly: see ``exclusive_if_free``). Waits up to SEEDDUMP_LOCK_TIMEOUT seconds."""
+    args = _lock_args(key)
+    if not _wait_for_lock(conn, sql.SQL("SELECT pg_advisory_lock_shared({})").format(args)):
+        raise LockBusy(f"A lock of this dumps folder was still held after {conf.LOCK_TIMEOUT}s. Try again.")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute(sql.SQL("SELECT pg_advisory_unlock_shared({})").format(args))
+
+
+@contextlib.contextmanager
+def exclusive_if_free(conn: psycopg.Connection, key: tuple[int, int | str]) -> Iterator[bool]:
+    """Holds the advisory lock ``key`` exclusively if nobody holds it (shared or not), without waiting;
+    yields whether it does."""
+    args = _lock_args(key)
+    (acquired,) = conn.execute(sql.SQL("SELECT pg_try_advisory_lock({})").format(args)).fetchone()  # type: ignore[misc]
+    try:
+        yield bool(acquired)
+    finally:
+        if acquired:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(args))
+
+
+def lock_is_free(conn: psycopg.Connection, key: tuple[int, int | str]) -> bool:
+    """Whether nobody holds the advisory lock ``key`` right now (a moment later, someone may)."""
+    with exclusive_if_free(conn, key) as free:
+        return free
 
 
 def _lock_holder(conn: psycopg.Connection, first: sql.Composable, second: sql.Composable) -> str:

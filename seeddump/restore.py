@@ -36,6 +36,7 @@ from seeddump import (
     postgres,
     preswap,
     records,
+    serverdisk,
     shared,
     signing,
     snapshots,
@@ -46,9 +47,6 @@ from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
 Progress = Callable[[str], None]
-
-# First key of the advisory locks seeddump takes; the second is a hash of the target's name.
-_LOCK_CLASS = 0x5EED
 
 
 def _quiet(message: str) -> None:
@@ -83,6 +81,8 @@ class RestoreResult:
     followup: finishing.Followup | None = None  # work left for later (see ``restore``'s ``defer``)
     undo_copy: str | None = None  # the replaced database, kept for ``undo_last``
     undo_note: str | None = None  # why none was kept, when the user may wonder
+    cache_note: str | None = None  # why the dump was not cached, when the user should know (no room)
+    cloned: bool = False  # the server's database copies are copy-on-write clones (``serverdisk.cloning``)
     background_pid: int | None = None
     # Settings of the replaced database this role could not copy: the statements that would.
     skipped_settings: tuple[str, ...] = ()
@@ -206,7 +206,7 @@ def target_lock(admin: psycopg.Connection, database: str, progress: Progress) ->
     """One restore per target database at a time, server-wide; released if the process dies."""
     return postgres.advisory_lock(
         admin,
-        (_LOCK_CLASS, database),
+        finishing.target_lock_key(database),
         waiting=lambda holder: progress(f"Waiting for another restore of '{database}' to finish ({holder})"),
         busy=lambda holder: (
             f"Another restoredump of '{database}' ({holder}) is still running after {conf.LOCK_TIMEOUT}s. "
@@ -379,10 +379,15 @@ def _restore(
     target = _target_of(plan.using, settings_dict)
     metadata = plan.metadata
 
-    with postgres.connect_maintenance(settings_dict) as admin, target_lock(admin, target, progress):
+    with (
+        postgres.connect_maintenance(settings_dict) as admin,
+        target_lock(admin, target, progress),
+        snapshots.restoring(admin),
+    ):
         databases.check_may_create(admin, target)
         owner = databases.restore_owner(admin, target, configured_owner(settings_dict))
-        for name in finishing.drop_leftovers(admin, target):
+        # Killed runs' scratch databases; replaced ones are left to this restore's finishing (see ``finish``).
+        for name in finishing.drop_leftovers(admin, target, retired=False):
             progress(f"Dropped {name}, left over by an interrupted restore")
         media_swap.start()
         current = databases.identity_of(admin, target)
@@ -391,7 +396,11 @@ def _restore(
         key = databases.Identity(owner=owner, shape=shape).cache_key(databases.current_user(admin))
         scratch = finishing.scratch_prefix(target) + secrets.token_hex(4)
         retired = finishing.retired_prefix(target) + secrets.token_hex(4)
-        source, claimed, changed = "pg_restore", None, False
+        source, claimed, changed, cache_note = "pg_restore", None, False, None
+        for build in snapshots.stop_builds(admin):  # an earlier restore's background pg_restore
+            progress(f"Stopped building the snapshot {build} in the background: this restore comes first")
+        cloning = serverdisk.cloning(admin) if use_snapshots else serverdisk.Cloning(False, "--no-snapshot")
+        progress(f"Database copies on this server: {cloning.why}")
         try:
             if use_snapshots:
                 claimed = snapshots.copy_for(admin, metadata, target, key, scratch, progress)
@@ -405,8 +414,10 @@ def _restore(
                 else:
                     databases.create(admin, scratch, shape)
                 load.into_new(admin, plan.dump_path, metadata, settings_dict, scratch, owner, jobs, progress)
-                if use_snapshots and not defer:
-                    snapshots.keep(admin, scratch, metadata, key, progress)
+                # With clones, the snapshot is a clone of this verified copy, made in milliseconds: no
+                # second pg_restore in the background, no ready copy.
+                if use_snapshots and (cloning.enabled or not defer):
+                    cache_note = snapshots.keep(admin, scratch, metadata, key, progress, cloned=cloning.enabled)
             # Verified now, or when the snapshot was made (a snapshot accepts no connections since).
             carried = records.restore_times(plan.using) if exists and record else {}
             to_migrate = migrate and bool(plan.status.missing)
@@ -437,8 +448,8 @@ def _restore(
         database=target,
         dump_path=plan.dump_path,
         retired=kept.retired,
-        build_snapshot=use_snapshots and source == "pg_restore" and defer,
-        ready_copy=use_snapshots and conf.READY_COPIES and defer,
+        build_snapshot=use_snapshots and source == "pg_restore" and defer and not cloning.enabled,
+        ready_copy=use_snapshots and conf.READY_COPIES and defer and not cloning.enabled,
         empty_database=defer,
         restore_times=carried if record else None,
         retired_media=kept.retired_media,
@@ -457,6 +468,8 @@ def _restore(
         migrated=prepared.migrations if migrate else None,
         undo_copy=kept.copy,
         undo_note=kept.note,
+        cache_note=cache_note,
+        cloned=cloning.enabled,
     )
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import psycopg
 
-from seeddump import databases, dumpfiles, postgres
+from seeddump import databases, dumpfiles, postgres, serverdisk
 from seeddump.conf import conf
 
 PREFIX = "seeddump_snap_"
@@ -42,6 +42,7 @@ BUILD_PREFIX = "seeddump_build_"
 EMPTY_PREFIX = "seeddump_empty_"
 _KINDS = {PREFIX: "snapshot", READY_PREFIX: "ready", BUILD_PREFIX: "build", EMPTY_PREFIX: "empty"}
 _LOCK_CLASS = 0x5EEE  # the second key is the dumps folder's name prefix: one lock per folder and server
+_RESTORING_CLASS = 0x5EEF  # held shared by every running restore of the folder (see ``restoring``)
 
 Progress = Callable[[str], None]
 
@@ -115,6 +116,19 @@ def snapshot_lock(
 
 def _quiet(message: str) -> None:
     pass
+
+
+def restoring(admin: psycopg.Connection, directory: Path | None = None) -> contextlib.AbstractContextManager:
+    """Held (shared) by a restore of this dumps folder while it runs: the background caching work starts
+    no pg_restore and no copy meanwhile (``no_restore_running``), and a restore stops a build already
+    running (``stop_builds``). A restore waits at most for the creation of an empty build database."""
+    return postgres.shared_advisory_lock(admin, (_RESTORING_CLASS, folder_prefix(directory)))
+
+
+def no_restore_running(admin: psycopg.Connection, directory: Path | None = None) -> contextlib.AbstractContextManager:
+    """Yields whether no restore of this folder runs; while true, none can start (keep it short): a build
+    database created inside is seen by the next restore's ``stop_builds``."""
+    return postgres.exclusive_if_free(admin, (_RESTORING_CLASS, folder_prefix(directory)))
 
 
 def _from_database(database: databases.Database) -> Snapshot:
@@ -225,13 +239,44 @@ def _label(
 
 
 def create(admin: psycopg.Connection, source: str, metadata: dumpfiles.Metadata, key: str) -> Snapshot | None:
-    """Copies the verified database ``source`` into this dump's snapshot. None if the name is taken."""
+    """Copies the verified database ``source`` into this dump's snapshot (a clone when the connection
+    clones, see ``serverdisk.cloning``). None if the name is taken."""
     name = snapshot_name(metadata.checksum, key)
     try:
         databases.clone(admin, source, name, closed=True)
     except psycopg.errors.DuplicateDatabase:
         return None
     return _label(admin, name, PREFIX, metadata, key)
+
+
+def make_room(admin: psycopg.Connection, size: int, *, cloned: bool = False) -> str | None:
+    """Why a cache copy of ``size`` bytes should not be made now, or None. Drops older snapshots when
+    that keeps the cache under SEEDDUMP_CACHE_MAX_SIZE with the copy; checks the server's free disk
+    (``serverdisk.room_for``; a clone needs next to none). Call it holding ``snapshot_lock``."""
+    bound = conf.CACHE_MAX_SIZE
+    if bound is not None:
+        if size > bound:
+            mb = serverdisk.megabytes
+            return f"a copy needs {mb(size)}, more than SEEDDUMP_CACHE_MAX_SIZE ({mb(bound)})"
+        prune(admin, max_bytes=bound - size)
+    return serverdisk.room_for(admin, 0 if cloned else size)
+
+
+def stop_builds(admin: psycopg.Connection, directory: Path | None = None) -> list[str]:
+    """Stops this folder's snapshot builds (a background pg_restore, see ``finishing``): closes them to new
+    connections and ends the sessions in them, so a restore starting now has the server to itself. The
+    builder drops its build and finishes the rest of its work. Returns the builds stopped."""
+    builds = [build.name for build in list_snapshots(admin, directory, BUILD_PREFIX, sizes=False)]
+    for name in builds:
+        with contextlib.suppress(psycopg.Error):  # dropped by its builder meanwhile
+            databases.close(admin, name)
+    if builds:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = ANY(%s) AND usename = current_user AND pid <> pg_backend_pid()",
+            (builds,),
+        )
+    return builds
 
 
 def start_build(admin: psycopg.Connection, metadata: dumpfiles.Metadata, key: str, shape: databases.Shape) -> str:
@@ -252,7 +297,7 @@ def adopt(admin: psycopg.Connection, build: str, metadata: dumpfiles.Metadata, k
 
 def make_ready(admin: psycopg.Connection, snapshot: Snapshot, target: str) -> Snapshot | None:
     """Copies ``snapshot`` into the ready copy for ``target``, replacing our other ready copy for that
-    target. None if the name is taken."""
+    target. None if the name is taken. Check ``make_room`` first."""
     for other in list_snapshots(admin, kind=READY_PREFIX, sizes=False):
         if other.name.startswith(ready_prefix(target)) and other.key == snapshot.key:
             databases.drop(admin, other.name)
@@ -288,28 +333,34 @@ def drop(admin: psycopg.Connection, name: str) -> bool:
     return databases.drop(admin, name)
 
 
-def prune(admin: psycopg.Connection, directory: Path | None = None, keep: int | None = None) -> list[str]:
+def prune(
+    admin: psycopg.Connection, directory: Path | None = None, keep: int | None = None, max_bytes: int | None = None
+) -> list[str]:
     """Drops our snapshots whose dump is gone or that are unlabelled, then all but the newest ``keep``,
-    with their ready copies (all ready copies when SEEDDUMP_READY_COPIES is off).
+    and older ones beyond ``max_bytes`` (default SEEDDUMP_CACHE_MAX_SIZE), with their ready copies (all
+    ready copies when SEEDDUMP_READY_COPIES is off).
 
     Also drops builds that a killed background process left. Call it holding ``snapshot_lock``.
     Returns the dropped names."""
     directory = directory or conf.DIR
     keep = conf.SNAPSHOTS_KEEP if keep is None else keep
+    bound = conf.CACHE_MAX_SIZE if max_bytes is None else max_bytes
     dropped = []
     kept: set[tuple[str, str]] = set()
-    for snapshot in list_snapshots(admin, directory, sizes=False):
+    readies = list_snapshots(admin, directory, READY_PREFIX, sizes=bound is not None)
+    used = 0
+    for snapshot in list_snapshots(admin, directory, sizes=bound is not None):
         dump_gone = not snapshot.dump_file or not (directory / snapshot.dump_file).is_file()
-        if dump_gone or snapshot.kind != "snapshot" or len(kept) >= keep:
+        mine = (snapshot.checksum, snapshot.key)
+        size = snapshot.size_bytes + sum(r.size_bytes for r in readies if (r.checksum, r.key) == mine)
+        over = bound is not None and used + size > bound
+        if dump_gone or snapshot.kind != "snapshot" or len(kept) >= keep or over:
             if databases.drop(admin, snapshot.name):
                 dropped.append(snapshot.name)
         else:
-            kept.add((snapshot.checksum, snapshot.key))
-    orphans = [
-        ready
-        for ready in list_snapshots(admin, directory, READY_PREFIX, sizes=False)
-        if (ready.checksum, ready.key) not in kept or not conf.READY_COPIES
-    ]
+            kept.add(mine)
+            used += size
+    orphans = [ready for ready in readies if (ready.checksum, ready.key) not in kept or not conf.READY_COPIES]
     orphans += list_snapshots(admin, directory, BUILD_PREFIX, sizes=False)  # nobody builds while we hold the lock
     for orphan in orphans:
         if databases.drop(admin, orphan.name):
@@ -381,22 +432,35 @@ def copy_for(
 
 
 def keep(
-    admin: psycopg.Connection, source: str, metadata: dumpfiles.Metadata, key: str, progress: Progress = _quiet
-) -> None:
-    """Keeps a copy of the verified database ``source`` for the next restore of this dump; never fails it."""
+    admin: psycopg.Connection,
+    source: str,
+    metadata: dumpfiles.Metadata,
+    key: str,
+    progress: Progress = _quiet,
+    *,
+    cloned: bool = False,
+) -> str | None:
+    """Keeps a copy of the verified database ``source`` for the next restore of this dump (a clone when
+    ``cloned``); never fails it. Returns why no snapshot was cached when the user should know (no room)."""
     try:
         with snapshot_lock(admin, progress):
-            snapshot = create(admin, source, metadata, key)
+            no_room = make_room(admin, databases.size_of(admin, source), cloned=cloned)
+            snapshot = None if no_room else create(admin, source, metadata, key)
             dropped = prune(admin)
     except (psycopg.Error, postgres.LockBusy) as exc:
-        progress(f"Could not cache a snapshot ({str(exc).strip().splitlines()[0]}); the restore goes on")
-        return
+        note = f"Did not cache a snapshot ({str(exc).strip().splitlines()[0]}); the restore goes on"
+        progress(note)
+        return note
+    if no_room:
+        progress(f"Did not cache a snapshot: {no_room}")
+        return f"Did not cache a snapshot of the dump: {no_room}."
     if snapshot is not None:
-        progress(f"Cached the restored database as snapshot {snapshot.name}")
+        progress(f"Cached the restored database as {'clone' if cloned else 'snapshot'} {snapshot.name}")
     else:
         progress("Did not cache a snapshot: its name is taken by a database that is not ours")
     for name in dropped:
         progress(f"Dropped the snapshot {name}")
+    return None
 
 
 # --- Prepared empty databases ----------------------------------------------------------------------------

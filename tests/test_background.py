@@ -20,7 +20,7 @@ import pytest
 from django.db import connections
 
 from project.reality.models import Team
-from seeddump import background, postgres, snapshots
+from seeddump import background, postgres, serverdisk, snapshots
 from seeddump.models import DumpRecord
 from tests.conftest import (
     copy_dump,
@@ -92,7 +92,7 @@ def test_the_background_drops_the_old_database_and_prepares_the_next_restore(
     # The admin's records were written into the restored database.
     assert DumpRecord.objects.using(alias).get(file_name=seeded_dump.name).last_restored_at is not None
     log = (dumps_dir / background.LOG_NAME).read_text()
-    assert f"[{first['background']['pid']}]" in log and log.rstrip().endswith("done")
+    assert f"[{first['background']['pid']}]" in log and ": done (peak memory " in log.rstrip().splitlines()[-1]
     assert (dumps_dir / background.LOG_NAME).stat().st_mode & 0o777 == 0o600
 
     Team.objects.using(alias).all().delete()
@@ -166,13 +166,14 @@ def background_pids() -> Iterator[list[int]]:
             os.killpg(pid, signal.SIGKILL)  # its own session: its process group
 
 
-def test_killed_background_process_leaves_nothing_wrong(
+def restore_until_the_background_build(
     alias: str,
-    seeded_dump: Path,
     dumps_dir: Path,
     gate: Gate,  # noqa: F811
     background_pids: list[int],
-) -> None:
+) -> int:
+    """A cold restore in the background mode, run until its background process's pg_restore (the snapshot's
+    build) has run and waits at the gate; the background process's pid."""
     process = start_manage(
         "restoredump", "dev", "--no-input", "--json", alias=alias, dumps_dir=dumps_dir, env={**BACKGROUND, **gate.env}
     )
@@ -183,6 +184,17 @@ def test_killed_background_process_leaves_nothing_wrong(
     pid = json.loads(out)["background"]["pid"]
     background_pids.append(pid)
     assert gate.wait() == "pg_restore"  # the background's, building the snapshot
+    return pid
+
+
+def test_killed_background_process_leaves_nothing_wrong(
+    alias: str,
+    seeded_dump: Path,
+    dumps_dir: Path,
+    gate: Gate,  # noqa: F811
+    background_pids: list[int],
+) -> None:
+    pid = restore_until_the_background_build(alias, dumps_dir, gate, background_pids)
     assert len(cache_of(alias, dumps_dir)["builds"]) == 1
     os.kill(pid, signal.SIGKILL)
     wait_for_exit(pid)
@@ -249,4 +261,78 @@ def test_no_background_process_means_finishing_before_returning(alias: str, seed
     assert "Could not start the background process" in result.stderr
     assert json.loads(result.stdout)["background"] is None
     assert replaced_databases(alias) == []
+    assert len(cache_of(alias, dumps_dir)["snapshots"]) == 1
+
+
+def test_a_restore_started_during_the_background_snapshot_build_stops_it_and_never_waits_for_it(
+    alias: str,
+    seeded_dump: Path,
+    dumps_dir: Path,
+    gate: Gate,  # noqa: F811
+    background_pids: list[int],
+) -> None:
+    pid = restore_until_the_background_build(alias, dumps_dir, gate, background_pids)  # it holds the cache
+    [build] = cache_of(alias, dumps_dir)["builds"]
+
+    second = start_manage(
+        "restoredump", "dev", "--no-input", "--verbosity", "2", alias=alias, dumps_dir=dumps_dir, env=gate.env
+    )
+    assert second.stdout is not None
+    for line in second.stdout:  # the second restore says so before it looks at the cache
+        if "Stopped building the snapshot" in line:
+            break
+    else:
+        pytest.fail(f"the second restore never stopped the build: {second.communicate(timeout=120)}")
+    assert build in line and "this restore comes first" in line
+    gate.release()  # the build's pg_restore goes on, into a database it may no longer use
+    assert gate.wait() == "pg_restore"  # the second restore's own pg_restore: the cache did not hold it up
+    gate.release()
+    rest, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    assert "Restored " in rest
+
+    wait_for_exit(pid)
+    log = (dumps_dir / background.LOG_NAME).read_text()
+    assert f"[{pid}]" in log and "Did not cache a snapshot: its pg_restore did not finish" in log
+    own = [line for line in log.splitlines() if f"[{pid}]" in line]
+    assert ": done (peak memory " in own[-1]  # it went on with the rest of its work
+    assert cache_of(alias, dumps_dir)["builds"] == []
+
+
+def test_the_background_process_skips_caching_when_the_disk_has_no_room(
+    alias: str, seeded_dump: Path, dumps_dir: Path, settings
+) -> None:
+    with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
+        if serverdisk.data_directory(admin) is None:
+            pytest.skip("this server's data directory is not readable here (run as root or its user): not checked")
+    settings.SEEDDUMP_BACKGROUND = True
+    settings.SEEDDUMP_MIN_FREE_DISK = 10**15  # a petabyte must stay free: no disk here has room for a copy
+    document = json.loads(run_command("restoredump", "dev", database=alias, interactive=False, json=True).out)
+    assert "cache a snapshot of the dump" in document["background"]["work"]
+    wait_for_exit(document["background"]["pid"])
+    log = (dumps_dir / background.LOG_NAME).read_text()
+    assert "Did not cache a snapshot: the server's disk has" in log and "SEEDDUMP_MIN_FREE_DISK" in log, log
+    assert ": done (peak memory " in log.rstrip().splitlines()[-1]  # the rest of its work was done
+    cache = cache_of(alias, dumps_dir)
+    assert cache["snapshots"] == [] and cache["builds"] == [] and len(cache["empty"]) == 1
+    assert demo_snapshot(alias)["reality_team"]  # the restored database is in place
+
+
+def test_the_background_process_starts_no_caching_while_another_restore_runs(
+    alias: str, seeded_dump: Path, dumps_dir: Path, settings
+) -> None:
+    settings.SEEDDUMP_BACKGROUND = True
+    with postgres.connect_maintenance(connections[alias].settings_dict) as admin, snapshots.restoring(admin):
+        # Another restore of this dumps folder runs (into another database, say): this one's background
+        # process would build the snapshot now, its pg_restore sharing the cores with that restore.
+        document = json.loads(run_command("restoredump", "dev", database=alias, interactive=False, json=True).out)
+        wait_for_exit(document["background"]["pid"])
+    log = (dumps_dir / background.LOG_NAME).read_text()
+    assert "Did not cache a snapshot: a restore of this dumps folder is running, which comes first" in log, log
+    assert ": done (peak memory " in log.rstrip().splitlines()[-1]
+    cache = cache_of(alias, dumps_dir)
+    assert cache["snapshots"] == [] and cache["builds"] == []
+
+    again = json.loads(run_command("restoredump", "dev", database=alias, interactive=False, json=True).out)
+    wait_for_exit(again["background"]["pid"])  # nothing else runs now: this one caches the dump
     assert len(cache_of(alias, dumps_dir)["snapshots"]) == 1

@@ -16,7 +16,7 @@ from django.db import connections
 
 from project.reality.models import Team
 from seeddump import dumpfiles
-from tests.conftest import leftovers, manage, run_command
+from tests.conftest import demo_snapshot, leftovers, manage, run_command
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -302,3 +302,18 @@ def test_a_newer_dump_beside_the_latest_is_pointed_out(alias: str, seeded_dump: 
     assert hint in listing.err
     version = dumpfiles.DUMP_NAME_RE.fullmatch(seeded_dump.name)["version"]  # type: ignore[index]
     assert "VERSION" in listing.out.splitlines()[0] and f" {version} " in listing.out
+
+
+def test_a_dump_changed_after_a_restore_is_hashed_again_and_refused(alias: str, seeded_dump: Path) -> None:
+    # A restore hashes the dump once and remembers the file as it was; a warm restore then skips the hash.
+    run_command("restoredump", "dev", database=alias, interactive=False)
+    Team.objects.using(alias).create(name="changed since", created_at="2026-01-01T00:00:00Z")
+    rows = demo_snapshot(alias)
+    before = seeded_dump.stat()
+    _flip_byte(seeded_dump)  # the same size and inode
+    os.utime(seeded_dump, ns=(before.st_atime_ns, before.st_mtime_ns))  # and its modification time set back
+
+    with pytest.raises(CommandError, match=r"The checksum of .* does not match its metadata"):
+        run_command("restoredump", "dev", database=alias, interactive=False)
+
+    assert demo_snapshot(alias) == rows

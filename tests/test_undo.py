@@ -201,7 +201,8 @@ def test_snapshots_lists_the_copy_with_its_size_and_drop_all_drops_it(alias: str
 
     listing = run_command("snapshots", database=alias).out
     assert f"{kept.name}  " in listing and "(for an undo: '" in listing
-    assert "kept for undo" in listing.splitlines()[-1]
+    total = next(line for line in listing.splitlines() if "snapshot(s)," in line)
+    assert "kept for undo" in total
 
     run_command("snapshots", "--drop-all", database=alias)
     assert kept_copies(alias) == []

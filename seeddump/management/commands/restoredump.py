@@ -137,7 +137,7 @@ class Command(BaseCommand):
             raise CommandError("Restore interrupted; the database was not changed.") from None
         if verbosity >= 1 and not as_json:
             source = {
-                "snapshot": " from its cached snapshot",
+                "snapshot": " from its cached snapshot" + (" (a clone)" if result.cloned else ""),
                 "ready copy": " from its ready copy",
                 "in place": " in place",
             }
@@ -154,6 +154,8 @@ class Command(BaseCommand):
                         f"Restored its media ({plan.metadata.media.describe()}) into {result.media_root}."
                     )
                 )
+            if result.cache_note:
+                self.stdout.write(result.cache_note)
             if result.undo_copy is not None:
                 self.stdout.write("Undo it with: python manage.py restoredump --undo (until the next restore)")
             elif result.undo_note:
@@ -197,6 +199,8 @@ class Command(BaseCommand):
                 "skippedSettings": list(result.skipped_settings),
                 "undo": None if result.undo_copy is None else {"database": result.undo_copy},
                 "undoNote": result.undo_note,
+                "cacheNote": result.cache_note,
+                "clones": result.cloned,
                 "media": None
                 if result.media_root is None or plan.metadata.media is None
                 else {"root": str(result.media_root), **plan.metadata.media.to_json()},

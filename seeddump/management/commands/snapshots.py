@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+import psycopg
 from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
-from seeddump import background, postgres, snapshots, undo
+from seeddump import background, postgres, serverdisk, snapshots, undo
+from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
 
@@ -67,6 +70,7 @@ class Command(BaseCommand):
                 foreign = snapshots.foreign(admin, all_folders=all_folders)
                 kept = undo.list_copies(admin)
                 foreign_undo = undo.foreign(admin)
+                disk = _disk_line(admin)
         except SeeddumpError as exc:
             raise CommandError(str(exc)) from None
         for copy in foreign:
@@ -91,6 +95,7 @@ class Command(BaseCommand):
             )
         if not found and not ready and not empty:
             self.stdout.write("No cached snapshots." if not kept else f"No cached snapshots; {_mb(kept)} for undo.")
+            self.stdout.write(disk)
             return
         for snapshot in found + ready:
             created = f"{snapshot.created:%Y-%m-%d %H:%M} UTC" if snapshot.created else "unknown"
@@ -107,11 +112,27 @@ class Command(BaseCommand):
                 + (f"  [{database.folder or 'folder not recorded'}]" if all_folders else "")
             )
         total = sum(s.size_bytes for s in found + ready + empty) / 1e6
+        bound = conf.CACHE_MAX_SIZE
         self.stdout.write(
             f"{len(found)} snapshot(s), {len(ready)} ready cop{'y' if len(ready) == 1 else 'ies'}, {total:.1f} MB"
+            + (f" (SEEDDUMP_CACHE_MAX_SIZE: {bound / 1e6:.1f} MB)" if bound is not None else "")
             + (f"; {len(kept)} kept for undo, {_mb(kept)}" if kept else "")
             + "."
         )
+        self.stdout.write(disk)
+
+
+def _disk_line(admin: psycopg.Connection) -> str:
+    """How this server copies databases, and its free disk when its data directory is on this machine."""
+    cloning = serverdisk.cloning(admin)
+    line = f"Copies on this server: {cloning.why}"
+    if cloning.enabled:
+        line += " (a clone shares its blocks until either copy changes: sizes above count them in full)"
+    folder = serverdisk.data_directory(admin)
+    if folder is not None:
+        with contextlib.suppress(OSError):
+            line += f". Free on its disk: {serverdisk.megabytes(serverdisk.free_bytes(folder))}"
+    return line + "."
 
 
 def _mb(copies: list[undo.UndoCopy]) -> str:
