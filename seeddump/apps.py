@@ -9,7 +9,7 @@ class SeeddumpConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from seeddump.checks import check_django_version, check_driver, check_dumps
+        from seeddump.checks import check_django_version, check_driver, check_dumps, check_settings
         from seeddump.signals import warn_stale_dumps
 
         # sender=self: post_migrate is sent once per app, and this must run once per migrate.
@@ -17,3 +17,4 @@ class SeeddumpConfig(AppConfig):
         checks.register(check_django_version, "seeddump", checks.Tags.compatibility)
         checks.register(check_dumps, "seeddump")
         checks.register(check_driver, "seeddump")
+        checks.register(check_settings, "seeddump")

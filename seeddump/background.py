@@ -85,6 +85,7 @@ def start(followup: finishing.Followup) -> int | None:
         "buildSnapshot": followup.build_snapshot,
         "readyCopy": followup.ready_copy,
         "emptyDatabase": followup.empty_database,
+        "trusted": followup.trusted,
         "restoreTimes": None
         if followup.restore_times is None
         else {name: dumpfiles.isoformat(when) for name, when in followup.restore_times.items()},
@@ -179,6 +180,7 @@ def _effective_settings() -> dict[str, Any]:
         "SEEDDUMP_CACHE_MAX_SIZE": conf.CACHE_MAX_SIZE,
         "SEEDDUMP_MIN_FREE_DISK": conf.MIN_FREE_DISK,
         "SEEDDUMP_OWNER": conf.OWNER,
+        "SEEDDUMP_TRUST_DUMPS": conf.TRUST_DUMPS,
     }
 
 
@@ -215,6 +217,7 @@ def main() -> None:
         build_snapshot=job["buildSnapshot"],
         ready_copy=job["readyCopy"],
         empty_database=job["emptyDatabase"],
+        trusted=bool(job.get("trusted")),
         restore_times=None
         if job["restoreTimes"] is None
         else {name: dumpfiles.parse_isoformat(when) for name, when in job["restoreTimes"].items()},

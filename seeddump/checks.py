@@ -7,9 +7,10 @@ import importlib.util
 from typing import Any
 
 import django
+from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
-from seeddump.conf import conf
+from seeddump.conf import MAX_RESTORE_JOBS, conf, restore_jobs_problem
 from seeddump.staleness import latest_statuses
 
 
@@ -48,6 +49,22 @@ def check_driver(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             hint="Run the project's tests on psycopg 3; if it must stay on psycopg2, do not install seeddump in "
             "that environment. Silence with SILENCED_SYSTEM_CHECKS = ['seeddump.W003'].",
             id="seeddump.W003",
+        )
+    ]
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Settings whose bad value would otherwise surface in the middle of a restore."""
+    value = getattr(settings, "SEEDDUMP_RESTORE_JOBS", None)
+    problem = None if value is None or value == "" else restore_jobs_problem(value)
+    if problem is None:
+        return []
+    return [
+        Error(
+            f"SEEDDUMP_RESTORE_JOBS {problem}.",
+            hint=f"Set it to a number of parallel pg_restore jobs from 1 to {MAX_RESTORE_JOBS}, or remove it "
+            "(default: the CPU count).",
+            id="seeddump.E002",
         )
     ]
 

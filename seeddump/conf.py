@@ -11,6 +11,22 @@ from pathlib import Path
 
 from django.conf import settings
 
+from seeddump.exceptions import SeeddumpError
+
+# pg_restore starts one process and one server connection per job: more than this is a typo, not a plan.
+MAX_RESTORE_JOBS = 64
+
+
+def restore_jobs_problem(value: object) -> str | None:
+    """What is wrong with a number of pg_restore jobs (--jobs, SEEDDUMP_RESTORE_JOBS), or None."""
+    try:
+        jobs = int(str(value).strip())
+    except ValueError:
+        return f"must be a whole number of pg_restore jobs, not {str(value)[:40]!r}"
+    if not 1 <= jobs <= MAX_RESTORE_JOBS:
+        return f"must be from 1 to {MAX_RESTORE_JOBS} (one server connection each), not {jobs}"
+    return None
+
 
 class Settings:
     @property
@@ -54,9 +70,15 @@ class Settings:
 
     @property
     def RESTORE_JOBS(self) -> int:
-        """Parallel pg_restore jobs when --jobs is not given."""
+        """Parallel pg_restore jobs when --jobs is not given (SeeddumpError, one line, when it is no number of
+        jobs: a system check says the same)."""
         value = getattr(settings, "SEEDDUMP_RESTORE_JOBS", None)
-        return int(value) if value else (os.cpu_count() or 1)
+        if value is None or value == "":
+            return min(os.cpu_count() or 1, MAX_RESTORE_JOBS)
+        problem = restore_jobs_problem(value)
+        if problem:
+            raise SeeddumpError(f"SEEDDUMP_RESTORE_JOBS {problem}.")
+        return int(value)
 
     @property
     def DUMP_COMPRESSION(self) -> str:
@@ -154,6 +176,12 @@ class Settings:
     def STORAGE_TIMEOUT(self) -> float:
         """Seconds one read of the shared storage may take before it counts as stalled."""
         return float(getattr(settings, "SEEDDUMP_STORAGE_TIMEOUT", 60))
+
+    @property
+    def TRUST_DUMPS(self) -> bool:
+        """Let a dump's code run as the connecting role (SET ROLE to the owner) where no throwaway member of the
+        owner can be had (``seeddump.sandbox``), instead of refusing the restore."""
+        return bool(getattr(settings, "SEEDDUMP_TRUST_DUMPS", False))
 
     @property
     def SIGNING_KEYS(self) -> list[str]:

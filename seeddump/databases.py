@@ -21,10 +21,11 @@ is granted CREATE on it and on its ``public`` schema (``allow_restore``), which 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -108,6 +109,7 @@ class Identity:
     connection_limit: int = -1
     comment: str | None = None
     allow_connections: bool = True
+    is_template: bool = False
 
     def cache_key(self, creator: str) -> str:
         """Eight hex digits naming what a cached copy for this identity depends on: the role that made it,
@@ -135,7 +137,7 @@ def identity_of(admin: psycopg.Connection, name: str) -> Identity | None:
     row = admin.execute(
         f"""
         SELECT {_shape_columns(postgres.server_major(admin))}, oid, datdba::regrole::text, datconnlimit,
-               datallowconn, shobj_description(oid, 'pg_database'), datacl IS NULL
+               datallowconn, shobj_description(oid, 'pg_database'), datacl IS NULL, datistemplate
         FROM pg_database WHERE datname = %s
         """,
         (name,),
@@ -143,7 +145,7 @@ def identity_of(admin: psycopg.Connection, name: str) -> Identity | None:
     if row is None:
         return None
     shape = Shape(*row[:6])
-    oid, owner, limit, allow, comment, default_acl = row[6:]
+    oid, owner, limit, allow, comment, default_acl, is_template = row[6:]
     acl = None
     if not default_acl:
         grants = admin.execute(
@@ -176,6 +178,7 @@ def identity_of(admin: psycopg.Connection, name: str) -> Identity | None:
         connection_limit=limit,
         comment=comment,
         allow_connections=allow,
+        is_template=is_template,
     )
 
 
@@ -392,6 +395,22 @@ def end_restore(conn: psycopg.Connection, owner: str) -> None:
     conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(sql.Identifier(owner)))
 
 
+@contextlib.contextmanager
+def owner_may_create(settings_dict: Mapping[str, Any], database: str, owner: str, *, allowed: bool) -> Iterator[None]:
+    """Inside the block (when ``allowed``), ``owner`` may create in ``database`` (ours, not yet swapped in), as
+    while pg_restore runs: for the migrations and hooks that run there as the owner."""
+    if not allowed:
+        yield
+        return
+    with postgres.connect(settings_dict, database) as conn:
+        allow_restore(conn, owner)
+    try:
+        yield
+    finally:
+        with postgres.connect(settings_dict, database) as conn:
+            end_restore(conn, owner)
+
+
 # --- Identity ----------------------------------------------------------------------------------------
 
 
@@ -488,6 +507,8 @@ def give_identity(admin: psycopg.Connection, name: str, identity: Identity) -> l
             database, sql.Literal(identity.connection_limit), sql.Literal(identity.allow_connections)
         )
     )
+    if identity.is_template:
+        admin.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE true").format(database))
     admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(database, sql.Literal(identity.comment)))
     return skipped
 
@@ -533,41 +554,62 @@ def end_sessions(admin: psycopg.Connection, name: str) -> None:
 
 @dataclass(frozen=True)
 class Swapped:
-    replaced: bool  # a database was there and is now ``retired``
+    replaced: bool  # a database was there and is now ``Replaced.name``
     skipped_settings: list[str]  # statements of settings this role could not copy (see ``give_identity``)
 
 
-def swap(admin: psycopg.Connection, target: str, source: str, retired: str, owner: str) -> Swapped:
+@dataclass(frozen=True)
+class Replaced:
+    """What the swap makes of the database it replaces, in the swap's own transaction: so that no instant
+    after the commit finds it under a name that does not say what it is for."""
+
+    name: str  # its new name
+    label: Mapping[str, Any]  # its label (``label``)
+    closed: bool = False  # closed to connections: a copy kept for an undo stays exactly as it was
+    # Databases of ours renamed in the same transaction (old name, new name): an earlier undo copy retired.
+    aside: tuple[tuple[str, str], ...] = ()
+
+
+def swap(admin: psycopg.Connection, target: str, source: str, replaced: Replaced, owner: str) -> Swapped:
     """Puts ``source`` in the place of ``target`` in one transaction, with the target's identity (read in
-    that transaction) and ``owner``; a target that did not exist gets PostgreSQL's defaults. The replaced
-    database becomes ``retired``, ours (so that the next run may drop it) and labelled."""
+    that transaction) and ``owner``; a target that did not exist gets PostgreSQL's defaults. In the same
+    transaction the replaced database becomes ``replaced`` (ours, renamed, labelled, maybe closed) and the
+    databases it sets aside are renamed: either all of it happened or none of it."""
     user = current_user(admin)
     for attempt in range(3):
         end_sessions(admin, target)
         try:
             with admin.transaction():
+                for old, new in replaced.aside:
+                    if is_ours(admin, old):
+                        rename(admin, old, new)
                 identity = identity_of(admin, target)
-                replaced = identity is not None
                 if identity is not None:
                     # RENAME waits up to 5 s for the ended sessions to go away.
-                    rename(admin, target, retired)
-                    if not is_owned_by(admin, retired, user):
+                    rename(admin, target, replaced.name)
+                    if not is_owned_by(admin, replaced.name, user):
                         to_user = sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
-                            sql.Identifier(retired), sql.Identifier(user)
+                            sql.Identifier(replaced.name), sql.Identifier(user)
                         )
                         admin.execute(to_user)
-                    label(admin, retired, {"seeddump": "retired", "database": target})
-                    identity = replace(identity, owner=owner)
+                    if replaced.closed:
+                        close(admin, replaced.name)
+                    if identity.is_template:  # else it could never be dropped; the restored one becomes it
+                        admin.execute(
+                            sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(replaced.name))
+                        )
+                    label(admin, replaced.name, {**replaced.label, "owner": identity.owner})
+                    new_identity = replace(identity, owner=owner)
                 else:
-                    identity = Identity(owner=owner, shape=Shape("", "", ""))  # the shape is the source's
+                    new_identity = Identity(owner=owner, shape=Shape("", "", ""))  # the shape is the source's
                 rename(admin, source, target)
                 try:
-                    skipped = give_identity(admin, target, identity)
-                except psycopg.errors.ObjectInUse:
-                    raise
+                    skipped = give_identity(admin, target, new_identity)
+                except (psycopg.errors.ObjectInUse, psycopg.OperationalError):
+                    raise  # sessions came back; the server went away (said as such by ``user_errors``)
                 except psycopg.Error as exc:
                     raise _identity_error(target, exc) from None
-            return Swapped(replaced, skipped)
+            return Swapped(identity is not None, skipped)
         except psycopg.errors.ObjectInUse:
             if attempt == 2:
                 raise SeeddumpError(

@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import stat
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -569,13 +570,20 @@ def newer_note(directory: Path, latest: Path) -> str | None:
 
 
 def check_dump_path(path: Path, directory: Path) -> Path:
-    """A dump named on the command line: a readable regular file (a symlink only into ``directory``)."""
+    """A dump named on the command line: a readable regular file (a symlink only into ``directory``, such as the
+    ``latest`` link, which stands for the dump it names)."""
     if path.is_symlink():
-        target = path.resolve()
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # a loop, or a link to nothing
+            raise SeeddumpError(
+                f"{path} is a link that leads nowhere (a loop, or a missing file). Pass a dump file."
+            ) from None
         if not target.is_relative_to(directory.resolve()):
             raise SeeddumpError(
                 f"{path} is a link to {target}, outside the dumps folder {directory}. Pass the file itself."
             )
+        path = target
     if not path.exists():
         raise SeeddumpError(f"The dump {path} does not exist.")
     if not path.is_file():
@@ -652,25 +660,79 @@ def sha256_of(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+class OpenedDump:
+    """A dump opened once and verified through that descriptor (``open_verified``). The programs that read it
+    get ``path`` (``/dev/fd/N``, with ``fds`` to hand down): they read the very file that was verified, whatever
+    is renamed over its name meanwhile (while a confirmation prompt waits, say), and each parallel pg_restore
+    job opens it anew with an offset of its own. Where the system has no per-process ``/proc/self/fd``
+    (macOS), they get the name instead."""
+
+    def __init__(self, name: Path, fd: int) -> None:
+        self.name, self.fd = name, fd
+        self._closer = weakref.finalize(self, os.close, fd)
+
+    @property
+    def path(self) -> Path:
+        return Path(f"/dev/fd/{self.fd}") if _PER_PROCESS_FDS else self.name
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        return (self.fd,) if _PER_PROCESS_FDS else ()
+
+    def close(self) -> None:
+        self._closer()
+
+    def __enter__(self) -> OpenedDump:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+_PER_PROCESS_FDS = Path("/proc/self/fd").is_dir()
+
+
+def open_verified(dump_path: Path, metadata: Metadata) -> OpenedDump:
+    """Opens the dump and checks, through that descriptor, that it is the file its metadata describes, byte
+    for byte (see ``OpenedDump``)."""
+    regenerate = f"Regenerate it with: python manage.py generatedump {metadata.environment}"
+    fd = os.open(dump_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SeeddumpError(f"{dump_path} is not a dump file. Pass the path of a .dump file.")
+        if info.st_size != metadata.size_bytes:
+            raise SeeddumpError(
+                f"The dump {dump_path.name} is {info.st_size} bytes but its metadata says {metadata.size_bytes}: "
+                f"it is truncated or was changed. {regenerate}"
+            )
+        if os.pread(fd, len(ARCHIVE_MAGIC), 0) != ARCHIVE_MAGIC:
+            raise SeeddumpError(f"{dump_path.name} is not a pg_dump custom-format archive. {regenerate}")
+        state = _state_of(info)
+        if not verified_before(dump_path, metadata.checksum, state):
+            if _sha256_of_fd(fd) != metadata.checksum:
+                raise SeeddumpError(
+                    f"The checksum of {dump_path.name} does not match its metadata: the file is corrupt. {regenerate}"
+                )
+            remember_verified(dump_path, metadata.checksum, state)
+    except BaseException:
+        os.close(fd)
+        raise
+    return OpenedDump(dump_path, fd)
+
+
 def verify(dump_path: Path, metadata: Metadata) -> None:
     """Checks the dump is the file its metadata describes, byte for byte."""
-    regenerate = f"Regenerate it with: python manage.py generatedump {metadata.environment}"
-    size = dump_path.stat().st_size
-    if size != metadata.size_bytes:
-        raise SeeddumpError(
-            f"The dump {dump_path.name} is {size} bytes but its metadata says {metadata.size_bytes}: "
-            f"it is truncated or was changed. {regenerate}"
-        )
-    with dump_path.open("rb") as handle:
-        if handle.read(len(ARCHIVE_MAGIC)) != ARCHIVE_MAGIC:
-            raise SeeddumpError(f"{dump_path.name} is not a pg_dump custom-format archive. {regenerate}")
-    if verified_before(dump_path, metadata.checksum):
-        return
-    if sha256_of(dump_path) != metadata.checksum:
-        raise SeeddumpError(
-            f"The checksum of {dump_path.name} does not match its metadata: the file is corrupt. {regenerate}"
-        )
-    remember_verified(dump_path, metadata.checksum)
+    open_verified(dump_path, metadata).close()
+
+
+def _sha256_of_fd(fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, _CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return "sha256:" + digest.hexdigest()
 
 
 # Hashing a dump is the one step of a warm restore that grows with the database (about a second per GB).
@@ -681,9 +743,12 @@ def verify(dump_path: Path, metadata: Metadata) -> None:
 _VERIFIED_NAME = ".seeddump-verified.json"
 
 
-def _file_state(path: Path) -> list[int]:
-    info = path.stat()
+def _state_of(info: os.stat_result) -> list[int]:
     return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
+def _file_state(path: Path) -> list[int]:
+    return _state_of(path.stat())
 
 
 def _private_folder(folder: Path) -> bool:
@@ -702,27 +767,28 @@ def _verified_records(folder: Path) -> dict[str, Any]:
     return records if isinstance(records, dict) else {}
 
 
-def verified_before(path: Path, checksum: str) -> bool:
-    """Whether ``path`` was hashed to ``checksum`` here and has not changed since (see above)."""
+def verified_before(path: Path, checksum: str, state: list[int] | None = None) -> bool:
+    """Whether ``path`` (as ``state`` says it is now, default: as it is) was hashed to ``checksum`` here and has
+    not changed since (see above)."""
     if not _private_folder(path.parent):
         return False
     record = _verified_records(path.parent).get(path.name)
     try:
-        return (
-            isinstance(record, dict) and record.get("checksum") == checksum and record.get("file") == _file_state(path)
-        )
+        state = _file_state(path) if state is None else state
     except OSError:
         return False
+    return isinstance(record, dict) and record.get("checksum") == checksum and record.get("file") == state
 
 
-def remember_verified(path: Path, checksum: str) -> None:
-    """Records that ``path`` has ``checksum`` as it now is; forgets files that are gone. Best effort."""
+def remember_verified(path: Path, checksum: str, state: list[int] | None = None) -> None:
+    """Records that ``path`` has ``checksum`` as it now is (or as ``state`` says it was when hashed); forgets
+    files that are gone. Best effort."""
     folder = path.parent
     if not _private_folder(folder):
         return
     with contextlib.suppress(OSError, SeeddumpError):
         records = {name: record for name, record in _verified_records(folder).items() if (folder / name).is_file()}
-        records[path.name] = {"checksum": checksum, "file": _file_state(path)}
+        records[path.name] = {"checksum": checksum, "file": _file_state(path) if state is None else state}
         partial = folder / f".{_VERIFIED_NAME}.{secrets.token_hex(4)}"
         try:
             with open_own(partial, append=False) as handle:

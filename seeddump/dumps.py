@@ -119,7 +119,7 @@ def _generate(
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         (snapshot,) = conn.execute("SELECT pg_export_snapshot()").fetchone()  # type: ignore[misc]
         progress("Counting rows")
-        counts = postgres.count_rows(conn)
+        counts = postgres.count_rows(conn, lift_forced_security=False)  # as pg_dump reads them, read-only
         migrations = _applied_migrations(conn)
         seeded_rows = sum(n for table, n in counts.items() if table not in BOOKKEEPING_TABLES)
         if seeded_rows == 0 and not allow_empty:

@@ -4,3 +4,12 @@ class SeeddumpError(Exception):
     The message is one line that says what happened and what to do; commands turn it into a
     ``CommandError`` so the user sees that line and a non-zero exit, never a traceback.
     """
+
+
+class UnfinishedAfterSwap(SeeddumpError):
+    """The target holds what was swapped in, but a step after the swap did not finish.
+
+    Commands exit with ``exit_status`` (3), not 1, so a script can tell "the database was not changed" from
+    "the database was replaced, and the message says what is left"."""
+
+    exit_status = 3

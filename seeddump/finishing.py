@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from django.db import DatabaseError
 
-from seeddump import databases, dumpfiles, load, media, postgres, records, snapshots
+from seeddump import databases, dumpfiles, load, media, postgres, records, sandbox, snapshots
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -50,6 +51,7 @@ class Followup:
     # The restored database's oid: the records are written only while ``database`` is still that one (an
     # undo or another restore may have replaced it since).
     restored_oid: int | None = None
+    trusted: bool = False  # see ``restore.RestorePlan.trusted``
 
     def describe(self) -> list[str]:
         work = ["drop the replaced database"] if self.retired else []
@@ -97,6 +99,8 @@ def drop_leftovers(
     dropped = []
     for prefix in prefixes:
         for leftover in databases.ours(admin, prefix, sizes=False):
+            if "mediaExchange" in leftover.label:  # an interrupted swap's: the next restore finishes it first
+                continue
             if databases.drop(admin, leftover.name):
                 dropped.append(leftover.name)
     return dropped
@@ -116,7 +120,10 @@ def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progr
     Safe to run while the restored database is in use, and next to another restore: snapshots and ready
     copies are made under the snapshot lock, which a restore takes to look for them.
     """
-    with postgres.connect_maintenance(settings_dict) as admin:
+    with (
+        postgres.connect_maintenance(settings_dict) as admin,
+        sandbox.Sandbox(admin, settings_dict, "", trusted=followup.trusted) as dump_code,
+    ):
         # A DROP DATABASE makes the server write out everything first (a checkpoint): not while another
         # restore of this database runs, whose own finishing drops the replaced databases.
         free = postgres.lock_is_free(admin, target_lock_key(followup.database))
@@ -128,9 +135,11 @@ def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progr
             media.drop(folder)
             progress(f"Removed the replaced media folder {folder}")
         keyed = cache_key(admin, followup.database)
+        if keyed is not None:
+            dump_code.owner = keyed[1].owner
         if keyed is not None and (followup.build_snapshot or followup.ready_copy):
             try:
-                _finish_cache(admin, followup, settings_dict, *keyed, progress)
+                _finish_cache(admin, followup, settings_dict, *keyed, dump_code, progress)
             except (psycopg.Error, SeeddumpError) as exc:  # a full disk, say: the cache is only a cache
                 progress(f"Did not finish caching the dump: {str(exc).strip().splitlines()[0]}")
         replaced_since = followup.restored_oid is not None and (
@@ -138,9 +147,15 @@ def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progr
         )
         if followup.restore_times is not None and replaced_since:
             progress(f"Did not record the restore for the admin: '{followup.database}' was replaced since")
-        elif followup.restore_times is not None:
-            recorded = records.sync_from_disk(followup.using, conf.DIR, followup.restore_times)
-            progress(f"Recorded {recorded} dump(s) for the admin")
+        elif followup.restore_times is not None and keyed is not None:
+            # The restored database's code (a trigger on the records' table) runs as the owner at most.
+            try:
+                with postgres.django_connection_to(followup.using, followup.database, dump_code.login()):
+                    recorded = records.sync_from_disk(followup.using, conf.DIR, followup.restore_times)
+            except (DatabaseError, SeeddumpError) as exc:  # read-only by default, closed, a trigger that fails
+                progress(f"Did not record the restore for the admin: {str(exc).strip().splitlines()[0]}")
+            else:
+                progress(f"Recorded {recorded} dump(s) for the admin")
         if keyed is not None and followup.empty_database:
             key, identity = keyed
             if prepared := snapshots.prepare_empty(admin, followup.database, key, identity.shape):
@@ -153,6 +168,7 @@ def _finish_cache(
     settings_dict: Mapping[str, Any],
     key: str,
     identity: databases.Identity,
+    dump_code: sandbox.Sandbox,
     progress: Progress,
 ) -> None:
     """Caches the dump's snapshot (if asked and missing) and makes the target's ready copy of it."""
@@ -160,7 +176,7 @@ def _finish_cache(
     with snapshots.snapshot_lock(admin, progress):
         snapshot = snapshots.find(admin, metadata, key)
         if snapshot is None and followup.build_snapshot:
-            snapshot = _build_snapshot(admin, followup, metadata, settings_dict, key, identity, progress)
+            snapshot = _build_snapshot(admin, followup, metadata, settings_dict, key, identity, dump_code, progress)
         for name in snapshots.prune(admin):
             progress(f"Dropped {name}")
         if snapshot is None or not followup.ready_copy or snapshots.find(admin, metadata, key) is None:
@@ -187,10 +203,11 @@ def _build_snapshot(
     settings_dict: Mapping[str, Any],
     key: str,
     identity: databases.Identity,
+    dump_code: sandbox.Sandbox,
     progress: Progress,
 ) -> snapshots.Snapshot | None:
     """Restores the dump (again: the first copy is in use) into a build database and adopts it as snapshot."""
-    dumpfiles.verify(followup.dump_path, metadata)  # the file may have changed since the restore
+    archive = dumpfiles.open_verified(followup.dump_path, metadata)  # the file may have changed since the restore
     if no_room := snapshots.make_room(admin, databases.size_of(admin, followup.database)):
         progress(f"Did not cache a snapshot: {no_room}")
         return None
@@ -204,7 +221,8 @@ def _build_snapshot(
             progress("Did not cache a snapshot: its build database's name is taken by a database that is not ours")
             return None
     try:
-        load.into_new(admin, followup.dump_path, metadata, settings_dict, build, identity.owner, None, progress)
+        with archive:
+            load.into_new(admin, archive, metadata, settings_dict, build, dump_code, None, progress)
         snapshot = snapshots.adopt(admin, build, metadata, key)
     except psycopg.errors.DuplicateDatabase:
         databases.drop(admin, build)

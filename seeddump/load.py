@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from seeddump import databases, dumpfiles, postgres
+from seeddump import databases, dumpfiles, postgres, sandbox
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -45,39 +44,62 @@ def check_counts(expected: dict[str, int], actual: dict[str, int], *, unchanged:
         )
 
 
-def _owner_args(owner: str, user: str) -> list[str]:
-    return [] if owner == user else [f"--role={owner}"]
+def _hint(reason: str, metadata: dumpfiles.Metadata, server_major: int) -> str:
+    """What a PostgreSQL error means for a restore, when it usually means one thing."""
+    if "unrecognized configuration parameter" in reason and metadata.pg_dump_major > server_major:
+        return (
+            f" This dump was made by pg_dump {metadata.pg_dump_major} and this server is PostgreSQL {server_major}: "
+            "a dump of a newer server can use what an older one lacks. Make the dump on a server of the same "
+            "major version as this one (or older)."
+        )
+    if "out of shared memory" in reason:
+        return (
+            " One transaction locks every table it restores: raise max_locks_per_transaction on the server "
+            "(and restart it), or restore without --in-place."
+        )
+    return ""
 
 
 def into_new(
     admin: psycopg.Connection,
-    dump_path: Path,
+    archive: dumpfiles.OpenedDump,
     metadata: dumpfiles.Metadata,
     settings_dict: Mapping[str, Any],
     database: str,
-    owner: str,
+    dump_code: sandbox.Sandbox,
     jobs: int | None = None,
     progress: Progress = _quiet,
 ) -> None:
-    """pg_restore as ``owner`` into ``database`` (new, empty, ours), then check the counts.
+    """pg_restore into ``database`` (new, empty, ours) as ``dump_code``'s login, acting as the owner, then
+    check the counts (which run none of the dump's code).
 
     The caller drops ``database`` when this fails."""
     pg_restore = postgres.find_program("pg_restore", postgres.server_major(admin), at_least=metadata.pg_dump_major)
     progress(f"Using {pg_restore}")
-    user = databases.current_user(admin)
-    if owner != user:
+    owner = dump_code.owner
+    if dump_code.needed:
         with postgres.connect(settings_dict, database) as conn:
             databases.allow_restore(conn, owner)
+    login = dump_code.login()
     jobs = jobs or conf.RESTORE_JOBS
-    progress(f"Restoring {dump_path.name} into {database} as '{owner}' with {jobs} jobs")
-    args = [f"--dbname={database}", *_owner_args(owner, user), "--no-owner", "--no-privileges", "--exit-on-error"]
+    progress(f"Restoring {archive.name.name} into {database} as '{owner}' with {jobs} jobs")
+    args = [f"--dbname={database}", "--no-owner", "--no-privileges", "--exit-on-error"]
     if jobs > 1:
         args.insert(0, f"--jobs={jobs}")
-    what = "pg_restore" if owner == user else f"pg_restore as '{owner}'"  # the dump's SQL has that role's rights
-    postgres.run(pg_restore, [*args, str(dump_path)], settings_dict, dbname=database, what=what)
+    try:
+        postgres.run(
+            pg_restore,
+            [*args, str(archive.path)],
+            login,
+            dbname=database,
+            what=dump_code.describe,
+            pass_fds=archive.fds,
+        )
+    except SeeddumpError as exc:
+        raise SeeddumpError(f"{exc}{_hint(str(exc), metadata, postgres.server_major(admin))}") from None
     progress("Checking row counts against the metadata")
     with postgres.connect(settings_dict, database) as conn:
-        if owner != user:
+        if dump_code.needed:
             databases.end_restore(conn, owner)
             conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
         counts = postgres.count_rows(conn)
@@ -96,6 +118,8 @@ DECLARE
     item record;
 BEGIN
     SELECT nspowner::regrole::text, nspacl INTO public_owner, public_acl FROM pg_namespace WHERE nspname = 'public';
+    -- Large objects belong to no schema; the dump brings its own, under the same oids.
+    PERFORM lo_unlink(oid) FROM pg_largeobject_metadata;
     FOR schema IN
         SELECT nspname FROM pg_namespace
         WHERE nspname <> 'information_schema' AND nspname NOT LIKE 'pg\_%'
@@ -126,8 +150,17 @@ DECLARE
     n bigint;
     problems text;
 BEGIN
+    -- No policy runs: one that would apply fails the count instead. A table that forces row-level security
+    -- on its owner is counted with the force lifted for that one statement.
+    PERFORM set_config('row_security', 'off', true);
     FOR tables IN %(tables)s LOOP
+        IF tables.forced THEN
+            EXECUTE format('ALTER TABLE %%I.%%I NO FORCE ROW LEVEL SECURITY', tables.nspname, tables.relname);
+        END IF;
         EXECUTE format('SELECT count(*) FROM %%I.%%I', tables.nspname, tables.relname) INTO n;
+        IF tables.forced THEN
+            EXECUTE format('ALTER TABLE %%I.%%I FORCE ROW LEVEL SECURITY', tables.nspname, tables.relname);
+        END IF;
         actual := actual || jsonb_build_object(CASE WHEN tables.nspname = 'public' THEN tables.relname
                                                     ELSE tables.nspname || '.' || tables.relname END, n);
     END LOOP;
@@ -147,30 +180,37 @@ $seeddump$;
 
 def in_place(
     admin: psycopg.Connection,
-    dump_path: Path,
+    archive: dumpfiles.OpenedDump,
     metadata: dumpfiles.Metadata,
     settings_dict: Mapping[str, Any],
     database: str,
-    owner: str,
+    dump_code: sandbox.Sandbox,
     progress: Progress = _quiet,
 ) -> None:
-    """Replaces everything in ``database`` with the dump in one transaction, as ``owner``; a failure
-    (pg_restore, the row counts, a lock that does not come) rolls it all back."""
+    """Replaces everything in ``database`` with the dump in one transaction, as ``dump_code``'s login acting
+    as the owner; a failure (pg_restore, the row counts, a lock that does not come) rolls it all back."""
     major = max(postgres.server_major(admin), metadata.pg_dump_major)
     pg_restore = postgres.find_program("pg_restore", postgres.server_major(admin), at_least=metadata.pg_dump_major)
     psql = postgres.find_program("psql", postgres.server_major(admin), at_least=major)
-    user = databases.current_user(admin)
-    prologue = "SET lock_timeout = {};\n".format(sql.Literal(f"{conf.LOCK_TIMEOUT}s").as_string(admin))
-    if owner != user:
-        prologue += sql.SQL("SET ROLE {};\n").format(sql.Identifier(owner)).as_string(admin)
+    owner = dump_code.owner
+    prologue = "SET lock_timeout = {};\nSET statement_timeout = 0;\n".format(
+        sql.Literal(f"{conf.LOCK_TIMEOUT}s").as_string(admin)
+    )
     epilogue = _CHECK_COUNTS % {
         "expected": sql.Literal(json.dumps(metadata.record_counts)).as_string(admin),
         "tables": postgres.TABLES_SQL,
     }
-    progress(f"Restoring {dump_path.name} into '{database}' in place, in one transaction, as '{owner}'")
+    progress(f"Restoring {archive.name.name} into '{database}' in place, in one transaction, as '{owner}'")
     try:
         postgres.restore_in_transaction(
-            pg_restore, psql, dump_path, prologue + _EMPTY_DATABASE, epilogue, settings_dict, database
+            pg_restore,
+            psql,
+            archive.path,
+            prologue + _EMPTY_DATABASE,
+            epilogue,
+            dump_code.login(),
+            database,
+            pass_fds=archive.fds,
         )
     except postgres.ScriptFailed as exc:
         if exc.reason.startswith("seeddump counts: "):
@@ -179,6 +219,8 @@ def in_place(
                 f"{exc.reason.removeprefix('seeddump counts: ')}. The database was left unchanged; "
                 "regenerate the dump."
             ) from None
+        hint = _hint(exc.reason, metadata, postgres.server_major(admin))
         raise SeeddumpError(
-            f"The in-place restore of '{database}' failed and was rolled back, leaving it unchanged: {exc.reason}."
+            f"The in-place restore of '{database}' failed and was rolled back, leaving it unchanged: "
+            f"{exc.reason.rstrip('.')}.{hint}"
         ) from None

@@ -123,7 +123,7 @@ def archive(root: Path, target: Path, *, exclude: tuple[Path, ...] = ()) -> Arch
     root = _resolved(root)
     files = total = 0
     skipped: list[str] = []
-    excluded = {path.resolve() for path in exclude}
+    excluded = {path.resolve() for path in (*exclude, *ours_inside(root))}
     try:
         with tarfile.open(target, "w:gz", compresslevel=_COMPRESSLEVEL, format=tarfile.PAX_FORMAT) as tar:
             if not root.is_dir():
@@ -319,17 +319,42 @@ def check(path: Path, info: MediaInfo) -> None:
 
 # --- Unpacking and swapping -------------------------------------------------------------------------------
 
-_LEFTOVER = r"^\.{name}\.seeddump-(?P<kind>new|old)\.(?P<pid>\d+)\.[0-9a-f]{{8}}$"
+# Our folders. Beside MEDIA_ROOT: ``.<name>.seeddump-<kind>.…``. When MEDIA_ROOT is a mount point (a Docker
+# volume, a tmpfs), it cannot be renamed and nothing beside it is on its file system, so they live inside it
+# as ``.seeddump-<kind>.…`` and the swap moves its contents instead (see ``Exchange``).
+_OURS_INSIDE = ".seeddump-"
+_LEFTOVER = r"^{lead}seeddump-(?P<kind>new|old)\.(?P<pid>\d+)\.[0-9a-f]{{8}}(\.in|\.out)?$"
+
+
+def is_mount_point(root: Path) -> bool:
+    """MEDIA_ROOT is a mount point: the folder cannot be renamed, only its contents moved."""
+    return os.path.ismount(_resolved(root))
+
+
+def _place(root: Path, name: str) -> Path:
+    """Where our folder ``seeddump-<name>`` of MEDIA_ROOT lives: beside it, or inside it when it is a mount point."""
+    root = _resolved(root)
+    return root / f".seeddump-{name}" if is_mount_point(root) else root.with_name(f".{root.name}.seeddump-{name}")
 
 
 def _sibling(root: Path, kind: str) -> Path:
-    return root.with_name(f".{root.name}.seeddump-{kind}.{os.getpid()}.{secrets.token_hex(4)}")
+    return _place(root, f"{kind}.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def ours_inside(root: Path) -> tuple[Path, ...]:
+    """Our folders inside MEDIA_ROOT (a mount point): never archived, never swapped with the media."""
+    root = _resolved(root)
+    try:
+        return tuple(Path(e.path) for e in os.scandir(root) if e.name.startswith(_OURS_INSIDE))
+    except OSError:
+        return ()
 
 
 def check_space(root: Path, info: MediaInfo) -> None:
     """Refuses before anything is touched when unpacking the archive beside MEDIA_ROOT would fill the disk."""
     root = _resolved(root)
-    folder = next((p for p in (root.parent, *root.parent.parents) if p.exists()), Path("/"))
+    where = root if is_mount_point(root) else root.parent
+    folder = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
     free = shutil.disk_usage(folder).free
     if free < info.bytes + SPACE_MARGIN:
         raise SeeddumpError(
@@ -418,43 +443,143 @@ def _renameat2(source: Path, destination: Path, flags: int) -> bool:
     raise OSError(code, os.strerror(code), str(source))
 
 
-def swap(root: Path, unpacked: Path) -> Path | None:
-    """Puts ``unpacked`` in MEDIA_ROOT's place; returns the replaced folder (renamed beside it), if any.
-
-    One atomic exchange where the system has it, so a kill at any moment leaves MEDIA_ROOT complete;
-    elsewhere two renames (a kill between them leaves MEDIA_ROOT missing, the old folder beside it)."""
-    root = _resolved(root)
-    retired = _sibling(root, "old")
+def _inode(path: Path) -> int | None:
     try:
-        if not root.exists():
-            if not _renameat2(unpacked, root, _RENAME_NOREPLACE):
-                os.rename(unpacked, root)
+        return path.lstat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """Putting the folder ``incoming`` in MEDIA_ROOT's place, and what MEDIA_ROOT held at ``outgoing``.
+
+    It is data (``as_label``), so the database swap's transaction records it in the replaced database's label
+    before a single file moves, and whoever finds it unfinished (the next restore or undo, holding the
+    target's lock) finishes it with ``complete``: every step can be repeated and tells by inode numbers
+    whether it already happened. A plain folder is exchanged by one ``renameat2(RENAME_EXCHANGE)``; a mount
+    point's contents are moved entry by entry (``contents``), out to ``outgoing`` first, then in."""
+
+    root: Path
+    incoming: Path
+    outgoing: Path
+    incoming_inode: int
+    root_inode: int | None  # None: there was no MEDIA_ROOT
+    contents: bool = False
+
+    @classmethod
+    def plan(cls, root: Path, incoming: Path, outgoing: Path) -> Exchange:
+        root = _resolved(root)
+        inode = _inode(incoming)
+        assert inode is not None
+        return cls(root, incoming, outgoing, inode, _inode(root), is_mount_point(root))
+
+    def as_label(self) -> dict[str, object]:
+        return {
+            "root": str(self.root),
+            "incoming": str(self.incoming),
+            "outgoing": str(self.outgoing),
+            "incomingInode": self.incoming_inode,
+            "rootInode": self.root_inode,
+            "contents": self.contents,
+        }
+
+    @classmethod
+    def from_label(cls, value: object) -> Exchange | None:
+        """The exchange a label records; None for anything that is not one of ours (a label is input)."""
+        if not isinstance(value, dict):
             return None
-        if _renameat2(unpacked, root, _RENAME_EXCHANGE):
-            os.rename(unpacked, retired)  # ``unpacked`` now names the replaced folder
-        else:
-            os.rename(root, retired)
-            os.rename(unpacked, root)
-    except OSError as exc:
-        raise SeeddumpError(
-            f"Could not swap the restored media into {root}: {exc.strerror or exc}. The restored files are in "
-            f"{unpacked}; MEDIA_ROOT was left as it was."
-        ) from None
-    return retired
+        try:
+            exchange = cls(
+                Path(str(value["root"])),
+                Path(str(value["incoming"])),
+                Path(str(value["outgoing"])),
+                int(value["incomingInode"]),
+                None if value.get("rootInode") is None else int(value["rootInode"]),
+                bool(value.get("contents")),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+        # Only our own folders, beside MEDIA_ROOT or inside it: never a path a forged label names elsewhere.
+        for folder in (exchange.incoming, exchange.outgoing):
+            if not exchange.root.is_absolute() or folder.parent not in (exchange.root, exchange.root.parent):
+                return None
+            if "seeddump-" not in folder.name:
+                return None
+        return exchange
+
+    @property
+    def done(self) -> bool:
+        if self.contents:
+            return not any(p.exists() for p in (self.incoming, self._moving_in, self._moving_out))
+        return _inode(self.root) == self.incoming_inode and not self.incoming.exists()
+
+    @property
+    def _moving_out(self) -> Path:
+        return self.incoming.with_name(self.incoming.name + ".out")
+
+    @property
+    def _moving_in(self) -> Path:
+        return self.incoming.with_name(self.incoming.name + ".in")
+
+    def complete(self) -> list[Path]:
+        """Does what is left of the exchange; SeeddumpError (saying where the files are) if it cannot. Returns
+        the folders it set aside to drop (an earlier undo's)."""
+        try:
+            return self._contents() if self.contents else self._folders()
+        except OSError as exc:
+            raise SeeddumpError(
+                f"Could not swap the restored media into {self.root}: {exc.strerror or exc}. The incoming files "
+                f"are in {self.incoming}; the next restoredump (or --undo) finishes the swap once that is fixed."
+            ) from None
+
+    def _folders(self) -> list[Path]:
+        aside = []
+        # An outgoing folder that MEDIA_ROOT never was: an earlier undo's, which no longer undoes anything.
+        if _inode(self.outgoing) not in (None, self.root_inode):
+            aside.append(leftover(self.root))
+            os.rename(self.outgoing, aside[-1])
+        if _inode(self.root) != self.incoming_inode and _inode(self.incoming) == self.incoming_inode:
+            if _inode(self.root) is None:
+                if not _renameat2(self.incoming, self.root, _RENAME_NOREPLACE):
+                    os.rename(self.incoming, self.root)
+            elif not _renameat2(self.incoming, self.root, _RENAME_EXCHANGE):
+                os.rename(self.root, self.outgoing)  # two renames where the system cannot exchange
+                os.rename(self.incoming, self.root)
+        # ``incoming`` now names what MEDIA_ROOT was.
+        if self.root_inode is not None and _inode(self.incoming) == self.root_inode:
+            os.rename(self.incoming, self.outgoing)
+        return aside
+
+    def _contents(self) -> list[Path]:
+        aside = []
+        if self.incoming.exists():  # out: everything MEDIA_ROOT holds but our folders
+            self._moving_out.mkdir(mode=0o700, exist_ok=True)
+            for entry in os.scandir(self.root):
+                if not entry.name.startswith(_OURS_INSIDE):
+                    os.rename(entry.path, self._moving_out / entry.name)
+            os.rename(self.incoming, self._moving_in)
+        if self._moving_in.exists():  # in: MEDIA_ROOT holds nothing but our folders now
+            for entry in os.scandir(self._moving_in):
+                os.rename(entry.path, self.root / entry.name)
+            os.rmdir(self._moving_in)
+        if self._moving_out.exists():
+            if self.outgoing.exists():
+                aside.append(leftover(self.root))
+                os.rename(self.outgoing, aside[-1])
+            os.rename(self._moving_out, self.outgoing)
+        return aside
 
 
 def undo_folder(root: Path, tag: str) -> Path:
-    """Where the media folder a restore replaced is kept for an undo: beside MEDIA_ROOT, one per database."""
-    root = _resolved(root)
-    return root.with_name(f".{root.name}.seeddump-undo.{tag}")
+    """Where the media folder a restore replaced is kept for an undo: beside MEDIA_ROOT (inside it when it is a
+    mount point), one per database."""
+    return _place(root, f"undo.{tag}")
 
 
-def keep_for_undo(root: Path, replaced: Path, tag: str) -> Path:
-    """Renames the replaced folder to ``undo_folder``; one kept there before becomes a leftover (dropped)."""
-    kept = undo_folder(root, tag)
-    retire_undo(root, tag)
-    os.rename(replaced, kept)
-    return kept
+def leftover(root: Path) -> Path:
+    """A new name for a folder to drop (``drop``; a killed run's is dropped by the next restore)."""
+    return _sibling(root, "old")
 
 
 def retire_undo(root: Path, tag: str) -> Path | None:
@@ -463,7 +588,7 @@ def retire_undo(root: Path, tag: str) -> Path | None:
     kept = kept_for_undo(root, tag)
     if kept is None:
         return None
-    retired = _sibling(_resolved(root), "old")
+    retired = leftover(root)
     os.rename(kept, retired)
     return retired
 
@@ -481,13 +606,19 @@ def kept_for_undo(root: Path, tag: str) -> Path | None:
 
 
 def set_aside(root: Path) -> Path | None:
-    """Renames MEDIA_ROOT to a leftover name beside it (for ``drop``), as when an undo takes back a media
+    """Moves what MEDIA_ROOT holds to a leftover folder (for ``drop``), as when an undo takes back a media
     folder a restore made where there was none."""
     root = _resolved(root)
     if not root.exists():
         return None
-    retired = _sibling(root, "old")
-    os.rename(root, retired)
+    retired = leftover(root)
+    if not is_mount_point(root):
+        os.rename(root, retired)
+        return retired
+    retired.mkdir(mode=0o700)
+    for entry in os.scandir(root):
+        if not entry.name.startswith(_OURS_INSIDE):
+            os.rename(entry.path, retired / entry.name)
     return retired
 
 
@@ -497,25 +628,30 @@ def drop(folder: Path) -> None:
 
 
 def drop_leftovers(root: Path) -> list[Path]:
-    """Drops media folders our killed runs left beside MEDIA_ROOT: replaced folders, and unpacked ones whose
-    process is gone. Another user's folders, and live processes' ones, are left alone."""
+    """Drops media folders our killed runs left beside MEDIA_ROOT (or inside it, when it is a mount point):
+    replaced folders, and unpacked ones whose process is gone. Another user's folders, and live processes'
+    ones, are left alone. Call it after an unfinished exchange was completed: its folders look the same."""
     root = _resolved(root)
-    pattern = re.compile(_LEFTOVER.format(name=re.escape(root.name)))
     dropped = []
-    try:
-        entries = list(os.scandir(root.parent))
-    except OSError:
-        return []
-    for entry in entries:
-        match = pattern.fullmatch(entry.name)
-        if match is None or not entry.is_dir(follow_symlinks=False):
+    places = [(root.parent, re.escape(f".{root.name}."))]
+    if is_mount_point(root):
+        places.append((root, r"\."))
+    for folder, lead in places:
+        pattern = re.compile(_LEFTOVER.format(lead=lead))
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
             continue
-        if entry.stat(follow_symlinks=False).st_uid != os.geteuid():
-            continue
-        if match["kind"] == "new" and processes.alive(int(match["pid"])):
-            continue
-        drop(Path(entry.path))
-        dropped.append(Path(entry.path))
+        for entry in entries:
+            match = pattern.fullmatch(entry.name)
+            if match is None or not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid != os.geteuid():
+                continue
+            if match["kind"] == "new" and processes.alive(int(match["pid"])):
+                continue
+            drop(Path(entry.path))
+            dropped.append(Path(entry.path))
     return dropped
 
 

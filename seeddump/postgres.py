@@ -65,20 +65,25 @@ def settings_for(using: str) -> Mapping[str, Any]:
 
 
 @contextlib.contextmanager
-def django_connection_to(using: str, name: str) -> Iterator[None]:
-    """Django's connection ``using`` goes to database ``name`` on the same server inside the block, so that
-    migrate, the ORM and the project's signals all use it; back to its own database afterwards."""
+def django_connection_to(using: str, name: str, login: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """Django's connection ``using`` goes to database ``name`` on the same server inside the block (logged in
+    with ``login``'s USER, PASSWORD and OPTIONS, when given), so that migrate, the ORM and the project's
+    signals all use it; back to its own database and login afterwards."""
     from django.db import connections
 
     connection = connections[using]
-    original = connection.settings_dict["NAME"]
+    keys = ("NAME", "USER", "PASSWORD", "OPTIONS")
+    original = {key: connection.settings_dict.get(key) for key in keys}
     connection.close()
     connection.settings_dict["NAME"] = name
+    if login is not None:
+        for key in keys[1:]:
+            connection.settings_dict[key] = login.get(key)
     try:
         yield
     finally:
         connection.close()
-        connection.settings_dict["NAME"] = original
+        connection.settings_dict.update(original)
 
 
 @contextlib.contextmanager
@@ -87,7 +92,7 @@ def user_errors(settings_dict: Mapping[str, Any]) -> Iterator[None]:
     try:
         yield
     except psycopg.Error as exc:
-        raise SeeddumpError(f"PostgreSQL said: {scrub(_first_line(str(exc)), settings_dict)}.") from None
+        raise SeeddumpError(f"PostgreSQL said: {scrub(first_line(str(exc)), settings_dict)}.") from None
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         raise SeeddumpError(f"{where}{exc.strerror or exc}.") from None
@@ -125,12 +130,13 @@ def client_env(settings_dict: Mapping[str, Any], dbname: str | None = None) -> d
         "PGSSLROOTCERT": options.get("sslrootcert"),
         "PGSSLCERT": options.get("sslcert"),
         "PGSSLKEY": options.get("sslkey"),
+        "PGOPTIONS": options.get("options"),
         "PGAPPNAME": APPLICATION_NAME,
     }
     return {key: str(value) for key, value in values.items() if value not in (None, "")}
 
 
-def _connect_kwargs(settings_dict: Mapping[str, Any], dbname: str) -> dict[str, Any]:
+def connect_kwargs(settings_dict: Mapping[str, Any], dbname: str) -> dict[str, Any]:
     options = {k: v for k, v in (settings_dict.get("OPTIONS") or {}).items() if k not in _DJANGO_ONLY_OPTIONS}
     kwargs: dict[str, Any] = {
         "host": settings_dict.get("HOST") or None,
@@ -158,9 +164,9 @@ def connect(
     delay = 0.1
     while True:
         try:
-            return psycopg.connect(**_connect_kwargs(settings_dict, dbname), autocommit=True)
+            conn = psycopg.connect(**connect_kwargs(settings_dict, dbname), autocommit=True)
         except psycopg.Error as exc:
-            reason = scrub(_first_line(str(exc)), settings_dict)
+            reason = scrub(first_line(str(exc)), settings_dict)
             transient = any(marker in reason.lower() for marker in _TRANSIENT_MARKERS)
             if transient and time.monotonic() + delay < deadline:
                 time.sleep(delay)  # bounded back-off while the server comes up
@@ -171,6 +177,11 @@ def connect(
                 f"Cannot connect to {server.describe()}: {reason}. "
                 "Check that PostgreSQL is running and that DATABASES is right."
             ) from None
+        # seeddump's own statements set their own limits: a role's or database's statement_timeout would
+        # cancel a database copy, and an idle_in_transaction_session_timeout the export pg_dump reads from.
+        conn.execute("SET statement_timeout = 0")
+        conn.execute("SET idle_in_transaction_session_timeout = 0")
+        return conn
 
 
 class LockBusy(SeeddumpError):
@@ -276,7 +287,7 @@ def connect_maintenance(settings_dict: Mapping[str, Any]) -> psycopg.Connection:
     return connect(settings_dict, conf.MAINTENANCE_DB)
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
         return "unknown error"
@@ -299,7 +310,7 @@ def server_version_text(conn: psycopg.Connection) -> str:
 # --- Tables and row counts -------------------------------------------------------------------------
 
 TABLES_SQL = """
-    SELECT n.nspname, c.relname
+    SELECT n.nspname, c.relname, c.relrowsecurity AND c.relforcerowsecurity AS forced
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind IN ('r', 'p')
       AND NOT c.relispartition
@@ -318,14 +329,30 @@ def table_key(schema: str, table: str) -> str:
     return table if schema == "public" else f"{schema}.{table}"
 
 
-def count_rows(conn: psycopg.Connection) -> dict[str, int]:
-    """Exact row counts of every user table, as pg_dump sees them (partitioned tables as one)."""
+def count_rows(conn: psycopg.Connection, *, lift_forced_security: bool = True) -> dict[str, int]:
+    """Exact row counts of every user table, as pg_dump sees them (partitioned tables as one).
+
+    Runs none of the database's own code: ``count(*)`` calls no function, and with ``row_security`` off a
+    row-level security policy is never evaluated (a query it would apply to fails instead, as pg_dump's does).
+    A table whose owner forced row-level security on itself is counted, when ``lift_forced_security`` and the
+    role owns it, with the force lifted in a transaction that is rolled back: nothing changes."""
     counts: dict[str, int] = {}
-    with conn.cursor() as cursor:
-        tables = cursor.execute(TABLES_SQL).fetchall()
-        for schema, table in tables:
-            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))
-            (count,) = cursor.execute(query).fetchone()  # type: ignore[misc]
+    with conn.transaction(force_rollback=True), conn.cursor() as cursor:
+        cursor.execute("SET LOCAL row_security = off")
+        for schema, table, forced in cursor.execute(TABLES_SQL).fetchall():
+            name = sql.Identifier(schema, table)
+            if forced and lift_forced_security:
+                with contextlib.suppress(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                    cursor.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(name))
+            try:
+                with conn.transaction():
+                    (count,) = cursor.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()  # type: ignore[misc]
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise SeeddumpError(
+                    f"Cannot count the rows of {table_key(schema, table)} without running its row-level security "
+                    f"policies ({first_line(str(exc))}), and pg_dump cannot read them either: connect as a superuser "
+                    "or a role with BYPASSRLS (or as its owner, unless the table forces row-level security on it)."
+                ) from None
             counts[table_key(schema, table)] = int(count)
     return counts
 
@@ -431,12 +458,18 @@ def run(
     *,
     dbname: str | None = None,
     what: str,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Runs a PostgreSQL program against ``dbname`` and turns a failure into a one-line SeeddumpError."""
     env = {**os.environ, **client_env(settings_dict, dbname)}
     try:
         result = subprocess.run(
-            command(program, args), env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+            command(program, args),
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            pass_fds=tuple(pass_fds),
         )
     except OSError as exc:
         raise SeeddumpError(f"Could not start {program.path}: {exc.strerror}.") from None
@@ -469,11 +502,12 @@ class ScriptFailed(SeeddumpError):
 def restore_in_transaction(
     pg_restore: Program,
     psql: Program,
-    dump_path: Path,
+    archive: Path,
     prologue: str,
     epilogue: str,
     settings_dict: Mapping[str, Any],
     dbname: str,
+    pass_fds: Sequence[int] = (),
 ) -> None:
     """Runs ``prologue``, the dump's SQL (pg_restore's script output) and ``epilogue`` in one transaction
     in ``dbname``, through psql, and commits only if every statement succeeded and pg_restore read the
@@ -492,7 +526,8 @@ def restore_in_transaction(
             raise SeeddumpError(f"Could not start {psql.path}: {exc.strerror}.") from None
         try:
             source = subprocess.Popen(
-                command(pg_restore, ["--no-owner", "--no-privileges", "--file=-", str(dump_path)]),
+                command(pg_restore, ["--no-owner", "--no-privileges", "--file=-", str(archive)]),
+                pass_fds=tuple(pass_fds),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

@@ -9,14 +9,18 @@ SEEDDUMP_RESTORE_HOOKS lists the hooks, run in order: a list or tuple is a manag
 arguments (``["createsuperuser", "--noinput", "--username", "dev"]``; ``--database`` is added for the alias
 being restored when the command takes it), a string the dotted path of a callable that takes ``using`` (the
 alias, pointed at the restored database).
+
+Both run logged in as the restore's throwaway member of the owner (``seeddump.sandbox``) when seeddump connects
+as another role: a trigger the dump put on ``django_migrations`` runs with the owner's rights at most.
 """
 
 from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.core.management import call_command
 from django.utils.module_loading import import_string
@@ -58,15 +62,25 @@ def _command_args(hook: Sequence[object], using: str) -> list[str]:
     return args
 
 
-def prepare(using: str, database: str, target: str, *, migrate: bool, hooks: bool, progress: Progress) -> Prepared:
-    """Migrates (if ``migrate``) and runs the hooks (if ``hooks``) against ``database``; SeeddumpError if any
+def prepare(
+    using: str,
+    database: str,
+    target: str,
+    *,
+    migrate: bool,
+    hooks: bool,
+    progress: Progress,
+    login: Callable[[], Mapping[str, Any]] | None = None,
+) -> Prepared:
+    """Migrates (if ``migrate``) and runs the hooks (if ``hooks``) against ``database``, logged in with
+    ``login()`` (the restore's ``sandbox``: the restored database's code runs there too); SeeddumpError if any
     fails."""
     hooks_to_run: Sequence[object] = conf.RESTORE_HOOKS if hooks else ()
     applied: list[str] = []
     if not migrate and not hooks_to_run:
         return Prepared((), 0)
     untouched = f"'{target}' was not changed"
-    with postgres.django_connection_to(using, database):
+    with postgres.django_connection_to(using, database, login() if login is not None else None):
         if migrate:
             output = io.StringIO()
             try:

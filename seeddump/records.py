@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import psycopg
 from django.apps import apps
-from django.db import DatabaseError, connections
+from django.db import connections
+from psycopg import sql
 
-from seeddump import dumpfiles
+from seeddump import dumpfiles, postgres
 from seeddump.exceptions import SeeddumpError
 
 if TYPE_CHECKING:
@@ -61,17 +63,29 @@ def record_dump(using: str, dump_path: Path, metadata: dumpfiles.Metadata) -> bo
     return True
 
 
-def restore_times(using: str) -> dict[str, datetime]:
-    """When each dump was last restored, as the database currently knows it."""
-    try:
-        if not table_exists(using):
-            return {}
-        model = _model()
-        assert model is not None
-        rows = model.objects.using(using).exclude(last_restored_at=None)
-        return {name: when for name, when in rows.values_list("file_name", "last_restored_at") if when is not None}
-    except DatabaseError:
+def restore_times(settings_dict: Mapping[str, Any], database: str) -> dict[str, datetime]:
+    """When each dump was last restored, as ``database`` knows it (empty when it cannot tell).
+
+    Read with plain SQL that runs none of the database's code, which may be a restored dump's: only from a
+    real table of that name (not a view), with row-level security off (a policy is never evaluated)."""
+    model = _model()
+    if model is None:
         return {}
+    table = model._meta.db_table
+    try:
+        with postgres.connect(settings_dict, database) as conn:
+            conn.execute("SET row_security = off")
+            kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (f'"{table}"',)).fetchone()
+            if kind is None or kind[0] != "r":
+                return {}
+            rows = conn.execute(
+                sql.SQL("SELECT file_name, last_restored_at FROM {} WHERE last_restored_at IS NOT NULL").format(
+                    sql.Identifier(table)
+                )
+            ).fetchall()
+    except (psycopg.Error, SeeddumpError):
+        return {}
+    return {name: when for name, when in rows if isinstance(name, str) and isinstance(when, datetime)}
 
 
 def sync_from_disk(using: str, directory: Path, restore_times: Mapping[str, datetime]) -> int:

@@ -19,13 +19,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from seeddump import (
     databases,
@@ -36,15 +36,17 @@ from seeddump import (
     postgres,
     preswap,
     records,
+    sandbox,
     serverdisk,
     shared,
+    signals,
     signing,
     snapshots,
     staleness,
     undo,
 )
 from seeddump.conf import conf
-from seeddump.exceptions import SeeddumpError
+from seeddump.exceptions import SeeddumpError, UnfinishedAfterSwap
 
 Progress = Callable[[str], None]
 
@@ -62,6 +64,15 @@ class RestorePlan:
     status: staleness.DumpStatus
     notes: tuple[str, ...] = ()  # worth telling the user before the restore (a newer dump lies beside)
     media_archive: Path | None = None  # the dump's media archive, checked; None: the files are left alone
+    # The dump's code may run as the connecting role (SET ROLE to the owner) where no throwaway member of the
+    # owner can be had (``seeddump.sandbox``): signed with the team's key, or trusted by the user.
+    trusted: bool = False
+    # The dump, opened when it was verified: what pg_restore reads (see ``dumpfiles.OpenedDump``).
+    opened: dumpfiles.OpenedDump | None = field(default=None, compare=False, repr=False)
+
+    def archive(self) -> dumpfiles.OpenedDump:
+        """The verified dump to hand to pg_restore (verified now when the plan was made without it)."""
+        return self.opened or dumpfiles.open_verified(self.dump_path, self.metadata)
 
     @property
     def server(self) -> postgres.Server:
@@ -119,6 +130,7 @@ def plan_restore(
     force: bool = False,
     shared_storage: str = "auto",
     with_media: bool = True,
+    trust: bool = False,
     progress: Progress = _quiet,
 ) -> RestorePlan:
     """Finds the dump, reads its metadata and verifies its checksum, all before touching any database.
@@ -137,6 +149,8 @@ def plan_restore(
         if dump is None and shared.configured() and shared_storage != "offline":
             shared.sync_latest(environment, conf.DIR, required=shared_storage == "pull", progress=progress)
         plan = _plan(environment, dump, using, force)
+    if trust or conf.TRUST_DUMPS or conf.SIGNING_KEYS:  # a signature was checked: it is the team's
+        plan = replace(plan, trusted=True)
     info = plan.metadata.media
     if info is None:
         return plan
@@ -178,9 +192,15 @@ def _plan(environment: str, dump: str | Path | None, using: str, force: bool) ->
             f"({', '.join(f'{app}.{name}' for app, name in status.unknown[:5])}): it was made on another branch "
             "or a newer checkout. Check out matching code or regenerate the dump; --force restores it anyway."
         )
-    dumpfiles.verify(dump_path, metadata)
+    opened = dumpfiles.open_verified(dump_path, metadata)
     return RestorePlan(
-        environment=environment, dump_path=dump_path, metadata=metadata, using=using, status=status, notes=notes
+        environment=environment,
+        dump_path=dump_path,
+        metadata=metadata,
+        using=using,
+        status=status,
+        notes=notes,
+        opened=opened,
     )
 
 
@@ -267,15 +287,32 @@ def restore(
             return _restore_in_place(plan, settings_dict, progress, record, media_swap)
         result = _restore(plan, settings_dict, jobs, use_snapshots, defer, progress, record, media_swap, migrate)
         if result.followup is not None and not defer:
-            try:
+            with after_swap(result.database, plan.dump_path.name, result.undo_copy, settings_dict):
                 finishing.finish(result.followup, settings_dict, progress)
-            except KeyboardInterrupt:
-                raise SeeddumpError(
-                    f"Interrupted after the restored database was put in place: '{result.database}' holds the "
-                    "dump; the replaced database is dropped by the next restore."
-                ) from None
             result = replace(result, followup=None)
     return result
+
+
+@contextlib.contextmanager
+def after_swap(target: str, holds: str, kept: str | None, settings_dict: Mapping[str, Any]) -> Iterator[None]:
+    """Everything after a swap's commit: whatever stops it (an interruption, a lost connection, a media folder
+    that cannot move), the target holds ``holds`` now, and the one line says so, where the replaced database
+    is, and how the rest gets done (``UnfinishedAfterSwap``, exit status 3)."""
+    try:
+        yield
+    except UnfinishedAfterSwap:
+        raise
+    except (KeyboardInterrupt, Exception) as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            what = "interrupted"
+        else:
+            text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+            what = postgres.scrub(text, settings_dict)
+        where = f"kept for an undo as {kept}" if kept else "dropped by the next restore"
+        raise UnfinishedAfterSwap(
+            f"'{target}' now holds {holds}; the database it replaced is {where}. What comes after the swap did not "
+            f"finish ({what}); the next restoredump (or restoredump --undo) finishes it."
+        ) from None
 
 
 def _target_of(using: str, settings_dict: Mapping[str, Any]) -> str:
@@ -317,6 +354,7 @@ def undo_last(
     with postgres.user_errors(settings_dict):
         target = _target_of(using, settings_dict)
         with postgres.connect_maintenance(settings_dict) as admin, target_lock(admin, target, progress):
+            _finish_interrupted(admin, target, progress)
             copy = undo.find(admin, target)
             if copy is None:
                 raise SeeddumpError(
@@ -330,7 +368,8 @@ def undo_last(
                     f"undoing it would bring back {copy.describe()}. Run: python manage.py restoredump --undo"
                 )
             databases.check_may_create(admin, target)
-            owner = databases.restore_owner(admin, target, configured_owner(settings_dict))
+            # The database comes back as it was, with the owner it had (not the undone restore's).
+            owner = databases.restore_owner(admin, target, copy.owner or configured_owner(settings_dict))
             tag = finishing.tag(target)
             root = media.media_root() if copy.media is not None and with_media else None
             kept_media = media.kept_for_undo(root, tag) if root is not None and copy.media == "kept" else None
@@ -340,21 +379,34 @@ def undo_last(
                     "changed. Undo the database alone with: python manage.py restoredump --undo --no-media"
                 )
             connections[using].close()
-            retired = finishing.retired_prefix(target) + secrets.token_hex(4)
+            exchange = None
+            if root is not None and kept_media is not None:
+                exchange = media.Exchange.plan(root, kept_media, media.leftover(root))
+            label = {"seeddump": "retired", "database": target}
+            if exchange is not None:
+                label["mediaExchange"] = exchange.as_label()  # type: ignore[assignment]
+            fate = databases.Replaced(finishing.retired_prefix(target) + secrets.token_hex(4), label)
             progress(f"Swapping {copy.name} back in for '{target}'")
-            swapped = databases.swap(admin, target, copy.name, retired, owner)
-            replaced_media: list[Path] = []
-            if root is not None:
-                put_back = media.swap(root, kept_media) if kept_media is not None else media.set_aside(root)
-                replaced_media += [put_back] if put_back is not None else []
-            elif copy.media == "kept":  # --no-media: the kept folder no longer undoes anything
-                with contextlib.suppress(SeeddumpError):
-                    left = media.retire_undo(media.media_root(), tag)
-                    replaced_media += [left] if left is not None else []
-            progress(f"Dropping the undone restore's database {retired}")
-            databases.drop(admin, retired)
-        for folder in replaced_media:
-            media.drop(folder)
+            swapped = databases.swap(admin, target, copy.name, fate, owner)
+            with after_swap(
+                target, f"what it held before {copy.replaced_by or 'the last restore'}", None, settings_dict
+            ):
+                signals.database_swapped.send(sender=using, database=target, replaced=fate.name)
+                replaced_media: list[Path] = []
+                if exchange is not None:
+                    replaced_media += undo.settle_media(admin, fate.name, exchange)
+                    replaced_media.append(exchange.outgoing)
+                elif root is not None and copy.media == "absent":
+                    put_aside = media.set_aside(root)
+                    replaced_media += [put_aside] if put_aside is not None else []
+                elif copy.media == "kept":  # --no-media: the kept folder no longer undoes anything
+                    with contextlib.suppress(SeeddumpError):
+                        left = media.retire_undo(media.media_root(), tag)
+                        replaced_media += [left] if left is not None else []
+                progress(f"Dropping the undone restore's database {fate.name}")
+                databases.drop(admin, fate.name)
+                for folder in replaced_media:
+                    media.drop(folder)
     return UndoResult(
         database=target,
         copy=copy,
@@ -383,9 +435,12 @@ def _restore(
         postgres.connect_maintenance(settings_dict) as admin,
         target_lock(admin, target, progress),
         snapshots.restoring(admin),
+        sandbox.Sandbox(admin, settings_dict, "", trusted=plan.trusted) as dump_code,
     ):
         databases.check_may_create(admin, target)
         owner = databases.restore_owner(admin, target, configured_owner(settings_dict))
+        dump_code.owner = owner
+        _finish_interrupted(admin, target, progress)
         # Killed runs' scratch databases; replaced ones are left to this restore's finishing (see ``finish``).
         for name in finishing.drop_leftovers(admin, target, retired=False):
             progress(f"Dropped {name}, left over by an interrupted restore")
@@ -395,11 +450,12 @@ def _restore(
         shape = current.shape if current is not None else databases.new_identity(admin, owner).shape
         key = databases.Identity(owner=owner, shape=shape).cache_key(databases.current_user(admin))
         scratch = finishing.scratch_prefix(target) + secrets.token_hex(4)
-        retired = finishing.retired_prefix(target) + secrets.token_hex(4)
         source, claimed, changed, cache_note = "pg_restore", None, False, None
         for build in snapshots.stop_builds(admin):  # an earlier restore's background pg_restore
             progress(f"Stopped building the snapshot {build} in the background: this restore comes first")
         cloning = serverdisk.cloning(admin) if use_snapshots else serverdisk.Cloning(False, "--no-snapshot")
+        # A snapshot is kept for a dump of the dumps folder only: pruning drops one whose dump is not there.
+        caching = use_snapshots and plan.dump_path.parent.resolve() == conf.DIR.resolve()
         progress(f"Database copies on this server: {cloning.why}")
         try:
             if use_snapshots:
@@ -413,33 +469,62 @@ def _restore(
                     progress("Using the empty database the last restore prepared")
                 else:
                     databases.create(admin, scratch, shape)
-                load.into_new(admin, plan.dump_path, metadata, settings_dict, scratch, owner, jobs, progress)
+                load.into_new(admin, plan.archive(), metadata, settings_dict, scratch, dump_code, jobs, progress)
                 # With clones, the snapshot is a clone of this verified copy, made in milliseconds: no
                 # second pg_restore in the background, no ready copy.
-                if use_snapshots and (cloning.enabled or not defer):
+                if caching and (cloning.enabled or not defer):
                     cache_note = snapshots.keep(admin, scratch, metadata, key, progress, cloned=cloning.enabled)
             # Verified now, or when the snapshot was made (a snapshot accepts no connections since).
-            carried = records.restore_times(plan.using) if exists and record else {}
+            carried = records.restore_times(settings_dict, target) if exists and record else {}
             to_migrate = migrate and bool(plan.status.missing)
             changed = to_migrate or (record and bool(conf.RESTORE_HOOKS))  # no longer the dump as it is
             if changed:  # a copy of the snapshot or a ready copy is closed to connections
                 databases.close(admin, scratch, closed=False)
-            prepared = preswap.prepare(plan.using, scratch, target, migrate=to_migrate, hooks=record, progress=progress)
+            with databases.owner_may_create(settings_dict, scratch, owner, allowed=changed and dump_code.needed):
+                prepared = preswap.prepare(
+                    plan.using,
+                    scratch,
+                    target,
+                    migrate=to_migrate,
+                    hooks=record,
+                    progress=progress,
+                    login=dump_code.login,
+                )
             media_swap.wait()  # unpacked beside the media folder while the database was restored
             connections[plan.using].close()
+            exchange = media_swap.exchange(target, keep=record and conf.UNDO)
+            fate = undo.replaced_fate(
+                admin,
+                target,
+                keep=record,
+                dump_path=plan.dump_path,
+                environment=plan.environment,
+                media_exchange=exchange,
+                media_swapped=media_swap.root is not None,
+            )
             progress(f"Swapping the restored database in for '{target}'")
-            swapped = databases.swap(admin, target, scratch, retired, owner)
+            swapped = databases.swap(admin, target, scratch, fate, owner)
         except BaseException:
+            media_swap.abandon()
             if claimed is not None and not changed and snapshots.unclaim_ready(admin, claimed, scratch):
                 progress(f"Kept the ready copy {claimed.name} for the next restore")
             else:
                 with contextlib.suppress(psycopg.Error):
                     databases.drop(admin, scratch)
             raise
-        retired_media = media_swap.swap(target)
-        replaced = retired if swapped.replaced else None
-        kept = _keep_for_undo(admin, plan, target, replaced, media_swap.root, retired_media, progress, record)
-        restored_oid = databases.oid_of(admin, target)
+        kept = fate.name if swapped.replaced and fate.closed else None
+        with after_swap(target, plan.dump_path.name, kept, settings_dict):
+            signals.database_swapped.send(
+                sender=plan.using, database=target, replaced=fate.name if swapped.replaced else None
+            )
+            retired_media = media_swap.complete(admin, fate.name if swapped.replaced else None, exchange)
+            if record and media_swap.root is None:  # a folder kept for an undo before undoes nothing now
+                retired_media += media_swap.retire_undo_folder(target)
+            if kept:
+                progress(f"Kept the replaced database as {kept} for an undo")
+            restored_oid = databases.oid_of(admin, target)
+    retired = tuple(new for _, new in fate.aside) + ((fate.name,) if swapped.replaced and not kept else ())
+    undo_note = "SEEDDUMP_UNDO is off" if record and swapped.replaced and not conf.UNDO else None
     if record:
         carried[plan.dump_path.name] = datetime.now(timezone.utc)
     counts = metadata.record_counts
@@ -447,12 +532,13 @@ def _restore(
         using=plan.using,
         database=target,
         dump_path=plan.dump_path,
-        retired=kept.retired,
-        build_snapshot=use_snapshots and source == "pg_restore" and defer and not cloning.enabled,
-        ready_copy=use_snapshots and conf.READY_COPIES and defer and not cloning.enabled,
+        retired=retired,
+        build_snapshot=caching and source == "pg_restore" and defer and not cloning.enabled,
+        ready_copy=caching and conf.READY_COPIES and defer and not cloning.enabled,
         empty_database=defer,
         restore_times=carried if record else None,
-        retired_media=kept.retired_media,
+        trusted=plan.trusted,
+        retired_media=retired_media,
         restored_oid=restored_oid,
     )
     return RestoreResult(
@@ -466,44 +552,18 @@ def _restore(
         skipped_settings=tuple(swapped.skipped_settings),
         media_root=media_swap.root,
         migrated=prepared.migrations if migrate else None,
-        undo_copy=kept.copy,
-        undo_note=kept.note,
+        undo_copy=kept,
+        undo_note=undo_note,
         cache_note=cache_note,
         cloned=cloning.enabled,
     )
 
 
-def _keep_for_undo(
-    admin: psycopg.Connection,
-    plan: RestorePlan,
-    target: str,
-    replaced: str | None,
-    media_root: Path | None,
-    replaced_media: tuple[Path, ...],
-    progress: Progress,
-    record: bool,
-) -> undo.Kept:
-    """Keeps what the restore replaced for an undo (the alias's own database only); never fails the restore,
-    which is in place by now."""
-    if not record:
-        return undo.Kept(None, (replaced,) if replaced else (), replaced_media)
-    try:
-        kept = undo.keep(
-            admin,
-            target,
-            replaced,
-            dump_path=plan.dump_path,
-            environment=plan.environment,
-            media_root=media_root,
-            replaced_media=replaced_media,
-        )
-    except (psycopg.Error, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        progress(f"Could not keep the replaced database for an undo ({reason}); it is dropped instead")
-        return undo.Kept(None, (replaced,) if replaced else (), replaced_media, f"it could not be kept ({reason})")
-    if kept.copy is not None:
-        progress(f"Kept the replaced database as {kept.copy} for an undo")
-    return kept
+def _finish_interrupted(admin: psycopg.Connection, target: str, progress: Progress) -> None:
+    """What an interrupted restore or undo of ``target`` left after its swap (its media), done now; call it
+    holding the target's lock, before anything else."""
+    for line in undo.settle(admin, target):
+        progress(line)
 
 
 def _restore_in_place(
@@ -511,44 +571,67 @@ def _restore_in_place(
 ) -> RestoreResult:
     started = time.monotonic()
     target = _target_of(plan.using, settings_dict)
-    with postgres.connect_maintenance(settings_dict) as admin, target_lock(admin, target, progress):
+    with (
+        postgres.connect_maintenance(settings_dict) as admin,
+        target_lock(admin, target, progress),
+        sandbox.Sandbox(admin, settings_dict, "", trusted=plan.trusted) as dump_code,
+    ):
         if not databases.exists(admin, target):
             raise SeeddumpError(
                 f"Database '{target}' does not exist, and --in-place restores into an existing database. "
                 "Create it first (or have it created), then run restoredump again."
             )
-        owner = databases.restore_owner(admin, target, configured_owner(settings_dict))
-        carried = records.restore_times(plan.using) if record else {}
+        dump_code.owner = databases.restore_owner(admin, target, configured_owner(settings_dict))
+        _finish_interrupted(admin, target, progress)
+        carried = records.restore_times(settings_dict, target) if record else {}
         for name in finishing.drop_leftovers(admin, target, scratch=False) + undo.drop_pending(admin, target):
             progress(f"Dropped {name}, left over by an interrupted restore")
         media_swap.start()
         media_swap.wait()  # before the transaction: a failure to unpack leaves the database as it was
         connections[plan.using].close()
         pending, why_not = _copy_for_undo(admin, target, progress) if record else (None, None)
+        if record and pending is None:  # an earlier restore's copy would undo the wrong change after this one
+            for name in undo.drop(admin, target):
+                progress(f"Dropped {name}: it undoes an earlier restore, and this one keeps no copy")
         try:
-            load.in_place(admin, plan.dump_path, plan.metadata, settings_dict, target, owner, progress)
+            load.in_place(admin, plan.archive(), plan.metadata, settings_dict, target, dump_code, progress)
         except BaseException:
             if pending is not None:
                 with contextlib.suppress(psycopg.Error):
                     databases.drop(admin, pending)
             raise
-        replaced_media = media_swap.swap(target)
-        kept = _keep_for_undo(admin, plan, target, pending, media_swap.root, replaced_media, progress, record)
-        if why_not:
-            kept = replace(kept, note=why_not)
-        for name in kept.retired:  # in place, nothing waits: what is not kept goes now
-            databases.drop(admin, name)
-        for folder in kept.retired_media:
-            media.drop(folder)
-    if record:
-        carried[plan.dump_path.name] = datetime.now(timezone.utc)
-        try:
-            records.sync_from_disk(plan.using, conf.DIR, carried)
-        except KeyboardInterrupt:
-            raise SeeddumpError(
-                f"Interrupted after the restore was committed: '{target}' holds the dump; only the admin's "
-                "dump records were not written."
-            ) from None
+        with after_swap(target, plan.dump_path.name, pending, settings_dict):
+            exchange = media_swap.exchange(target, keep=pending is not None)
+            aside: tuple[str, ...] = ()
+            if pending is not None:
+                aside = undo.keep_in_place(
+                    admin,
+                    target,
+                    pending,
+                    dump_path=plan.dump_path,
+                    environment=plan.environment,
+                    media_exchange=exchange,
+                    media_swapped=media_swap.root is not None,
+                )
+                progress(f"Kept the replaced database as {pending} for an undo")
+            signals.database_swapped.send(sender=plan.using, database=target, replaced=pending)
+            retired_media = media_swap.complete(admin, pending, exchange)
+            if record and media_swap.root is None:
+                retired_media += media_swap.retire_undo_folder(target)
+            for name in aside:  # in place, nothing waits: what is not kept goes now
+                databases.drop(admin, name)
+            for folder in retired_media:
+                media.drop(folder)
+        if record:
+            carried[plan.dump_path.name] = datetime.now(timezone.utc)
+            with (
+                after_swap(target, plan.dump_path.name, pending, settings_dict),
+                postgres.django_connection_to(plan.using, target, dump_code.login()),
+            ):
+                try:
+                    records.sync_from_disk(plan.using, conf.DIR, carried)
+                except DatabaseError as exc:  # read-only by default, closed: the restore itself is done
+                    progress(f"Did not record the restore for the admin: {str(exc).strip().splitlines()[0]}")
     counts = plan.metadata.record_counts
     return RestoreResult(
         plan=plan,
@@ -558,8 +641,8 @@ def _restore_in_place(
         rows=sum(counts.values()),
         source="in place",
         media_root=media_swap.root,
-        undo_copy=kept.copy,
-        undo_note=kept.note,
+        undo_copy=pending,
+        undo_note=why_not,
     )
 
 
@@ -593,6 +676,7 @@ class _MediaSwap:
         self.failure: BaseException | None = None
         self.thread: threading.Thread | None = None
         self.cancelled = threading.Event()
+        self.planned: media.Exchange | None = None
 
     def __enter__(self) -> _MediaSwap:
         if self.root is not None and self.info is not None:
@@ -622,23 +706,45 @@ class _MediaSwap:
         if self.failure is not None:
             raise self.failure
 
-    def swap(self, target: str) -> tuple[Path, ...]:
-        """Swaps the unpacked media in (after the database swap); the replaced folder, to drop with the
-        replaced database."""
+    def exchange(self, target: str, *, keep: bool) -> media.Exchange | None:
+        """The exchange that puts the unpacked media in place, planned (not done) for the swap to record: what
+        MEDIA_ROOT holds goes to the folder kept for an undo (``keep``), else to one to drop."""
         if self.root is None or self.unpacked is None:
+            return None
+        outgoing = media.undo_folder(self.root, finishing.tag(target)) if keep else media.leftover(self.root)
+        self.planned = media.Exchange.plan(self.root, self.unpacked, outgoing)
+        return self.planned
+
+    def abandon(self) -> None:
+        """The swap did not happen: the unpacked folder goes (``__exit__``)."""
+        self.planned = None
+
+    def complete(
+        self, admin: psycopg.Connection, replaced: str | None, exchange: media.Exchange | None
+    ) -> tuple[Path, ...]:
+        """After the database swap: does the exchange (and takes it off ``replaced``'s label). Returns the
+        folders to drop with the replaced database."""
+        if exchange is None:
             return ()
-        unpacked, self.unpacked = self.unpacked, None
-        try:
-            retired = media.swap(self.root, unpacked)
-        except SeeddumpError as exc:
-            raise SeeddumpError(f"'{target}' holds the restored dump, but its media are not in place: {exc}") from None
+        self.unpacked = None  # from now on, the exchange's (finished by the next run if this one stops)
+        aside = undo.settle_media(admin, replaced, exchange) if replaced else exchange.complete()
         self.progress(f"Swapped the restored media into {self.root}")
-        return (retired,) if retired is not None else ()
+        outgoing = [exchange.outgoing] if "seeddump-old" in exchange.outgoing.name else []
+        return (*aside, *outgoing)
+
+    def retire_undo_folder(self, target: str) -> tuple[Path, ...]:
+        """A restore that leaves the files alone: the folder an earlier restore kept for an undo undoes
+        nothing now, and goes."""
+        with contextlib.suppress(SeeddumpError, OSError):
+            folder = media.retire_undo(media.media_root(), finishing.tag(target))
+            return (folder,) if folder is not None else ()
+        return ()
 
     def __exit__(self, *exc_info: object) -> None:
         if self.thread is not None and self.thread.is_alive():
             self.cancelled.set()
             self.thread.join()
-        if self.unpacked is not None:
+        # Once the swap may have recorded the exchange, the folder is the exchange's: the next run decides.
+        if self.unpacked is not None and self.planned is None:
             media.drop(self.unpacked)
             self.unpacked = None

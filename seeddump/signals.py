@@ -1,4 +1,9 @@
-"""After ``migrate``: warn about dumps that no longer match the migrations."""
+"""seeddump's signals, and its receiver after ``migrate`` that warns about dumps that no longer match the migrations.
+
+``database_swapped`` is sent the moment a restore's (or an undo's) swap has committed, before anything else
+happens: ``database`` now holds what was restored, and ``replaced`` names the database it replaced (kept for an
+undo or to be dropped; None when there was none). Whatever happens after it (an interruption, a lost
+connection) finds the restore whole: this is the point of no return."""
 
 from __future__ import annotations
 
@@ -7,9 +12,12 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.core.management.color import color_style
+from django.dispatch import Signal
 
 from seeddump.conf import conf
 from seeddump.staleness import latest_statuses
+
+database_swapped = Signal()  # sender: the alias; database, replaced
 
 
 def warn_stale_dumps(

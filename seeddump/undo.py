@@ -19,7 +19,6 @@ Putting the copy back is ``restore.undo_last``: the same swap as a restore, unde
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,7 +28,6 @@ import psycopg
 
 from seeddump import databases, dumpfiles, finishing, media
 from seeddump.conf import conf
-from seeddump.exceptions import SeeddumpError
 
 PREFIX = "seeddump_undo_"
 KIND = "undo"
@@ -51,6 +49,7 @@ class UndoCopy:
     environment: str
     media: str | None  # "kept": its media folder is kept too; "absent": there was no MEDIA_ROOT; None: untouched
     size_bytes: int
+    owner: str | None = None  # the role that owned it before it was replaced
 
     def describe(self) -> str:
         when = f"{self.replaced_at:%Y-%m-%d %H:%M:%S} UTC" if self.replaced_at else "an unknown time"
@@ -74,6 +73,7 @@ def _from_database(database: databases.Database) -> UndoCopy | None:
         environment=str(label.get("environment") or ""),
         media=media_state if media_state in ("kept", "absent") else None,
         size_bytes=database.size_bytes,
+        owner=label["owner"] if isinstance(label.get("owner"), str) else None,
     )
 
 
@@ -97,77 +97,102 @@ def foreign(admin: psycopg.Connection) -> list[databases.Database]:
     return [database for database in databases.with_prefix(admin, PREFIX, sizes=False) if not database.ours]
 
 
-@dataclass(frozen=True)
-class Kept:
-    """What a restore kept for an undo, and what it retired (to drop with the replaced database)."""
-
-    copy: str | None  # the undo copy; None: nothing kept (see ``note``)
-    retired: tuple[str, ...]  # databases to drop: the replaced one when not kept, earlier undo copies
-    retired_media: tuple[Path, ...]  # media folders to drop, likewise
-    note: str | None = None  # why nothing is kept, when the user may wonder
-
-
-def retire(admin: psycopg.Connection, target: str, media_root: Path | None) -> tuple[list[str], list[Path]]:
-    """Renames the undo copy of ``target`` (and its media folder) to replaced names, to be dropped: it no
-    longer undoes the last change. Needs CREATEDB (a rename); without it the copy is dropped now."""
-    retired = []
-    for copy in list_copies(admin, target, sizes=False):
-        name = finishing.retired_prefix(target) + secrets.token_hex(4)
-        try:
-            databases.rename(admin, copy.name, name)
-            retired.append(name)
-        except psycopg.errors.InsufficientPrivilege:
-            databases.drop(admin, copy.name)
-    folders = []
-    if media_root is None:  # a restore that leaves the files alone: a folder kept before undoes nothing now
-        with contextlib.suppress(SeeddumpError):
-            media_root = media.media_root()
-    if media_root is not None and (folder := media.retire_undo(media_root, finishing.tag(target))) is not None:
-        folders.append(folder)
-    return retired, folders
+def _label(target: str, dump_path: Path, environment: str, media_state: str | None) -> dict[str, object]:
+    return {
+        "seeddump": KIND,
+        "database": target,
+        "replacedAt": dumpfiles.isoformat(datetime.now(timezone.utc)),
+        "replacedBy": dump_path.name,
+        "environment": environment,
+        "media": media_state,
+    }
 
 
-def keep(
+def replaced_fate(
     admin: psycopg.Connection,
     target: str,
-    replaced: str | None,
+    *,
+    keep: bool,
+    dump_path: Path,
+    environment: str,
+    media_exchange: media.Exchange | None,
+    media_swapped: bool,
+) -> databases.Replaced:
+    """What the swap of a restore makes of the database it replaces, in its own transaction: with ``keep``
+    (the alias's own database), the target's undo copy, closed and labelled, the earlier copy set aside under
+    a replaced name; else a replaced database for ``finishing`` to drop. ``media_exchange`` is recorded in the
+    label until ``settle_media`` has done it; ``media_swapped`` says the restore swaps MEDIA_ROOT at all."""
+    aside = tuple((copy.name, _retired_name(target)) for copy in list_copies(admin, target, sizes=False))
+    exchange: dict[str, object] = {} if media_exchange is None else {"mediaExchange": media_exchange.as_label()}
+    if not keep or not conf.UNDO:
+        label: dict[str, object] = {"seeddump": "retired", "database": target, **exchange}
+        return databases.Replaced(_retired_name(target), label, aside=aside if keep else ())
+    state = None if not media_swapped else ("kept" if media_exchange and media_exchange.root_inode else "absent")
+    label = {**_label(target, dump_path, environment, state), **exchange}
+    return databases.Replaced(prefix(target) + secrets.token_hex(4), label, closed=True, aside=aside)
+
+
+def _retired_name(target: str) -> str:
+    return finishing.retired_prefix(target) + secrets.token_hex(4)
+
+
+def settle_media(admin: psycopg.Connection, name: str, exchange: media.Exchange) -> list[Path]:
+    """Completes the media exchange the swap recorded in ``name``'s label, then takes it off the label.
+    Returns the folders it set aside, to drop."""
+    aside = exchange.complete()
+    found = [database for database in databases.ours(admin, name, sizes=False) if database.name == name]
+    if found and "mediaExchange" in found[0].label:
+        databases.label(admin, name, {k: v for k, v in found[0].label.items() if k != "mediaExchange"})
+    return aside
+
+
+def settle(admin: psycopg.Connection, target: str) -> list[str]:
+    """Finishes what an interrupted restore or undo of ``target`` left between its swap and its media: the
+    exchange its swap recorded. Call it holding the target's lock, before anything drops media leftovers.
+    Returns what it did, to tell the user."""
+    done = []
+    for start in (prefix(target), finishing.retired_prefix(target)):
+        for database in databases.ours(admin, start, sizes=False):
+            exchange = media.Exchange.from_label(database.label.get("mediaExchange"))
+            if database.label.get("database") != target or exchange is None:
+                continue
+            for folder in settle_media(admin, database.name, exchange):
+                media.drop(folder)
+            if database.label.get("seeddump") != KIND:  # a replaced database's outgoing folder goes with it
+                media.drop(exchange.outgoing)
+            done.append(f"Finished swapping the media of an interrupted restore into {exchange.root}")
+    return done
+
+
+def keep_in_place(
+    admin: psycopg.Connection,
+    target: str,
+    pending: str,
     *,
     dump_path: Path,
     environment: str,
-    media_root: Path | None,
-    replaced_media: tuple[Path, ...],
-) -> Kept:
-    """After a restore swapped ``replaced`` out of ``target``'s place (under the target's lock): keeps it
-    as the target's undo copy, retiring the earlier one. ``media_root`` is the media folder the restore
-    swapped (None: it left the files alone), ``replaced_media`` the folder it replaced there, if any."""
-    retired, retired_media = retire(admin, target, media_root)
-    drop_pending(admin, target, but=replaced)
-    if replaced is None or not conf.UNDO:
-        note = None if replaced is None else "SEEDDUMP_UNDO is off"
-        return Kept(None, (*retired, *([replaced] if replaced else [])), (*retired_media, *replaced_media), note)
-    media_state = None
-    if media_root is not None:
-        media_state = "absent"
-        for folder in replaced_media:
-            media.keep_for_undo(media_root, folder, finishing.tag(target))
-            media_state = "kept"
-    name = prefix(target) + secrets.token_hex(4)
+    media_exchange: media.Exchange | None,
+    media_swapped: bool,
+) -> tuple[str, ...]:
+    """After an in-place restore committed: its pending copy becomes the undo copy (the earlier one set aside,
+    in one transaction). Returns the databases set aside, to drop."""
+    fate = replaced_fate(
+        admin,
+        target,
+        keep=True,
+        dump_path=dump_path,
+        environment=environment,
+        media_exchange=media_exchange,
+        media_swapped=media_swapped,
+    )
+    before = next((d.label for d in databases.ours(admin, pending, sizes=False) if d.name == pending), {})
+    owner = {"owner": before["owner"]} if isinstance(before.get("owner"), str) else {}
     with admin.transaction():
-        databases.rename(admin, replaced, name)
-        databases.close(admin, name)
-        databases.label(
-            admin,
-            name,
-            {
-                "seeddump": KIND,
-                "database": target,
-                "replacedAt": dumpfiles.isoformat(datetime.now(timezone.utc)),
-                "replacedBy": dump_path.name,
-                "environment": environment,
-                "media": media_state,
-            },
-        )
-    return Kept(name, tuple(retired), tuple(retired_media))
+        for old, new in fate.aside:
+            if old != pending and databases.is_ours(admin, old):
+                databases.rename(admin, old, new)
+        databases.label(admin, pending, {**fate.label, **owner})
+    return tuple(new for old, new in fate.aside if old != pending)
 
 
 def make_pending(admin: psycopg.Connection, target: str) -> str:
@@ -175,9 +200,11 @@ def make_pending(admin: psycopg.Connection, target: str) -> str:
     ``keep`` once the restore commits; one a killed restore left is dropped by the next (``drop_pending``).
     Ends the target's sessions first: a database in use cannot be copied. Needs CREATEDB."""
     name = prefix(target) + secrets.token_hex(4)
+    identity = databases.identity_of(admin, target)
     databases.end_sessions(admin, target)
     databases.clone(admin, target, name, closed=True)
-    databases.label(admin, name, {"seeddump": PENDING, "database": target})
+    owner = {"owner": identity.owner} if identity is not None else {}
+    databases.label(admin, name, {"seeddump": PENDING, "database": target, **owner})
     return name
 
 

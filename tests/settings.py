@@ -7,6 +7,7 @@
 """
 
 import os
+import secrets
 import tempfile
 
 import environ
@@ -16,8 +17,12 @@ from project import embedded
 from project.settings import *  # noqa: F403
 from project.settings import BASE_DIR
 
+# Two runs of the suite on one server at once (two checkouts, two CI jobs) each get their own test databases:
+# a name per run, shared by its xdist workers (which add their own suffix).
+RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")[:8] or secrets.token_hex(4)
+
 _default, _bin_dirs = embedded.database(embedded.data_dir(BASE_DIR), "seeddump_demo")
-DATABASES = {"default": {**_default, "TEST": {"NAME": "test_seeddump_default"}}}
+DATABASES = {"default": {**_default, "TEST": {"NAME": f"test_seeddump_default_{RUN}"}}}
 SEEDDUMP_PG_BIN_DIRS = _bin_dirs
 
 SYSTEM_URL = os.environ.get("SEEDDUMP_TEST_SYSTEM_URL", "postgres://postgres@127.0.0.1:5432/seeddump_system")
@@ -35,7 +40,7 @@ except psycopg.Error as exc:
     SYSTEM_UNAVAILABLE = f"no PostgreSQL server at {_system['HOST']}:{_system['PORT']} ({str(exc).strip()})"
 else:
     SYSTEM_UNAVAILABLE = ""
-    DATABASES["system"] = {**_system, "TEST": {"NAME": "test_seeddump_system"}}
+    DATABASES["system"] = {**_system, "TEST": {"NAME": f"test_seeddump_system_{RUN}"}}
 
 SEEDDUMP_CONNECT_TIMEOUT = 3
 SEEDDUMP_LOCK_TIMEOUT = 60  # a stuck test fails alone, long before CI's limit

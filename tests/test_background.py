@@ -145,7 +145,7 @@ def test_a_ready_copy_accepts_no_connections(alias: str, seeded_dump: Path, dump
     wait_for_exit(restoredump(alias, dumps_dir)["background"]["pid"])
     [ready] = cache_of(alias, dumps_dir)["ready"]
     with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
-        psycopg.connect(**postgres._connect_kwargs(connections[alias].settings_dict, ready)).close()
+        psycopg.connect(**postgres.connect_kwargs(connections[alias].settings_dict, ready)).close()
 
 
 def test_wait_finishes_before_returning(alias: str, seeded_dump: Path, dumps_dir: Path) -> None:

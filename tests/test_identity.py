@@ -80,6 +80,8 @@ class Server:
             ).fetchall()
             names.update(name for (name,) in owned)
             for name in sorted(names):
+                if databases.exists(admin, name):  # a template cannot be dropped
+                    admin.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(sql.Identifier(name)))
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             for role in self.roles:
                 admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

@@ -378,9 +378,31 @@ def test_a_kill_during_the_media_swap_leaves_one_complete_folder(
     assert beside(media_root) != []  # what the killed run left beside it ...
 
     out = restore(alias, verbosity=2)  # ... the next restore removes, and finishes the job
-    assert "left over by an interrupted restore" in out
+    if point == "while unpacking":
+        assert "left over by an interrupted restore" in out
+    else:  # the database swap had committed: the killed run's media swap is finished first
+        assert f"Finished swapping the media of an interrupted restore into {media_root}" in out
     assert files_of(media_root) == media_dump.files
     assert beside(media_root) == kept_for_undo(alias, media_root)
+
+
+@pytest.mark.parametrize("point", ["before the exchange", "after the exchange"])
+def test_a_kill_after_the_database_swap_is_undone_whole(
+    alias: str, media_dump: MediaDump, dumps_dir: Path, media_root: Path, local_work: dict[str, Any], point: str
+) -> None:
+    """Killed between the database swap and the media swap (or just after it), the restore is still one step:
+    --undo puts back the developer's database and files together, and says which restore it undid."""
+    connections.close_all()
+    killed = run_bounded(
+        [sys.executable, "-c", _KILLER], cwd=REPO, env=manage_env(alias, dumps_dir, {"KILL_AT": point}), timeout=180
+    )
+    assert killed.returncode == -9, killed.stderr
+
+    out = run_command("restoredump", "--undo", database=alias, interactive=False, verbosity=2).out
+
+    assert f"before {media_dump.path.name} replaced it" in out
+    assert_untouched(alias, media_root, local_work)
+    assert beside(media_root) == []
 
 
 def test_without_an_atomic_exchange_two_renames_still_swap(

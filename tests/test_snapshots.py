@@ -54,7 +54,7 @@ def test_snapshot_accepts_no_connections(alias: str, seeded_dump: Path) -> None:
     restore(alias)
     [name] = snapshot_names(alias)
     with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
-        psycopg.connect(**postgres._connect_kwargs(connections[alias].settings_dict, name)).close()
+        psycopg.connect(**postgres.connect_kwargs(connections[alias].settings_dict, name)).close()
 
 
 def test_no_snapshot_option(alias: str, seeded_dump: Path, spy_bin: Path) -> None:

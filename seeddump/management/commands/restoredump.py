@@ -11,10 +11,18 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from seeddump import background, dumpfiles
-from seeddump.conf import conf
+from seeddump.conf import conf, restore_jobs_problem
 from seeddump.exceptions import SeeddumpError
 from seeddump.management.progress import progress_writer
-from seeddump.restore import RestorePlan, find_undo, interrupt_on_sigterm, plan_restore, restore, undo_last
+from seeddump.restore import (
+    RestorePlan,
+    after_swap,
+    find_undo,
+    interrupt_on_sigterm,
+    plan_restore,
+    restore,
+    undo_last,
+)
 from seeddump.undo import UndoCopy
 
 
@@ -71,6 +79,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--force", action="store_true", help="Restore a dump that holds migrations this code does not have."
         )
+        parser.add_argument(
+            "--trust",
+            action="store_true",
+            help="Let the dump's code run as the connecting role (acting as the owner) where the server allows no "
+            "throwaway login for it; only for a dump you trust as much as that role.",
+        )
         storage = parser.add_mutually_exclusive_group()
         storage.add_argument(
             "--pull", action="store_true", help="Check the shared storage for a newer dump; fail if it is unreachable."
@@ -87,8 +101,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         verbosity, as_json = options["verbosity"], options["json"]
-        if options["jobs"] is not None and options["jobs"] < 1:
-            raise CommandError("--jobs must be 1 or more.")
+        if options["jobs"] is not None and (problem := restore_jobs_problem(options["jobs"])):
+            raise CommandError(f"--jobs {problem}.")
+        try:
+            conf.RESTORE_JOBS  # noqa: B018 - a bad setting is said now, before anything is touched
+        except SeeddumpError as exc:
+            raise CommandError(str(exc)) from None
         if as_json and options["interactive"]:
             raise CommandError("--json needs --no-input: a script cannot answer the confirmation.")
         progress = progress_writer(self, verbosity, to_stderr=as_json)
@@ -111,6 +129,7 @@ class Command(BaseCommand):
                 force=options["force"],
                 shared_storage=shared_storage,
                 with_media=options["media"],
+                trust=options["trust"],
                 progress=progress,
             )
             for note in plan.notes:
@@ -129,10 +148,11 @@ class Command(BaseCommand):
                     progress=progress,
                 )
                 if result.followup is not None:
-                    pid = background.finish_later(result.followup, progress)
+                    with after_swap(result.database, plan.dump_path.name, result.undo_copy, {}):
+                        pid = background.finish_later(result.followup, progress)
                     result = replace(result, followup=result.followup if pid else None, background_pid=pid)
         except SeeddumpError as exc:
-            raise CommandError(str(exc)) from None
+            raise CommandError(str(exc), returncode=getattr(exc, "exit_status", 1)) from None
         except KeyboardInterrupt:
             raise CommandError("Restore interrupted; the database was not changed.") from None
         if verbosity >= 1 and not as_json:
@@ -207,7 +227,7 @@ class Command(BaseCommand):
             }
             self.stdout.write(json.dumps(document, indent=2))
 
-    _NOT_WITH_UNDO = ("dump", "jobs", "in_place", "migrate", "force", "pull", "offline")
+    _NOT_WITH_UNDO = ("dump", "jobs", "in_place", "migrate", "force", "pull", "offline", "trust")
 
     def _undo(self, options: dict[str, Any], progress: Callable[[str], None]) -> None:
         given = [name for name in self._NOT_WITH_UNDO if options[name]]
@@ -226,7 +246,7 @@ class Command(BaseCommand):
                     using, environment=options["environment"], with_media=options["media"], progress=progress
                 )
         except SeeddumpError as exc:
-            raise CommandError(str(exc)) from None
+            raise CommandError(str(exc), returncode=getattr(exc, "exit_status", 1)) from None
         except KeyboardInterrupt:
             raise CommandError("Undo interrupted; the database was not changed.") from None
         if options["json"]:

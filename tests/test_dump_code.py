@@ -1,0 +1,171 @@
+"""A dump's code never runs with more than its owner's rights, in any step.
+
+Dumps written by plain pg_dump (``generatedump``) from objects an app role made, restored over a superuser
+connection into a database the app role owns. Each carries a function that tries to get the superuser back
+(``SET ROLE NONE``, then ``COPY … TO PROGRAM`` on the database host) and swallows the refusal, so the restore
+itself succeeds: the proof is that the program never ran. Each is reached by another step: pg_restore's
+COPY (a CHECK constraint, a stored generated column), seeddump's own row count (a forced row-level security
+policy), the admin's dump records written after the swap (a trigger) and ``--migrate`` (a trigger on
+``django_migrations``). On both servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.db import connections
+
+from seeddump import sandbox
+from tests.conftest import database_url, manage
+from tests.test_identity import Server, restoredump, table_owners
+from tests.test_identity import server as server_fixture
+
+server = server_fixture  # a fixture of test_identity's, used here by name
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+@pytest.fixture
+def marker(server: Server) -> Iterator[Path]:
+    """The file the dump's program would create on the database host (this machine)."""
+    path = Path("/tmp") / f"seeddump-test-dump-code-ran-{server.suffix}"
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def escalating_function(marker: Path, name: str = "escalate", returns: str = "boolean", value: str = "true") -> str:
+    """An IMMUTABLE plpgsql function (fit for a generated column) that drops the role it was given (``set_config``:
+    a function call, allowed where SET is not) and calls a volatile one that runs a program as whoever logged
+    in, if that role may."""
+    return (
+        "CREATE FUNCTION run_program() RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
+        f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'; END $$; "
+        f"CREATE FUNCTION {name}(int) RETURNS {returns} LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN "
+        "PERFORM set_config('role', 'none', false); "  # RESET ROLE would go back to a start-up role
+        "PERFORM public.run_program(); "  # pg_restore empties search_path
+        f"RETURN {value}; "
+        f"EXCEPTION WHEN others THEN RETURN {value}; END $$"
+    )
+
+
+VECTORS = {
+    "check constraint (pg_restore's COPY)": lambda marker: [
+        escalating_function(marker),
+        "CREATE TABLE guarded (id int PRIMARY KEY CHECK (public.escalate(id)))",
+        "INSERT INTO guarded SELECT generate_series(1, 3)",
+    ],
+    "stored generated column (pg_restore's COPY)": lambda marker: [
+        escalating_function(marker, returns="int", value="1"),
+        "CREATE TABLE generated (id int PRIMARY KEY, g int GENERATED ALWAYS AS (public.escalate(id)) STORED)",
+        "INSERT INTO generated (id) SELECT generate_series(1, 3)",
+    ],
+    "forced row-level security policy (the row count)": lambda marker: [
+        escalating_function(marker),
+        "CREATE TABLE private_notes (id int PRIMARY KEY)",
+        "INSERT INTO private_notes SELECT generate_series(1, 3)",
+        "ALTER TABLE private_notes ENABLE ROW LEVEL SECURITY",
+        "ALTER TABLE private_notes FORCE ROW LEVEL SECURITY",
+        "CREATE POLICY everyone ON private_notes USING (public.escalate(id))",
+    ],
+    "trigger on the dump records (the admin's records after the swap)": lambda marker: [
+        escalating_function(marker),
+        "CREATE FUNCTION on_record() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "PERFORM public.escalate(1); RETURN NEW; END $$",
+        "CREATE TRIGGER watch BEFORE INSERT OR UPDATE ON seeddump_dumprecord FOR EACH ROW EXECUTE FUNCTION on_record()",
+    ],
+}
+
+
+def app_source(server: Server, dumps_dir: Path, marker: Path, statements: list[str]) -> tuple[str, str]:
+    """An app role's database made from the seeded dump, with ``statements`` run as the app on top, and its
+    dump written by generatedump over a superuser connection: (the app role, the source database)."""
+    admin_user = connections[server.alias].settings_dict["USER"]
+    app = server.role("app", "LOGIN")
+    source = server.database(app)
+    restoredump(server, dumps_dir, admin_user, source)
+    server.execute(source, *statements, role=app)
+    env = {"DATABASE_URL": database_url(server.alias, source, admin_user)}
+    made = manage("generatedump", "dev", "--allow-empty", alias=server.alias, dumps_dir=dumps_dir, env=env)
+    assert made.returncode == 0, made.stderr
+    marker.unlink(missing_ok=True)  # the superuser's own record write fired the trigger in its own database
+    return app, source
+
+
+@pytest.mark.parametrize("vector", list(VECTORS))
+@pytest.mark.parametrize("path", ["cold", "in place"])
+def test_a_dumps_code_never_gets_the_superuser_back(
+    server: Server, seeded_dump: Path, dumps_dir: Path, marker: Path, vector: str, path: str
+) -> None:
+    admin_user = connections[server.alias].settings_dict["USER"]
+    app, _ = app_source(server, dumps_dir, marker, VECTORS[vector](marker))
+    target = server.database(app)
+
+    restoredump(server, dumps_dir, admin_user, target, *(["--in-place"] if path == "in place" else []))
+
+    assert not marker.exists(), f"the dump's program ran as a superuser ({vector}, {path})"
+    assert table_owners(server, target) == {app}
+    assert roles_left(server) == []
+
+
+def test_migrate_runs_the_dumps_triggers_as_the_owner_at_most(
+    server: Server, seeded_dump: Path, dumps_dir: Path, marker: Path
+) -> None:
+    """The dump lacks a migration the code has (django.contrib.sessions'), and holds a trigger on
+    django_migrations: ``--migrate`` applies it before the swap, and the trigger fires there."""
+    admin_user = connections[server.alias].settings_dict["USER"]
+    app, _ = app_source(
+        server,
+        dumps_dir,
+        marker,
+        [
+            escalating_function(marker),
+            "CREATE FUNCTION on_migration() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "PERFORM public.escalate(1); RETURN NEW; END $$",
+            "CREATE TRIGGER watch AFTER INSERT ON django_migrations FOR EACH ROW EXECUTE FUNCTION on_migration()",
+            "DROP TABLE django_session",
+            "DELETE FROM django_migrations WHERE app = 'sessions'",
+        ],
+    )
+    target = server.database(app)
+
+    done = restoredump(server, dumps_dir, admin_user, target, "--migrate")
+
+    assert done["migrated"] is True and done["missingMigrations"] == ["sessions.0001_initial"]
+    assert not marker.exists(), "the dump's trigger ran as a superuser during --migrate"
+    assert table_owners(server, target) == {app}
+
+
+def test_without_a_throwaway_login_the_restore_is_refused_unless_trusted(
+    server: Server, seeded_dump: Path, dumps_dir: Path
+) -> None:
+    """A role that may create databases and act as the app, but not create roles: the dump's code would run
+    with its rights, so the restore is refused before pg_restore, in one line; --trust restores it."""
+    app = server.role("app", "LOGIN")
+    deployer = server.role("deployer", "LOGIN CREATEDB")
+    server.execute("postgres", f'GRANT "{app}" TO "{deployer}"')
+    target = server.database(app)
+    server.execute(target, "CREATE TABLE precious (id int)", "INSERT INTO precious VALUES (1)", role=app)
+
+    refused = restoredump(server, dumps_dir, deployer, target, ok=False)
+
+    assert refused.returncode == 1
+    [line] = refused.stderr.strip().splitlines()
+    assert f"connects as '{deployer}', not as '{app}'" in line
+    assert "may not create such a role" in line and "--trust" in line
+    assert server.query(target, "SELECT id FROM precious") == [(1,)]
+
+    restoredump(server, dumps_dir, deployer, target, "--trust")
+    assert table_owners(server, target) == {app}
+
+
+def roles_left(server: Server) -> list[str]:
+    """Throwaway roles still on the server that this test's restores made (none once each restore is over)."""
+    rows = server.query(
+        "postgres",
+        "SELECT r.rolname FROM pg_roles r JOIN pg_auth_members m ON m.member = r.oid "
+        "WHERE starts_with(r.rolname, %s) AND m.roleid::regrole::text = ANY(%s)",
+        sandbox.PREFIX,
+        server.roles,
+    )
+    return [name for (name,) in rows]
