@@ -529,8 +529,8 @@ class Exchange:
             return self._contents() if self.contents else self._folders()
         except OSError as exc:
             raise SeeddumpError(
-                f"Could not swap the restored media into {self.root}: {exc.strerror or exc}. The incoming files "
-                f"are in {self.incoming}; the next restoredump (or --undo) finishes the swap once that is fixed."
+                f"could not swap the media into {self.root}: {exc.strerror or exc}; the incoming files are in "
+                f"{self.incoming}"
             ) from None
 
     def _folders(self) -> list[Path]:

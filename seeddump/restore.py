@@ -562,7 +562,14 @@ def _restore(
 def _finish_interrupted(admin: psycopg.Connection, target: str, progress: Progress) -> None:
     """What an interrupted restore or undo of ``target`` left after its swap (its media), done now; call it
     holding the target's lock, before anything else."""
-    for line in undo.settle(admin, target):
+    try:
+        done = undo.settle(admin, target)
+    except SeeddumpError as exc:
+        raise SeeddumpError(
+            f"The last restore (or undo) of '{target}' stopped after its swap, and its media still cannot be put in "
+            f"place ({exc}); nothing was changed now. Fix that, then run the command again."
+        ) from None
+    for line in done:
         progress(line)
 
 

@@ -22,6 +22,7 @@ Counting a restored database's rows runs none of its code (``postgres.count_rows
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
@@ -95,10 +96,11 @@ class Sandbox:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.role is not None:
-            drop(self.admin, self.role)
-            self.role = None
-        self._settings = None
+        role, self.role, self._settings = self.role, None, None
+        if role is not None:
+            # Never in the way of what the block raised (a lost connection, say): an undropped role expires.
+            with contextlib.suppress(psycopg.Error):
+                drop(self.admin, role)
 
 
 def session_user(admin: psycopg.Connection) -> str:
