@@ -240,19 +240,31 @@ def configured_owner(settings_dict: Mapping[str, Any]) -> str | None:
     return conf.OWNER or (settings_dict.get("OPTIONS") or {}).get("assume_role") or None
 
 
-def restore(
-    plan: RestorePlan,
-    *,
-    jobs: int | None = None,
-    use_snapshots: bool | None = None,
-    database: str | None = None,
-    defer: bool = False,
-    in_place: bool = False,
-    media_root: Path | None = None,
-    migrate: bool = False,
-    progress: Progress = _quiet,
-) -> RestoreResult:
-    """Restores a planned dump in place of the alias's database; see the module docstring.
+@dataclass(frozen=True)
+class RestoreOptions:
+    """How to restore: decided once by the caller (the command, the pytest plugin, the smoketest) and passed
+    down as one value. See ``restore``."""
+
+    jobs: int | None = None  # parallel pg_restore jobs; None: SEEDDUMP_RESTORE_JOBS
+    use_snapshots: bool | None = None  # None: SEEDDUMP_SNAPSHOTS
+    database: str | None = None  # another database on the alias's server, such as its test database
+    defer: bool = False
+    in_place: bool = False
+    media_root: Path | None = None
+    migrate: bool = False
+
+    @property
+    def snapshots(self) -> bool:
+        return conf.SNAPSHOTS if self.use_snapshots is None else self.use_snapshots
+
+    @property
+    def record(self) -> bool:
+        """The alias's own database is restored: its admin records, undo copy and hooks are kept."""
+        return self.database is None
+
+
+def restore(plan: RestorePlan, options: RestoreOptions | None = None, *, progress: Progress = _quiet) -> RestoreResult:
+    """Restores a planned dump in place of the alias's database; see the module docstring and ``RestoreOptions``.
 
     With ``use_snapshots`` (default: the SEEDDUMP_SNAPSHOTS setting) a ready copy or a cached snapshot of
     the same dump is used instead of running pg_restore, and a cold restore leaves a snapshot behind.
@@ -275,18 +287,18 @@ def restore(
     in, and for the alias's own database the SEEDDUMP_RESTORE_HOOKS run there too (``seeddump.preswap``): a
     failure leaves the target as it was. (In place, there is no before: the command migrates after.)
     """
+    options = options or RestoreOptions()
     settings_dict = postgres.settings_for(plan.using)
-    if database is not None:  # another database on the alias's server, such as its test database
-        settings_dict = {**settings_dict, "NAME": database}
-    use_snapshots = conf.SNAPSHOTS if use_snapshots is None else use_snapshots
-    record = database is None
-    if plan.media_archive is not None and media_root is None and database is None:
+    if options.database is not None:
+        settings_dict = {**settings_dict, "NAME": options.database}
+    media_root = options.media_root
+    if plan.media_archive is not None and media_root is None and options.record:
         media_root = media.media_root()
     with postgres.user_errors(settings_dict), _MediaSwap(plan, media_root, progress) as media_swap:
-        if in_place:
-            return _restore_in_place(plan, settings_dict, progress, record, media_swap)
-        result = _restore(plan, settings_dict, jobs, use_snapshots, defer, progress, record, media_swap, migrate)
-        if result.followup is not None and not defer:
+        if options.in_place:
+            return _restore_in_place(plan, settings_dict, options, media_swap, progress)
+        result = _restore(plan, settings_dict, options, media_swap, progress)
+        if result.followup is not None and not options.defer:
             with after_swap(result.database, plan.dump_path.name, result.undo_copy, settings_dict):
                 finishing.finish(result.followup, settings_dict, progress)
             result = replace(result, followup=None)
@@ -419,15 +431,12 @@ def undo_last(
 def _restore(
     plan: RestorePlan,
     settings_dict: Mapping[str, Any],
-    jobs: int | None,
-    use_snapshots: bool,
-    defer: bool,
-    progress: Progress,
-    record: bool,
+    options: RestoreOptions,
     media_swap: _MediaSwap,
-    migrate: bool,
+    progress: Progress,
 ) -> RestoreResult:
     started = time.monotonic()
+    use_snapshots, defer, record, migrate = options.snapshots, options.defer, options.record, options.migrate
     target = _target_of(plan.using, settings_dict)
     metadata = plan.metadata
 
@@ -469,7 +478,9 @@ def _restore(
                     progress("Using the empty database the last restore prepared")
                 else:
                     databases.create(admin, scratch, shape)
-                load.into_new(admin, plan.archive(), metadata, settings_dict, scratch, dump_code, jobs, progress)
+                load.into_new(
+                    admin, plan.archive(), metadata, settings_dict, scratch, dump_code, options.jobs, progress
+                )
                 # With clones, the snapshot is a clone of this verified copy, made in milliseconds: no
                 # second pg_restore in the background, no ready copy.
                 if caching and (cloning.enabled or not defer):
@@ -574,9 +585,14 @@ def _finish_interrupted(admin: psycopg.Connection, target: str, progress: Progre
 
 
 def _restore_in_place(
-    plan: RestorePlan, settings_dict: Mapping[str, Any], progress: Progress, record: bool, media_swap: _MediaSwap
+    plan: RestorePlan,
+    settings_dict: Mapping[str, Any],
+    options: RestoreOptions,
+    media_swap: _MediaSwap,
+    progress: Progress,
 ) -> RestoreResult:
     started = time.monotonic()
+    record = options.record
     target = _target_of(plan.using, settings_dict)
     with (
         postgres.connect_maintenance(settings_dict) as admin,

@@ -423,7 +423,7 @@ class SmokeTest:
                     "restore over it. Drop it, or pass --overwrite to test the configured database itself."
                 )
         folder = smoke_media_root(target) if plan.media_archive is not None else None
-        result = restore.restore(plan, database=name, media_root=folder, progress=self.log)
+        result = restore.restore(plan, restore.RestoreOptions(database=name, media_root=folder), progress=self.log)
         self.smoke_database, self.smoke_media, self.media_root = name, folder, folder
         with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
             databases.label(admin, name, {"seeddump": "smoke", "database": target})

@@ -112,7 +112,7 @@ def build(environment: str, alias: str, *, reuse: bool, progress: Progress = _qu
                     "or replaced. Drop it, or run the tests against another database name."
                 )
             _forget(admin, name)
-            source = restore.restore(plan, database=name, progress=progress).source
+            source = restore.restore(plan, restore.RestoreOptions(database=name), progress=progress).source
             databases.take_back(admin, name)
     # Migrations newer than the dump (or than a reused database) are applied, as pytest-django does.
     output = io.StringIO()

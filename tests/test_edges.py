@@ -33,7 +33,7 @@ def test_the_bytes_pg_restore_reads_are_the_ones_that_were_verified(alias: str, 
     forged.write_bytes(b"\0" * seeded_dump.stat().st_size)
     os.replace(forged, seeded_dump)
 
-    restore_module.restore(plan, use_snapshots=False)
+    restore_module.restore(plan, restore_module.RestoreOptions(use_snapshots=False))
 
     assert Team.objects.using(alias).count() > 0  # the verified dump's rows
 

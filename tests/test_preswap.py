@@ -99,7 +99,7 @@ def failing_hook(using: str) -> None:
 def restore_with_a_ready_copy_left(alias: str) -> None:
     """A restore as restoredump does it by default: the background work prepares a ready copy of the dump."""
     plan = restore_module.plan_restore("dev", using=alias)
-    result = restore_module.restore(plan, defer=True)
+    result = restore_module.restore(plan, restore_module.RestoreOptions(defer=True))
     assert result.followup is not None and result.followup.ready_copy
     finishing.finish(result.followup, {**postgres.settings_for(alias), "NAME": result.database})
 

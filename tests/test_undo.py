@@ -275,7 +275,9 @@ def undo_as(server: Server, dumps_dir: Path, role: str, target: str) -> Any:
 def test_the_background_work_does_not_record_a_restore_that_was_undone(alias: str) -> None:
     before = local_work(alias)
     plan = restore_module.plan_restore("dev", using=alias)
-    result = restore_module.restore(plan, defer=True)  # as restoredump does: the records are written later
+    result = restore_module.restore(
+        plan, restore_module.RestoreOptions(defer=True)
+    )  # as restoredump does: the records are written later
     assert result.followup is not None and result.followup.restore_times is not None
     restore_module.undo_last(alias)
     said: list[str] = []

@@ -15,6 +15,7 @@ from seeddump.conf import conf, restore_jobs_problem
 from seeddump.exceptions import SeeddumpError
 from seeddump.management.progress import progress_writer
 from seeddump.restore import (
+    RestoreOptions,
     RestorePlan,
     after_swap,
     find_undo,
@@ -138,15 +139,14 @@ class Command(BaseCommand):
                 raise CommandError("Restore cancelled; the database was not changed.")
             in_background = conf.BACKGROUND if options["background"] is None else options["background"]
             with interrupt_on_sigterm():
-                result = restore(
-                    plan,
+                choices = RestoreOptions(
                     jobs=options["jobs"],
                     use_snapshots=None if options["snapshot"] else False,
                     defer=in_background,
                     in_place=options["in_place"],
                     migrate=options["migrate"],
-                    progress=progress,
                 )
+                result = restore(plan, choices, progress=progress)
                 if result.followup is not None:
                     with after_swap(result.database, plan.dump_path.name, result.undo_copy, {}):
                         pid = background.finish_later(result.followup, progress)
