@@ -257,7 +257,7 @@ def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
             "local all postgres trust\nlocal all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n"
         )
         conn.execute("SELECT pg_reload_conf()")
-    yield {"host": host, "port": port}
+    yield {"host": host, "port": port, "pgdata": str(pgdata)}
     server.cleanup()
 
 
@@ -317,3 +317,46 @@ def test_password_never_leaks_through_any_command(password_server, dumps_dir: Pa
     assert PASSWORD not in log.read_text()
     for path in dumps_dir.iterdir():
         assert PASSWORD.encode() not in path.read_bytes()
+
+
+def test_a_dumps_code_logs_in_with_a_password_the_server_checks_or_is_refused(password_server, dumps_dir: Path) -> None:
+    """A superuser restores an app's database on a server that checks passwords: the dump's code runs as a
+    throwaway member of the app that logs in with its own (random) password. When pg_hba.conf turns such
+    roles away, the restore is refused before pg_restore in one line, and --trust restores it anyway."""
+    host = password_server["host"]
+    with psycopg.connect(host=host, user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS sandbox_db WITH (FORCE)")
+        conn.execute("CREATE DATABASE sandbox_db OWNER app")
+    with psycopg.connect(host=host, user="app", password=PASSWORD, dbname="sandbox_db", autocommit=True) as conn:
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO notes SELECT generate_series(1, 3)")
+    env = {"DATABASE_URL": f"postgres://postgres@/{host}/sandbox_db"}
+    assert manage("generatedump", "dev", alias="default", dumps_dir=dumps_dir, env=env).returncode == 0
+
+    restored = manage("restoredump", "dev", "--no-input", "-v2", alias="default", dumps_dir=dumps_dir, env=env)
+
+    assert restored.returncode == 0, restored.stderr
+    assert "as 'app'" in restored.stdout
+    with psycopg.connect(host=host, user="postgres", dbname="sandbox_db") as conn:
+        assert conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'notes'").fetchall() == [("app",)]
+
+    hba = Path(str(password_server["pgdata"])) / "pg_hba.conf"
+    allowed = hba.read_text()
+    hba.write_text("local all postgres trust\nlocal all /^seeddump_sandbox_ reject\n" + allowed)
+    with psycopg.connect(host=host, user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        # --no-snapshot: a copy of the cached snapshot runs none of the dump's code, so it needs no such login.
+        again = ("restoredump", "dev", "--no-input", "--no-snapshot")
+        refused = manage(*again, alias="default", dumps_dir=dumps_dir, env=env)
+        trusted = manage(*again, "--trust", alias="default", dumps_dir=dumps_dir, env=env)
+    finally:
+        hba.write_text(allowed)
+        with psycopg.connect(host=host, user="postgres", dbname="postgres", autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+
+    assert refused.returncode == 1
+    [line] = refused.stderr.strip().splitlines()
+    assert "connects as 'postgres', not as 'app'" in line and "the server does not let it log in" in line
+    assert "pg_hba.conf" in line and "--trust" in line
+    assert trusted.returncode == 0, trusted.stderr
