@@ -110,8 +110,9 @@ def kill(**kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 signals.database_swapped.connect(kill, weak=False)
-from django.core.management import call_command
-call_command("restoredump", "dev", "--no-input", *os.environ.get("RESTORE_ARGS", "").split())
+from django.core.management import execute_from_command_line  # as manage.py runs it: errors and exit status
+args = os.environ.get("RESTORE_ARGS", "").split()
+execute_from_command_line(["manage.py", "restoredump", "dev", "--no-input", *args])
 """
 
 
@@ -212,3 +213,63 @@ def test_the_server_going_away_in_the_swap_is_said_as_such(
     assert "could not give the restored database" not in message.lower()
     assert "terminat" in message.lower() or "server closed the connection" in message.lower()
     assert team_names(alias) == before
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_a_signal_the_moment_the_swap_commits_loses_nothing(
+    alias: str, seeded_dump: Path, dumps_dir: Path, signal_name: str
+) -> None:
+    """SIGTERM (CI cancelling, docker stop) says what the target holds, exit status 3; SIGKILL says nothing.
+    Either way the undo copy is there and puts the developer's database back."""
+    before = my_work(alias, "my local team")
+    connections.close_all()
+    script = _KILLED_AFTER_SWAP.replace("signal.SIGKILL", f"signal.{signal_name}")
+
+    stopped = run_bounded([sys.executable, "-c", script], cwd=REPO, env=manage_env(alias, dumps_dir), timeout=180)
+
+    if signal_name == "SIGTERM":
+        assert stopped.returncode == 3, stopped.stderr
+        [line] = stopped.stderr.strip().splitlines()
+        assert f"now holds {seeded_dump.name}; the database it replaced is kept for an undo as seeddump_undo_" in line
+        assert "(interrupted)" in line
+    else:
+        assert stopped.returncode == -signal.SIGKILL
+    assert len(kept_copies(alias)) == 1
+    run_command("restoredump", "--undo", database=alias, interactive=False)
+    assert team_names(alias) == before
+
+
+@pytest.mark.parametrize("setting", ["read-only by default", "closed to connections"])
+def test_a_target_that_refuses_the_records_is_still_restored(
+    server: Server, seeded_dump: Path, dumps_dir: Path, setting: str
+) -> None:
+    """The target's own settings travel with its identity to the restored database, so seeddump's writing of
+    the admin's records after the swap fails there: a note, not a failed restore."""
+    admin_user = connections[server.alias].settings_dict["USER"]
+    target = server.database(admin_user)
+    if setting == "read-only by default":
+        server.execute("postgres", f'ALTER DATABASE "{target}" SET default_transaction_read_only = on')
+    else:
+        server.execute("postgres", f'ALTER DATABASE "{target}" WITH ALLOW_CONNECTIONS false')
+    env = {"DATABASE_URL": _url(server, target)}
+
+    for _ in range(2):
+        result = _manage(server, dumps_dir, env, "restoredump", "dev", "--no-input", "-v2")
+        assert result.returncode == 0, result.stderr
+        assert "Did not record the restore for the admin" in result.stdout
+        assert "Traceback" not in result.stderr
+
+
+def test_restores_of_one_target_at_once_leave_one_undo_copy_and_nothing_else(
+    alias: str, seeded_dump: Path, dumps_dir: Path
+) -> None:
+    from tests.conftest import leftovers, start_manage
+
+    my_work(alias, "my local team")
+    started = [start_manage("restoredump", "dev", "--no-input", alias=alias, dumps_dir=dumps_dir) for _ in range(3)]
+    for process in started:
+        _out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+
+    assert leftovers(alias) == []
+    assert len(kept_copies(alias)) == 1
