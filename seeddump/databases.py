@@ -529,7 +529,10 @@ def _sessions(admin: psycopg.Connection, name: str) -> list[tuple[int, str, str,
         """
         SELECT pid, coalesce(usename, '?'), coalesce(nullif(application_name, ''), 'no application name'),
                coalesce(host(client_addr), 'the local socket')
-        FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()
+        FROM pg_stat_activity
+        WHERE datname = %s AND pid <> pg_backend_pid()
+          -- The server stops autovacuum itself for a rename, copy or drop; no role may end it otherwise.
+          AND backend_type IS DISTINCT FROM 'autovacuum worker'
         """,
         (name,),
     ).fetchall()
