@@ -305,6 +305,22 @@ def exists(admin: psycopg.Connection, name: str) -> bool:
     return bool(found)
 
 
+def schema_oids(settings_dict: Mapping[str, Any], name: str) -> list[int]:
+    """The oids of the database's own schemas (not the system's), in order; empty when there is no such
+    database. Reading them runs none of its code."""
+    if not name:
+        return []
+    try:
+        with postgres.connect(settings_dict, name) as conn:
+            rows = conn.execute(
+                "SELECT oid FROM pg_namespace WHERE nspname <> 'information_schema' AND nspname NOT LIKE 'pg\\_%' "
+                "ORDER BY oid"
+            ).fetchall()
+    except SeeddumpError:
+        return []
+    return [int(oid) for (oid,) in rows]
+
+
 def size_of(admin: psycopg.Connection, name: str) -> int:
     """The database's size on disk in bytes (0 if there is none)."""
     row = admin.execute("SELECT pg_database_size(oid) FROM pg_database WHERE datname = %s", (name,)).fetchone()

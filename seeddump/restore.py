@@ -366,7 +366,7 @@ def undo_last(
     with postgres.user_errors(settings_dict):
         target = _target_of(using, settings_dict)
         with postgres.connect_maintenance(settings_dict) as admin, target_lock(admin, target, progress):
-            _finish_interrupted(admin, target, progress)
+            _finish_interrupted(admin, target, settings_dict, progress)
             copy = undo.find(admin, target)
             if copy is None:
                 raise SeeddumpError(
@@ -449,7 +449,7 @@ def _restore(
         databases.check_may_create(admin, target)
         owner = databases.restore_owner(admin, target, configured_owner(settings_dict))
         dump_code.owner = owner
-        _finish_interrupted(admin, target, progress)
+        _finish_interrupted(admin, target, settings_dict, progress)
         # Killed runs' scratch databases; replaced ones are left to this restore's finishing (see ``finish``).
         for name in finishing.drop_leftovers(admin, target, retired=False):
             progress(f"Dropped {name}, left over by an interrupted restore")
@@ -570,11 +570,13 @@ def _restore(
     )
 
 
-def _finish_interrupted(admin: psycopg.Connection, target: str, progress: Progress) -> None:
-    """What an interrupted restore or undo of ``target`` left after its swap (its media), done now; call it
-    holding the target's lock, before anything else."""
+def _finish_interrupted(
+    admin: psycopg.Connection, target: str, settings_dict: Mapping[str, Any], progress: Progress
+) -> None:
+    """What an interrupted restore or undo of ``target`` left after its point of no return (keeping an in-place
+    restore's copy, the media), done now; call it holding the target's lock, before anything else."""
     try:
-        done = undo.settle(admin, target)
+        done = undo.settle(admin, target, lambda: databases.schema_oids(settings_dict, target))
     except SeeddumpError as exc:
         raise SeeddumpError(
             f"The last restore (or undo) of '{target}' stopped after its swap, and its media still cannot be put in "
@@ -605,37 +607,46 @@ def _restore_in_place(
                 "Create it first (or have it created), then run restoredump again."
             )
         dump_code.owner = databases.restore_owner(admin, target, configured_owner(settings_dict))
-        _finish_interrupted(admin, target, progress)
+        _finish_interrupted(admin, target, settings_dict, progress)
         carried = records.restore_times(settings_dict, target) if record else {}
         for name in finishing.drop_leftovers(admin, target, scratch=False) + undo.drop_pending(admin, target):
             progress(f"Dropped {name}, left over by an interrupted restore")
         media_swap.start()
         media_swap.wait()  # before the transaction: a failure to unpack leaves the database as it was
         connections[plan.using].close()
-        pending, why_not = _copy_for_undo(admin, target, progress) if record else (None, None)
+        pending, why_not, exchange = None, None, None
+        if record:
+            # Everything the undo copy needs is decided before the transaction and written on the copy, so
+            # that a run stopped right after the commit is finished by the next (``undo.settle``).
+            undo_possible = conf.UNDO and databases.may_create(admin)
+            exchange = media_swap.exchange(target, keep=undo_possible)
+            fate = undo.replaced_fate(
+                admin,
+                target,
+                keep=True,
+                dump_path=plan.dump_path,
+                environment=plan.environment,
+                media_exchange=exchange,
+                media_swapped=media_swap.root is not None,
+            )
+            pending, why_not = _copy_for_undo(admin, target, fate.label, settings_dict, progress)
+        elif media_swap.root is not None:
+            exchange = media_swap.exchange(target, keep=False)
         if record and pending is None:  # an earlier restore's copy would undo the wrong change after this one
             for name in undo.drop(admin, target):
                 progress(f"Dropped {name}: it undoes an earlier restore, and this one keeps no copy")
         try:
             load.in_place(admin, plan.archive(), plan.metadata, settings_dict, target, dump_code, progress)
         except BaseException:
+            media_swap.abandon()
             if pending is not None:
                 with contextlib.suppress(psycopg.Error):
                     databases.drop(admin, pending)
             raise
         with after_swap(target, plan.dump_path.name, pending, settings_dict):
-            exchange = media_swap.exchange(target, keep=pending is not None)
             aside: tuple[str, ...] = ()
             if pending is not None:
-                aside = undo.keep_in_place(
-                    admin,
-                    target,
-                    pending,
-                    dump_path=plan.dump_path,
-                    environment=plan.environment,
-                    media_exchange=exchange,
-                    media_swapped=media_swap.root is not None,
-                )
+                aside = undo.keep_in_place(admin, target, pending)
                 progress(f"Kept the replaced database as {pending} for an undo")
             signals.database_swapped.send(sender=plan.using, database=target, replaced=pending)
             retired_media = media_swap.complete(admin, pending, exchange)
@@ -669,16 +680,23 @@ def _restore_in_place(
     )
 
 
-def _copy_for_undo(admin: psycopg.Connection, target: str, progress: Progress) -> tuple[str | None, str | None]:
-    """In place, the database is changed rather than replaced: a copy of it is what an undo can put back.
-    The copy's name, or None and why there is none."""
+def _copy_for_undo(
+    admin: psycopg.Connection,
+    target: str,
+    label: Mapping[str, object],
+    settings_dict: Mapping[str, Any],
+    progress: Progress,
+) -> tuple[str | None, str | None]:
+    """In place, the database is changed rather than replaced: a copy of it (labelled pending with ``label``,
+    see ``undo.make_pending``) is what an undo can put back. The copy's name, or None and why there is none."""
     if not conf.UNDO:
         return None, "SEEDDUMP_UNDO is off"
     if not databases.may_create(admin):
         return None, "this role may not create databases, so an in-place restore cannot copy it first"
     for _attempt in range(3):
         try:
-            pending = undo.make_pending(admin, target)
+            schemas = databases.schema_oids(settings_dict, target)
+            pending = undo.make_pending(admin, target, label=label, schemas=schemas)
         except psycopg.errors.ObjectInUse:  # a new session came between ending them and the copy
             continue
         progress(f"Copied '{target}' to {pending} for an undo")

@@ -20,6 +20,7 @@ Putting the copy back is ``restore.undo_last``: the same swap as a restore, unde
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -146,11 +147,20 @@ def settle_media(admin: psycopg.Connection, name: str, exchange: media.Exchange)
     return aside
 
 
-def settle(admin: psycopg.Connection, target: str) -> list[str]:
-    """Finishes what an interrupted restore or undo of ``target`` left between its swap and its media: the
-    exchange its swap recorded. Call it holding the target's lock, before anything drops media leftovers.
-    Returns what it did, to tell the user."""
+def settle(admin: psycopg.Connection, target: str, schemas: Callable[[], list[int]]) -> list[str]:
+    """Finishes what an interrupted restore or undo of ``target`` left after its point of no return: keeping
+    an in-place restore's copy that committed (``schemas``: the target's schemas now, see ``make_pending``),
+    and the media exchange a swap recorded. Call it holding the target's lock, before anything drops pending
+    copies or media leftovers. Returns what it did, to tell the user."""
     done = []
+    for database in databases.ours(admin, prefix(target), sizes=False):
+        before = database.label.get("schemasBefore")
+        if database.label.get("seeddump") != PENDING or database.label.get("database") != target:
+            continue
+        if isinstance(before, list) and before != schemas():
+            for name in keep_in_place(admin, target, database.name):
+                databases.drop(admin, name)
+            done.append(f"Kept {database.name} for an undo: the in-place restore that made it had committed")
     for start in (prefix(target), finishing.retired_prefix(target)):
         for database in databases.ours(admin, start, sizes=False):
             exchange = media.Exchange.from_label(database.label.get("mediaExchange"))
@@ -164,47 +174,38 @@ def settle(admin: psycopg.Connection, target: str) -> list[str]:
     return done
 
 
-def keep_in_place(
-    admin: psycopg.Connection,
-    target: str,
-    pending: str,
-    *,
-    dump_path: Path,
-    environment: str,
-    media_exchange: media.Exchange | None,
-    media_swapped: bool,
-) -> tuple[str, ...]:
-    """After an in-place restore committed: its pending copy becomes the undo copy (the earlier one set aside,
-    in one transaction). Returns the databases set aside, to drop."""
-    fate = replaced_fate(
-        admin,
-        target,
-        keep=True,
-        dump_path=dump_path,
-        environment=environment,
-        media_exchange=media_exchange,
-        media_swapped=media_swapped,
-    )
-    before = next((d.label for d in databases.ours(admin, pending, sizes=False) if d.name == pending), {})
-    owner = {"owner": before["owner"]} if isinstance(before.get("owner"), str) else {}
+def keep_in_place(admin: psycopg.Connection, target: str, pending: str) -> tuple[str, ...]:
+    """After an in-place restore committed: its pending copy becomes the undo copy, with the label it was
+    given beforehand, and the earlier copies are set aside under replaced names, in one transaction. Returns
+    the databases set aside, to drop."""
+    label = _label_of(admin, pending)
+    aside = [(copy.name, _retired_name(target)) for copy in list_copies(admin, target, sizes=False)]
     with admin.transaction():
-        for old, new in fate.aside:
+        for old, new in aside:
             if old != pending and databases.is_ours(admin, old):
                 databases.rename(admin, old, new)
-        databases.label(admin, pending, {**fate.label, **owner})
-    return tuple(new for old, new in fate.aside if old != pending)
+        kept = {key: value for key, value in label.items() if key != "schemasBefore"}
+        databases.label(admin, pending, {**kept, "seeddump": KIND})
+    return tuple(new for old, new in aside if old != pending)
 
 
-def make_pending(admin: psycopg.Connection, target: str) -> str:
-    """For a restore in place: copies ``target`` (closed, labelled pending) before it is changed, to be kept by
-    ``keep`` once the restore commits; one a killed restore left is dropped by the next (``drop_pending``).
-    Ends the target's sessions first: a database in use cannot be copied. Needs CREATEDB."""
+def _label_of(admin: psycopg.Connection, name: str) -> dict[str, object]:
+    return next((dict(d.label) for d in databases.ours(admin, name, sizes=False) if d.name == name), {})
+
+
+def make_pending(admin: psycopg.Connection, target: str, *, label: Mapping[str, object], schemas: list[int]) -> str:
+    """For a restore in place: copies ``target`` (closed) before it is changed, labelled pending with the label
+    it gets as the undo copy (``replaced_fate``'s, with the media exchange to do) and the target's schemas as
+    they are now. An in-place restore drops and makes again every schema, so once the target's schemas are
+    others, its transaction committed: the next run that finds the copy still pending finishes keeping it
+    (``settle``); else it is dropped (``drop_pending``). Ends the target's sessions first: a database in use
+    cannot be copied. Needs CREATEDB."""
     name = prefix(target) + secrets.token_hex(4)
     identity = databases.identity_of(admin, target)
     databases.end_sessions(admin, target)
     databases.clone(admin, target, name, closed=True)
     owner = {"owner": identity.owner} if identity is not None else {}
-    databases.label(admin, name, {"seeddump": PENDING, "database": target, **owner})
+    databases.label(admin, name, {**label, **owner, "seeddump": PENDING, "schemasBefore": schemas})
     return name
 
 

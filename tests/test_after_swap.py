@@ -273,3 +273,43 @@ def test_restores_of_one_target_at_once_leave_one_undo_copy_and_nothing_else(
 
     assert leftovers(alias) == []
     assert len(kept_copies(alias)) == 1
+
+
+_KILLED_AFTER_THE_IN_PLACE_COMMIT = """
+import os, signal
+import django
+django.setup()
+from seeddump import undo
+
+def kill(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+undo.keep_in_place = kill  # the in-place transaction has just committed
+from django.core.management import execute_from_command_line
+execute_from_command_line(["manage.py", "restoredump", "dev", "--no-input", "--in-place"])
+"""
+
+
+def test_a_kill_right_after_an_in_place_commit_keeps_its_copy_for_the_undo(
+    alias: str, seeded_dump: Path, dumps_dir: Path
+) -> None:
+    """In place, the point of no return is the transaction's commit, and the copy for the undo is labelled
+    before it: the next run sees that the target's schemas changed and keeps the copy, so the undo puts back
+    what the killed restore replaced, never the older copy an earlier restore kept."""
+    my_work(alias, "before any restore")
+    run_command("restoredump", "dev", database=alias, interactive=False, verbosity=0)
+    generation_two = my_work(alias, "made after the first restore")
+    connections.close_all()
+
+    killed = run_bounded(
+        [sys.executable, "-c", _KILLED_AFTER_THE_IN_PLACE_COMMIT],
+        cwd=REPO,
+        env=manage_env(alias, dumps_dir),
+        timeout=180,
+    )
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert "made after the first restore" not in team_names(alias)
+    out = run_command("restoredump", "--undo", database=alias, interactive=False, verbosity=2).out
+    assert "the in-place restore that made it had committed" in out
+    assert team_names(alias) == generation_two

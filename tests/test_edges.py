@@ -16,7 +16,7 @@ from django.db import connections
 from project.reality.models import Team
 from seeddump import dumpfiles
 from seeddump import restore as restore_module
-from tests.conftest import database_url, manage, run_command
+from tests.conftest import copy_dump, database_url, manage, run_command
 from tests.test_identity import Server, restoredump
 from tests.test_identity import server as server_fixture
 
@@ -144,3 +144,21 @@ def test_large_objects_and_forced_row_level_security_restore_in_every_way(
     assert server.query(target, "SELECT lo_get(424242)") == [(b"the dump's blob",)]
     assert server.query(target, "SELECT count(*) FROM private_notes") == [(5,)]
     assert server.query(target, "SELECT relforcerowsecurity FROM pg_class WHERE relname = 'private_notes'") == [(True,)]
+
+
+def test_a_dump_outside_the_dumps_folder_is_restored_without_caching_it(
+    alias: str, seeded_dump: Path, dumps_dir: Path, tmp_path: Path
+) -> None:
+    """The cache keeps snapshots of the folder's own dumps only (pruning drops any other at once): a dump
+    from elsewhere is restored, and no snapshot is made of it just to be dropped."""
+    from tests.test_background import cache_of
+
+    elsewhere = tmp_path / "from-a-teammate"
+    elsewhere.mkdir()
+    outside = copy_dump(seeded_dump, elsewhere, latest=False)
+
+    out = run_command("restoredump", "dev", dump=str(outside), database=alias, interactive=False, verbosity=2).out
+
+    assert "Cached" not in out
+    assert cache_of(alias, dumps_dir)["snapshots"] == []
+    assert Team.objects.using(alias).count() > 0
