@@ -504,15 +504,7 @@ def _restore(
             media_swap.wait()  # unpacked beside the media folder while the database was restored
             connections[plan.using].close()
             exchange = media_swap.exchange(target, keep=record and conf.UNDO)
-            fate = undo.replaced_fate(
-                admin,
-                target,
-                keep=record,
-                dump_path=plan.dump_path,
-                environment=plan.environment,
-                media_exchange=exchange,
-                media_swapped=media_swap.root is not None,
-            )
+            fate = _fate_of_replaced(admin, plan, target, record, exchange, media_swap)
             progress(f"Swapping the restored database in for '{target}'")
             swapped = databases.swap(admin, target, scratch, fate, owner)
         except BaseException:
@@ -570,6 +562,25 @@ def _restore(
     )
 
 
+def _fate_of_replaced(
+    admin: psycopg.Connection,
+    plan: RestorePlan,
+    target: str,
+    keep: bool,
+    exchange: media.Exchange | None,
+    media_swap: _MediaSwap,
+) -> databases.Replaced:
+    return undo.replaced_fate(
+        admin,
+        target,
+        keep=keep,
+        dump_path=plan.dump_path,
+        environment=plan.environment,
+        media_exchange=exchange,
+        media_swapped=media_swap.root is not None,
+    )
+
+
 def _finish_interrupted(
     admin: psycopg.Connection, target: str, settings_dict: Mapping[str, Any], progress: Progress
 ) -> None:
@@ -620,15 +631,7 @@ def _restore_in_place(
             # that a run stopped right after the commit is finished by the next (``undo.settle``).
             undo_possible = conf.UNDO and databases.may_create(admin)
             exchange = media_swap.exchange(target, keep=undo_possible)
-            fate = undo.replaced_fate(
-                admin,
-                target,
-                keep=True,
-                dump_path=plan.dump_path,
-                environment=plan.environment,
-                media_exchange=exchange,
-                media_swapped=media_swap.root is not None,
-            )
+            fate = _fate_of_replaced(admin, plan, target, True, exchange, media_swap)
             pending, why_not = _copy_for_undo(admin, target, fate.label, settings_dict, progress)
         elif media_swap.root is not None:
             exchange = media_swap.exchange(target, keep=False)

@@ -17,8 +17,7 @@ import pytest
 from django.db import connections
 
 from seeddump import sandbox
-from tests.conftest import database_url, manage
-from tests.test_identity import Server, restoredump, table_owners
+from tests.test_identity import Server, app_dump, restoredump, table_owners
 from tests.test_identity import server as server_fixture
 
 server = server_fixture  # a fixture of test_identity's, used here by name
@@ -78,18 +77,10 @@ VECTORS = {
 
 
 def app_source(server: Server, dumps_dir: Path, marker: Path, statements: list[str]) -> tuple[str, str]:
-    """An app role's database made from the seeded dump, with ``statements`` run as the app on top, and its
-    dump written by generatedump over a superuser connection: (the app role, the source database)."""
-    admin_user = connections[server.alias].settings_dict["USER"]
-    app = server.role("app", "LOGIN")
-    source = server.database(app)
-    restoredump(server, dumps_dir, admin_user, source)
-    server.execute(source, *statements, role=app)
-    env = {"DATABASE_URL": database_url(server.alias, source, admin_user)}
-    made = manage("generatedump", "dev", "--allow-empty", alias=server.alias, dumps_dir=dumps_dir, env=env)
-    assert made.returncode == 0, made.stderr
-    marker.unlink(missing_ok=True)  # the superuser's own record write fired the trigger in its own database
-    return app, source
+    """``app_dump``, and no marker left by the superuser's own record write in the source (its trigger fired)."""
+    made = app_dump(server, dumps_dir, statements)
+    marker.unlink(missing_ok=True)
+    return made
 
 
 @pytest.mark.parametrize("vector", list(VECTORS))

@@ -17,7 +17,7 @@ from project.reality.models import Team
 from seeddump import dumpfiles
 from seeddump import restore as restore_module
 from tests.conftest import copy_dump, database_url, manage, run_command
-from tests.test_identity import Server, restoredump
+from tests.test_identity import Server, app_dump, restoredump
 from tests.test_identity import server as server_fixture
 
 server = server_fixture  # a fixture of test_identity's, used here by name
@@ -91,17 +91,8 @@ def test_a_newer_pg_dumps_archive_for_an_older_server_says_the_versions_differ(
 
 
 def app_database(server: Server, dumps_dir: Path, *statements: str) -> tuple[str, str]:
-    """An app role (CREATEDB) owning a database restored from the seeded dump, with ``statements`` run as the
-    app, and generatedump's dump of it made over a superuser connection: (app, database)."""
-    admin_user = connections[server.alias].settings_dict["USER"]
-    app = server.role("app", "LOGIN CREATEDB")
-    source = server.database(app)
-    restoredump(server, dumps_dir, admin_user, source)
-    server.execute(source, *statements, role=app)
-    env = {"DATABASE_URL": database_url(server.alias, source, admin_user)}
-    made = manage("generatedump", "dev", alias=server.alias, dumps_dir=dumps_dir, env=env)
-    assert made.returncode == 0, made.stderr
-    return app, source
+    """``app_dump`` with an app role that may create databases."""
+    return app_dump(server, dumps_dir, list(statements), "LOGIN CREATEDB")
 
 
 def test_role_timeouts_never_cancel_seeddumps_own_work(server: Server, seeded_dump: Path, dumps_dir: Path) -> None:

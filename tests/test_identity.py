@@ -87,6 +87,20 @@ class Server:
                 admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
+def app_dump(server: Server, dumps_dir: Path, statements: list[str], role_options: str = "LOGIN") -> tuple[str, str]:
+    """An app role owning a database restored from the seeded dump, with ``statements`` run as the app on top,
+    and generatedump's dump of it made over a superuser connection: (the app role, the database)."""
+    admin_user = connections[server.alias].settings_dict["USER"]
+    app = server.role("app", role_options)
+    source = server.database(app)
+    restoredump(server, dumps_dir, admin_user, source)
+    server.execute(source, *statements, role=app)
+    env = {"DATABASE_URL": database_url(server.alias, source, admin_user)}
+    made = manage("generatedump", "dev", "--allow-empty", alias=server.alias, dumps_dir=dumps_dir, env=env)
+    assert made.returncode == 0, made.stderr
+    return app, source
+
+
 @pytest.fixture
 def server(alias: str) -> Iterator[Server]:
     made = Server(alias)

@@ -20,7 +20,10 @@ from django.db import connections
 from project.reality.models import Team
 from seeddump import dumpfiles, finishing, media
 from tests.conftest import REPO, MediaDump, demo_snapshot, files_of, manage_env, run_bounded, run_command
+from tests.test_media import media_dump as media_dump_fixture
 from tests.xfs import unavailable
+
+media_dump = media_dump_fixture  # a fixture of test_media's, used here by name
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -36,14 +39,6 @@ def volume(media_root: Path) -> Iterator[Path]:
         yield media_root
     finally:
         subprocess.run(["umount", "-l", str(media_root)], check=True, timeout=60)
-
-
-@pytest.fixture
-def media_dump(alias: str, media_dumps: dict[str, MediaDump], dumps_dir: Path) -> MediaDump:
-    from tests.conftest import copy_dump
-
-    made = media_dumps[alias]
-    return MediaDump(copy_dump(made.path, dumps_dir), made.files)
 
 
 @pytest.fixture
