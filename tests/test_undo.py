@@ -15,7 +15,7 @@ from django.core.management import CommandError
 from django.db import connections
 
 from project.reality.models import Team
-from seeddump import finishing, postgres, undo
+from seeddump import databases, finishing, postgres, undo
 from seeddump import restore as restore_module
 from seeddump.models import DumpRecord
 from tests.conftest import (
@@ -304,8 +304,11 @@ def test_a_restore_that_leaves_the_files_alone_drops_the_folder_kept_before(
 def test_the_copy_a_killed_in_place_restore_left_is_never_put_back_and_is_dropped(alias: str) -> None:
     target = connections[alias].settings_dict["NAME"]
     connections[alias].close()
-    with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
-        left = undo.make_pending(admin, target)  # as an in-place restore killed before its commit leaves it
+    settings_dict = connections[alias].settings_dict
+    with postgres.connect_maintenance(settings_dict) as admin:
+        # As an in-place restore killed before its commit leaves it: the target's schemas are still those.
+        schemas = databases.schema_oids(settings_dict, target)
+        left = undo.make_pending(admin, target, label={"database": target}, schemas=schemas)
 
     with pytest.raises(CommandError, match="Nothing to undo"):
         undo_restore(alias)
