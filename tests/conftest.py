@@ -23,7 +23,7 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connections
 
-from seeddump import dumpfiles, postgres, snapshots, undo
+from seeddump import dumpfiles, finishing, postgres, snapshots, undo
 
 REPO = Path(__file__).resolve().parent.parent
 ALIASES = ["default", "system"]
@@ -65,7 +65,10 @@ def dumps_dir(tmp_path: Path, settings: Any) -> Iterator[Path]:
         with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
             for folder in folders:
                 snapshots.drop_all(admin, folder)
-            undo.drop(admin, connections[alias].settings_dict["NAME"])  # what its restores kept for an undo
+            target = connections[alias].settings_dict["NAME"]
+            undo.drop(admin, target)  # what its restores kept for an undo
+            undo.drop_pending(admin, target)  # and what a killed in-place restore left
+            finishing.drop_leftovers(admin, target)
 
 
 @dataclass
@@ -119,8 +122,6 @@ def database_names(alias: str) -> set[str]:
 
 def leftovers(alias: str) -> list[str]:
     """Scratch and replaced databases of the alias's own (test) database: never another project's."""
-    from seeddump import finishing
-
     target = connections[alias].settings_dict["NAME"]
     prefixes = (finishing.scratch_prefix(target), finishing.retired_prefix(target))
     return [name for name in database_names(alias) if name.startswith(prefixes)]
