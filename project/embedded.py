@@ -84,7 +84,11 @@ def _private_runtime_dir() -> None:
 
 
 def data_dir(base_dir: Path) -> Path:
-    return Path(os.environ.get("EMBEDDED_PG_DATA", base_dir / ".pgdata"))
+    """``.pgdata`` for the default PostgreSQL 18, ``.pgdata-16`` for PGSERVER_POSTGRES_VERSION=16 (pgserver
+    would otherwise upgrade the other major's folder in place)."""
+    version = os.environ.get("PGSERVER_POSTGRES_VERSION", "18")
+    default = base_dir / (".pgdata" if version == "18" else f".pgdata-{version}")
+    return Path(os.environ.get("EMBEDDED_PG_DATA", default))
 
 
 def _create_database(host: str, port: int, database: str) -> None:

@@ -13,6 +13,9 @@ from django.core.checks import CheckMessage, Error, Warning
 from seeddump.conf import MAX_RESTORE_JOBS, conf, restore_jobs_problem
 from seeddump.staleness import latest_statuses
 
+# Django 4.2 left support in April 2026; pyproject.toml says the same to pip.
+MIN_DJANGO = (5, 2)
+
 
 def check_dumps(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     statuses, errors = latest_statuses(conf.DIR)
@@ -38,7 +41,7 @@ def check_dumps(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
 
 def check_driver(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """Django 4.2+ prefers psycopg 3 when it is installed; seeddump installs it for its own connections, so a
+    """Django prefers psycopg 3 when it is installed; seeddump installs it for its own connections, so a
     project that installed psycopg2 now runs on psycopg 3 without having chosen to. Say so."""
     if importlib.util.find_spec("psycopg2") is None or importlib.util.find_spec("psycopg") is None:
         return []
@@ -70,12 +73,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 
 
 def check_django_version(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    if django.VERSION >= (4, 2):
+    if django.VERSION >= MIN_DJANGO:
         return []
+    oldest = ".".join(map(str, MIN_DJANGO))
     return [
         Error(
-            f"seeddump needs Django 4.2 or newer; this project runs Django {django.get_version()}.",
-            hint="Upgrade the project to Django 4.2 LTS or newer, or uninstall seeddump.",
+            f"seeddump needs Django {oldest} or newer; this project runs Django {django.get_version()}.",
+            hint=f"Upgrade the project to Django {oldest} LTS or newer, or uninstall seeddump.",
             id="seeddump.E001",
         )
     ]

@@ -31,6 +31,8 @@ from seeddump.exceptions import SeeddumpError
 APPLICATION_NAME = "seeddump"
 # OPTIONS keys that Django understands but libpq does not.
 _DJANGO_ONLY_OPTIONS = {"isolation_level", "server_side_binding", "pool", "assume_role", "cursor_factory"}
+# PostgreSQL 13 left support in November 2025; Django 5.2 and 6.0 need 14, Django 6.1 needs 15.
+MIN_SERVER_MAJOR = 14
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 # Connection failures worth waiting out: the server is starting, restarting or not up yet.
 _TRANSIENT_MARKERS = ("connection refused", "no such file or directory", "the database system is starting up")
@@ -177,6 +179,14 @@ def connect(
                 f"Cannot connect to {server.describe()}: {reason}. "
                 "Check that PostgreSQL is running and that DATABASES is right."
             ) from None
+        if conn.info.server_version < MIN_SERVER_MAJOR * 10000:
+            found = server_version_text(conn)
+            conn.close()
+            server = server_of({**settings_dict, "NAME": dbname})
+            raise SeeddumpError(
+                f"{server.describe()} runs PostgreSQL {found}; seeddump needs PostgreSQL {MIN_SERVER_MAJOR} or "
+                "newer. Upgrade the server (Django 5.2 and 6.0 need 14 too, Django 6.1 needs 15)."
+            )
         # seeddump's own statements set their own limits: a role's or database's statement_timeout would
         # cancel a database copy, and an idle_in_transaction_session_timeout the export pg_dump reads from.
         conn.execute("SET statement_timeout = 0")

