@@ -4,6 +4,7 @@ that is not this repository."""
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import secrets
 import subprocess
 import sys
@@ -115,6 +116,53 @@ def test_the_wheel_installed_in_a_new_environment_dumps_and_restores(
         assert conn.execute("SELECT count(*) FROM auth_user").fetchone() == (250,)
 
 
+def uv(args: list[str], cwd: Path, *, check: bool = True) -> subprocess.CompletedProcess:
+    """uv as a developer runs it in their project: this interpreter, never one downloaded."""
+    env = shell_env(DJANGO_SETTINGS_MODULE="settings", UV_PYTHON=sys.executable, UV_PYTHON_DOWNLOADS="never")
+    result = run_bounded([str(Path(sys.executable).parent / "uv"), *args], cwd=cwd, env=env, timeout=280)
+    assert not check or result.returncode == 0, f"uv {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_uv_adds_the_wheel_to_a_django_6_project_with_a_lock_file(
+    dist: Path, project: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A project made today (cookiecutter-django) installs with uv and keeps its pins in uv.lock."""
+    if sys.version_info < (3, 12):
+        pytest.skip(
+            f"Django 6 needs Python 3.12+ and this run is on {sys.version.split()[0]}; test-versions.sh runs this "
+            "test on Python 3.13 (seeds/scripts/versions.txt)"
+        )
+    folder, name = project
+    (wheel,) = dist.glob("seeddump-*.whl")
+    # The README's steps: a uv project pinned to Django 6, then `uv add` of the wheel.
+    uv(["init", "--bare", "--name", "someproject"], folder)
+    uv(["add", "Django>=6.0,<7"], folder)
+    uv(["add", str(wheel)], folder)
+    lock = (folder / "uv.lock").read_text()
+    assert 'name = "seeddump"' in lock and re.search(r'name = "django"\nversion = "6\.', lock)
+
+    manage = ["run", "python", "manage.py"]
+    uv([*manage, "migrate", "-v0"], folder)
+    uv([*manage, "shell", "-c", SEED], folder)
+    uv([*manage, "generatedump", "dev"], folder)
+    uv([*manage, "shell", "-c", "from django.contrib.auth.models import User; User.objects.all().delete()"], folder)
+    restored = uv([*manage, "restoredump", "dev", "--no-input", "--wait"], folder)
+    assert "Traceback" not in restored.stderr
+    with postgres.connect(connections["system"].settings_dict, name) as conn:
+        assert conn.execute("SELECT count(*) FROM auth_user").fetchone() == (250,)
+
+    # A project pinned below what seeddump needs: uv refuses instead of moving the pin.
+    pinned = tmp_path / "oldproject"
+    pinned.mkdir()
+    uv(["init", "--bare", "--name", "oldproject"], pinned)
+    uv(["add", "Django>=4.2,<5"], pinned)
+    refused = uv(["add", str(wheel)], pinned, check=False)
+    assert refused.returncode != 0
+    assert "seeddump" in refused.stderr and "django>=5.2" in refused.stderr.lower(), refused.stderr
+    assert re.search(r'name = "django"\nversion = "4\.2\.', (pinned / "uv.lock").read_text())
+
+
 @pytest.mark.parametrize("alias", ["default"])
 def test_a_project_with_psycopg2_is_told_that_django_now_uses_psycopg_3(alias: str, tmp_path: Path) -> None:
     from tests.conftest import manage
@@ -166,8 +214,11 @@ def declared(framework: str) -> set[str]:
     """The versions of ``framework`` ("Django" or "Python") the installed seeddump's classifiers name."""
     prefix = "Framework :: Django :: " if framework == "Django" else "Programming Language :: Python :: 3."
     classifiers = importlib.metadata.metadata("seeddump").get_all("Classifier") or []
-    return {c.removeprefix(prefix) if framework == "Django" else "3." + c.removeprefix(prefix)
-            for c in classifiers if c.startswith(prefix) and c.removeprefix(prefix).replace(".", "").isdigit()}
+    return {
+        c.removeprefix(prefix) if framework == "Django" else "3." + c.removeprefix(prefix)
+        for c in classifiers
+        if c.startswith(prefix) and c.removeprefix(prefix).replace(".", "").isdigit()
+    }
 
 
 def combinations() -> list[dict[str, str]]:
@@ -189,6 +240,7 @@ def test_the_classifiers_name_exactly_the_versions_the_tests_run_on() -> None:
     oldest_django = min((run["django"] for run in runs), key=lambda v: tuple(map(int, v.split("."))))
     requires = metadata.get_all("Requires-Dist") or []
     assert f"django>={oldest_django}" in [r.lower().replace(" ", "") for r in requires]
-    lowest_psycopg = min((run["psycopg"] for run in runs if run["psycopg"] != "newest"),
-                         key=lambda v: tuple(map(int, v.split("."))))
+    lowest_psycopg = min(
+        (run["psycopg"] for run in runs if run["psycopg"] != "newest"), key=lambda v: tuple(map(int, v.split(".")))
+    )
     assert f"psycopg[binary]>={lowest_psycopg}" in [r.lower().replace(" ", "") for r in requires]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
 
@@ -19,16 +18,6 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 MISSING = "reality.0002_node_rank"
 FOREIGN = "reality.0099_from_another_branch"
-
-
-@pytest.fixture
-def migrated_back_at_the_end(alias: str) -> Iterator[None]:
-    """These tests move the schema around; leave it fully migrated for the next test."""
-    yield
-    connections[alias].close()
-    with connections[alias].cursor() as cursor:
-        cursor.execute("DELETE FROM django_migrations WHERE name = '0099_from_another_branch'")
-    call_command("migrate", database=alias, verbosity=0)
 
 
 def migrate(alias: str, *args: str) -> str:
