@@ -18,10 +18,9 @@ from django.db import connections
 from project.reality.models import Team
 from seeddump import dumpfiles, testdatabases
 from tests.conftest import MediaDump, copy_dump, manage, run_command, write_reality_migration
-from tests.test_stale import FOREIGN, MISSING, column_exists, dump_behind_the_code, migrate, migrated_back_at_the_end
+from tests.test_stale import FOREIGN, MISSING, column_exists, dump_behind_the_code, migrate
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
-__all__ = ["migrated_back_at_the_end"]  # a fixture of test_stale's, used here by name
 
 
 def dump_from_another_branch(alias: str) -> Path:

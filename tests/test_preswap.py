@@ -16,10 +16,9 @@ from project.reality.models import Team
 from seeddump import finishing, postgres
 from seeddump import restore as restore_module
 from tests.conftest import demo_snapshot, leftovers, run_command, write_reality_migration
-from tests.test_stale import MISSING, column_exists, dump_behind_the_code, migrate, migrated_back_at_the_end
+from tests.test_stale import MISSING, column_exists, dump_behind_the_code, migrate
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
-__all__ = ["migrated_back_at_the_end"]  # a fixture of test_stale's, used here by name
 
 
 def restore(alias: str, **options: Any) -> str:

@@ -11,7 +11,6 @@ from psycopg import sql
 
 from seeddump import postgres, snapshots, testdatabases
 from tests.conftest import REPO, copy_dump, database_names, database_url, run_command
-from tests.test_stale import migrated_back_at_the_end as migrated_back_at_the_end  # a fixture
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
