@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 from django.contrib import admin, messages
@@ -46,8 +47,15 @@ class StaleFilter(admin.SimpleListFilter):
         return queryset.filter(pk__in=ids)
 
 
-def _counts_table(counts: dict[str, int]):
-    rows = format_html_join("", "<tr><td>{}</td><td style='text-align:right'>{}</td></tr>", sorted(counts.items()))
+def _left_out(record: DumpRecord) -> set[str]:
+    """The tables whose rows the dump left out on purpose (SEEDDUMP_EXCLUDE_TABLE_DATA)."""
+    tables = record.metadata.get("excludedTableData") if isinstance(record.metadata, dict) else None
+    return {str(table) for table in tables} if isinstance(tables, list) else set()
+
+
+def _counts_table(counts: dict[str, int], left_out: Collection[str] = ()):
+    shown = [(table, "left out" if table in left_out else count) for table, count in sorted(counts.items())]
+    rows = format_html_join("", "<tr><td>{}</td><td style='text-align:right'>{}</td></tr>", shown)
     return format_html("<table>{}</table>", rows)
 
 
@@ -134,8 +142,12 @@ class DumpRecordAdmin(admin.ModelAdmin):
 
     @admin.display(description="rows", ordering="total_records")
     def rows(self, record: DumpRecord):
+        left_out = _left_out(record)
         summary = f"{record.total_records:,} in {len(record.record_counts)} tables"
-        return format_html("<details><summary>{}</summary>{}</details>", summary, _counts_table(record.record_counts))
+        if left_out:
+            summary += f" ({len(left_out)} left out)"
+        table = _counts_table(record.record_counts, left_out)
+        return format_html("<details><summary>{}</summary>{}</details>", summary, table)
 
     @admin.display(description="file")
     def file(self, record: DumpRecord) -> str:
@@ -201,4 +213,4 @@ class DumpRecordAdmin(admin.ModelAdmin):
 
     @admin.display(description="rows per table")
     def per_table_counts(self, record: DumpRecord):
-        return _counts_table(record.record_counts)
+        return _counts_table(record.record_counts, _left_out(record))

@@ -9,12 +9,24 @@ class SeeddumpConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from seeddump.checks import check_django_version, check_driver, check_dumps, check_settings
+        self.connect(self)
+
+    @staticmethod
+    def connect(app_config: AppConfig) -> None:
+        """What seeddump's app does when Django is ready; NetBox's plugin config (seeddump.netbox) does it too."""
+        from seeddump.checks import (
+            check_django_version,
+            check_driver,
+            check_dumps,
+            check_setting_names,
+            check_settings,
+        )
         from seeddump.signals import warn_stale_dumps
 
         # sender=self: post_migrate is sent once per app, and this must run once per migrate.
-        post_migrate.connect(warn_stale_dumps, sender=self, dispatch_uid="seeddump.warn_stale_dumps")
+        post_migrate.connect(warn_stale_dumps, sender=app_config, dispatch_uid="seeddump.warn_stale_dumps")
         checks.register(check_django_version, "seeddump", checks.Tags.compatibility)
         checks.register(check_dumps, "seeddump")
         checks.register(check_driver, "seeddump")
         checks.register(check_settings, "seeddump")
+        checks.register(check_setting_names, "seeddump")

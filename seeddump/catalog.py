@@ -49,6 +49,7 @@ class DumpEntry:
             "fits": self.fits,
             "chosen": self.chosen,
             "snapshotCached": self.snapshot,
+            "excludedTableData": list(self.metadata.excluded_table_data),
             "media": None
             if self.metadata.media is None
             else {**self.metadata.media.to_json(), "missing": self.media_missing},

@@ -3,6 +3,7 @@ driver that changed because seeddump brought psycopg 3."""
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import sys
 from types import FrameType
@@ -12,7 +13,9 @@ import django
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
+from seeddump import conf as conf_module
 from seeddump.conf import MAX_RESTORE_JOBS, conf, restore_jobs_problem
+from seeddump.exceptions import SeeddumpError
 from seeddump.staleness import latest_statuses
 
 # Django 4.2 left support in April 2026; pyproject.toml says the same to pip.
@@ -83,19 +86,65 @@ def check_driver(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """Settings whose bad value would otherwise surface in the middle of a restore."""
-    value = getattr(settings, "SEEDDUMP_RESTORE_JOBS", None)
+    """Settings whose bad value would otherwise surface in the middle of a restore: from Django's settings,
+    PLUGINS_CONFIG or the environment (conf)."""
+    messages: list[CheckMessage] = []
+    value = conf_module.given("RESTORE_JOBS")
     problem = None if value is None or value == "" else restore_jobs_problem(value)
-    if problem is None:
-        return []
-    return [
-        Error(
-            f"SEEDDUMP_RESTORE_JOBS {problem}.",
-            hint=f"Set it to a number of parallel pg_restore jobs from 1 to {MAX_RESTORE_JOBS}, or remove it "
-            "(default: the CPU count).",
-            id="seeddump.E002",
+    if problem is not None:
+        messages.append(
+            Error(
+                f"SEEDDUMP_RESTORE_JOBS {problem}.",
+                hint=f"Set it to a number of parallel pg_restore jobs from 1 to {MAX_RESTORE_JOBS}, or remove it "
+                "(default: the CPU count).",
+                id="seeddump.E002",
+            )
         )
-    ]
+    for name in sorted(conf_module.NAMES - {"RESTORE_JOBS", "SIGNING_KEY"}):
+        try:
+            getattr(conf, name)
+        except SeeddumpError as exc:
+            messages.append(
+                Error(str(exc), hint="The README's Settings table says what each takes.", id="seeddump.E003")
+            )
+    return messages
+
+
+def check_setting_names(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``SEEDDUMP_*`` names seeddump will never read: a misspelt setting, or one set in a module that is not
+    Django's settings (a platform's configuration file that does not pass it on)."""
+    known = {f"SEEDDUMP_{name}" for name in conf_module.NAMES}
+    messages: list[CheckMessage] = []
+    for name in sorted(n for n in dir(settings) if n.startswith("SEEDDUMP_") and n not in known):
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        messages.append(
+            Warning(
+                f"{name} is not a seeddump setting; seeddump ignores it.",
+                hint=f"Did you mean {close[0]}?" if close else "The README's Settings table lists them all.",
+                id="seeddump.W005",
+            )
+        )
+    settings_module = getattr(settings, "SETTINGS_MODULE", None)
+    for module_name, module in sorted(sys.modules.items(), key=lambda item: item[0]):
+        if module is None or module_name == settings_module or module_name.split(".")[0] == "seeddump":
+            continue
+        names = [n for n in getattr(module, "__dict__", {}) if n.startswith("SEEDDUMP_") and n in known]
+        for name in names:
+            if not hasattr(settings, name) and module_name.rsplit(".", 1)[-1] in _CONFIGURATION_MODULES:
+                messages.append(
+                    Warning(
+                        f"{name} is set in {module_name}, which Django's settings do not read: seeddump cannot see it.",
+                        hint=f"Set it in the settings module, as the environment variable {name}, or in "
+                        f"PLUGINS_CONFIG['seeddump'] as {name.removeprefix('SEEDDUMP_')!r}.",
+                        id="seeddump.W004",
+                    )
+                )
+    return messages
+
+
+# Modules where settings are written outside Django's settings module (NetBox's configuration.py, split
+# settings' local files): a SEEDDUMP_* there that Django's settings lack never reaches seeddump.
+_CONFIGURATION_MODULES = frozenset({"configuration", "local_settings", "config", "settings_local", "local"})
 
 
 def check_django_version(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:

@@ -268,6 +268,7 @@ class Database:
     ours: bool  # owned by the connecting role; anything else is foreign and never used
     size_bytes: int
     label: Mapping[str, Any]
+    droppable: bool = False  # the connecting role may drop it (its owner, a member of the owner, a superuser)
 
 
 def with_prefix(admin: psycopg.Connection, prefix: str, *, sizes: bool = True) -> list[Database]:
@@ -276,7 +277,7 @@ def with_prefix(admin: psycopg.Connection, prefix: str, *, sizes: bool = True) -
     rows = admin.execute(
         f"""
         SELECT d.datname, d.datdba::regrole::text, d.datdba = r.oid, {size},
-               shobj_description(d.oid, 'pg_database')
+               shobj_description(d.oid, 'pg_database'), pg_has_role(current_user, d.datdba, 'MEMBER')
         FROM pg_database d, pg_roles r
         WHERE r.rolname = current_user AND starts_with(d.datname, %s)
         ORDER BY d.datname
@@ -284,13 +285,13 @@ def with_prefix(admin: psycopg.Connection, prefix: str, *, sizes: bool = True) -
         (prefix,),
     ).fetchall()
     found = []
-    for name, owner, ours, size_bytes, comment in rows:
+    for name, owner, ours, size_bytes, comment, droppable in rows:
         try:
             label = json.loads(comment or "{}")
         except ValueError:
             label = {}
         label = label if isinstance(label, dict) else {}
-        found.append(Database(name, _unquote(owner), bool(ours), int(size_bytes), label))
+        found.append(Database(name, _unquote(owner), bool(ours), int(size_bytes), label, bool(droppable)))
     return found
 
 
@@ -382,6 +383,19 @@ def label(admin: psycopg.Connection, name: str, values: Mapping[str, Any]) -> No
 def drop(admin: psycopg.Connection, name: str) -> bool:
     """Drops ``name`` if it is ours; a foreign database of that name is left alone. True if dropped."""
     if not is_ours(admin, name):
+        return False
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    return True
+
+
+def drop_owned_by(admin: psycopg.Connection, name: str, owner: str) -> bool:
+    """Drops ``name`` if ``owner`` still owns it and the connecting role may drop it (``snapshots --drop-all``
+    for another role's copies of this project's cache); True if dropped."""
+    row = admin.execute(
+        "SELECT datdba::regrole::text, pg_has_role(current_user, datdba, 'MEMBER') FROM pg_database WHERE datname = %s",
+        (name,),
+    ).fetchone()
+    if not row or _unquote(row[0]) != owner or not row[1]:
         return False
     admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     return True

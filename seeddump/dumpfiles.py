@@ -25,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from seeddump.exceptions import SeeddumpError
+from seeddump.exceptions import NoDump, SeeddumpError
 
 FORMAT = 1
 ENVIRONMENT_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -51,7 +51,7 @@ _REQUIRED = (
     "environment", "version", "timestamp", "checksum", "recordCounts", "migrations", "migrationsFingerprint",
     "serverVersion", "pgDumpVersion", "database", "sizeBytes", "durationSeconds", "dumpFile",
 )  # fmt: skip
-_KNOWN = {*_REQUIRED, "format", "totalRecords", "compression", "note", "signature", "media"}
+_KNOWN = {*_REQUIRED, "format", "totalRecords", "compression", "note", "signature", "media", "excludedTableData"}
 MEDIA_SUFFIX = ".media.tar.gz"
 _MAX_MEDIA_FILES = 10_000_000
 
@@ -130,6 +130,9 @@ class Metadata:
     compression: str = ""
     note: str = ""
     media: MediaInfo | None = None  # the dump's media archive, when it was made with --media
+    # Tables whose rows were left out on purpose (SEEDDUMP_EXCLUDE_TABLE_DATA): their schema is in the dump,
+    # their recordCounts are 0.
+    excluded_table_data: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     signature: str = ""  # see seeddump.signing
     signed_text: bytes = field(default=b"", compare=False, repr=False)  # what the signature covers
@@ -163,6 +166,7 @@ class Metadata:
             "compression": self.compression,
             "note": self.note,
             **({"media": self.media.to_json()} if self.media is not None else {}),
+            **({"excludedTableData": sorted(self.excluded_table_data)} if self.excluded_table_data else {}),
             **self.extra,
             **({"signature": self.signature} if self.signature else {}),
         }
@@ -250,6 +254,13 @@ class Metadata:
                 files=files,
                 bytes=whole(fields["bytes"], "media.bytes"),
             )
+        excluded = data.get("excludedTableData", [])
+        if (
+            not isinstance(excluded, list)
+            or len(excluded) > _MAX_TABLES
+            or not all(isinstance(table, str) and counts.get(table) == 0 for table in excluded)
+        ):
+            raise bad("excludedTableData must list tables whose recordCounts are 0")
         return cls(
             environment=environment,
             version=text("version", 60, VERSION_RE),
@@ -267,6 +278,7 @@ class Metadata:
             compression=text("compression", 40),
             note=text("note", _MAX_NOTE),
             media=media,
+            excluded_table_data=tuple(excluded),
             extra={k: v for k, v in data.items() if k not in _KNOWN},
             signature=signature,
             signed_text=signable(data),
@@ -520,7 +532,7 @@ def resolve_latest(directory: Path, environment: str) -> Path:
         hint = f" It has dumps of: {', '.join(known)}." if known else ""
         if close:
             hint += f" Did you mean '{close[0]}'?"
-        raise SeeddumpError(
+        raise NoDump(
             f"There is no {environment} dump in {directory}.{hint} Make one with: "
             f"python manage.py generatedump {environment}"
         )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import json
 import os
+import re
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from django.db import DatabaseError
 
 from seeddump import dumpfiles, media, postgres, records, signing, versions
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
+
+_MODEL_LABEL = re.compile(r"\w+\.\w+")  # app_label.ModelName (or a schema.table pattern: tried as a model first)
 
 Progress = Callable[[str], None]
 
@@ -41,6 +46,7 @@ class GeneratedDump:
     path: Path
     metadata: dumpfiles.Metadata
     recorded: bool
+    record_note: str | None = None  # why the admin's record was not written, when the table is there
     media_skipped: tuple[str, ...] = ()  # links and special files under MEDIA_ROOT left out of the archive
     uncommitted_migrations: tuple[str, ...] = ()  # why the version is marked -dirty (see ``versions``)
 
@@ -120,6 +126,10 @@ def _generate(
         (snapshot,) = conn.execute("SELECT pg_export_snapshot()").fetchone()  # type: ignore[misc]
         progress("Counting rows")
         counts = postgres.count_rows(conn, lift_forced_security=False)  # as pg_dump reads them, read-only
+        excluded = excluded_tables(counts, conf.EXCLUDE_TABLE_DATA)
+        if excluded:
+            progress(f"Leaving out the rows of {', '.join(excluded)} (SEEDDUMP_EXCLUDE_TABLE_DATA)")
+            counts = {table: 0 if table in excluded else rows for table, rows in counts.items()}
         migrations = _applied_migrations(conn)
         seeded_rows = sum(n for table, n in counts.items() if table not in BOOKKEEPING_TABLES)
         if seeded_rows == 0 and not allow_empty:
@@ -139,6 +149,7 @@ def _generate(
                 f"--compress={conf.DUMP_COMPRESSION}",
                 f"--snapshot={snapshot}",
                 f"--file={partial}",
+                *(f"--exclude-table-data={_exact_pattern(table)}" for table in excluded),
             ]
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seeddump-media") as pool:
                 # The files are archived while pg_dump runs: as close to the dump's moment as files allow.
@@ -197,6 +208,7 @@ def _generate(
             compression=conf.DUMP_COMPRESSION,
             note=note,
             media=media_info,
+            excluded_table_data=tuple(excluded),
         )
     metadata = signing.sign(metadata)
     try:
@@ -211,12 +223,62 @@ def _generate(
             raise _out_of_space(directory, name, len(json.dumps(metadata.to_json())) + 4096) from None
         raise
     dumpfiles.remember_verified(final, checksum)  # the first restore need not hash it again
-    recorded = records.record_dump(using, final, metadata)
+    record_note = None
+    try:
+        recorded = records.record_dump(using, final, metadata)
+    except DatabaseError as exc:  # the dump is made and complete: its admin record is a note, not a failure
+        recorded = False
+        reason = postgres.first_line(str(exc))
+        record_note = (
+            f"The dump is made, but the admin's record of it was not written ({reason}); the next generatedump "
+            "or restoredump writes it."
+        )
     skipped = archived.skipped if archived is not None else ()
     return GeneratedDump(
         path=final,
         metadata=metadata,
         recorded=recorded,
+        record_note=record_note,
         media_skipped=skipped,
         uncommitted_migrations=version.uncommitted,
     )
+
+
+def excluded_tables(counts: Mapping[str, int], names: Sequence[str]) -> list[str]:
+    """The tables of ``counts`` (recordCounts keys) that ``names`` leave out: a Django model label
+    (``app_label.ModelName``) names its table; anything else is a shell-style pattern matched against the key
+    (``schema.table``, bare in public) and, for public tables, against ``public.table`` too. A name that is
+    neither a known model nor matches a table is a SeeddumpError: a typo would otherwise dump the rows."""
+    from django.apps import apps
+
+    excluded: set[str] = set()
+    for name in names:
+        matched: set[str] = set()
+        if _MODEL_LABEL.fullmatch(name):
+            try:
+                model = apps.get_model(name)
+            except (LookupError, ValueError):
+                model = None
+            if model is not None:
+                matched = {table for table in counts if table.rsplit(".", 1)[-1] == model._meta.db_table}
+        if not matched:
+            matched = {
+                table
+                for table in counts
+                if fnmatch.fnmatchcase(table, name)
+                or ("." not in table and fnmatch.fnmatchcase(f"public.{table}", name))
+            }
+        if not matched:
+            raise SeeddumpError(
+                f"SEEDDUMP_EXCLUDE_TABLE_DATA names {name!r}, which is no model of this project and matches no table "
+                "of the database. Fix or remove it."
+            )
+        excluded |= matched
+    return sorted(excluded)
+
+
+def _exact_pattern(table: str) -> str:
+    """pg_dump's pattern for exactly this recordCounts key: double-quoted, so that nothing in it is a wildcard."""
+    schema, _, name = table.rpartition(".")
+    quoted = '"' + (name or table).replace('"', '""') + '"'
+    return f'"{(schema or "public").replace(chr(34), chr(34) * 2)}".{quoted}'

@@ -13,3 +13,7 @@ class UnfinishedAfterSwap(SeeddumpError):
     "the database was replaced, and the message says what is left"."""
 
     exit_status = 3
+
+
+class NoDump(SeeddumpError):
+    """There is no dump of the environment in the dumps folder (not a broken one: none at all)."""

@@ -117,8 +117,49 @@ def scrub(text: str, settings_dict: Mapping[str, Any]) -> str:
     return text
 
 
+# libpq's environment variable for each connection parameter that has one (the PostgreSQL manual, "Environment
+# Variables"): how pg_dump, pg_restore and psql get the connection the project configured in OPTIONS. Parameters
+# without one (keepalives*, tcp_user_timeout, sslpassword) only tune a connection the tools make without them.
+_LIBPQ_ENV = {
+    "service": "PGSERVICE",
+    "servicefile": "PGSERVICEFILE",
+    "passfile": "PGPASSFILE",
+    "options": "PGOPTIONS",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "client_encoding": "PGCLIENTENCODING",
+    "hostaddr": "PGHOSTADDR",
+    "sslmode": "PGSSLMODE",
+    "sslnegotiation": "PGSSLNEGOTIATION",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcrl": "PGSSLCRL",
+    "sslcrldir": "PGSSLCRLDIR",
+    "sslsni": "PGSSLSNI",
+    "sslcompression": "PGSSLCOMPRESSION",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "requirepeer": "PGREQUIREPEER",
+    "require_auth": "PGREQUIREAUTH",
+    "channel_binding": "PGCHANNELBINDING",
+    "gssencmode": "PGGSSENCMODE",
+    "gsslib": "PGGSSLIB",
+    "gssdelegation": "PGGSSDELEGATION",
+    "krbsrvname": "PGKRBSRVNAME",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS",
+}
+
+
+def application_name(settings_dict: Mapping[str, Any]) -> str:
+    """The project's application_name with seeddump's after it, so that its sessions are found by either."""
+    mine = (settings_dict.get("OPTIONS") or {}).get("application_name")
+    return f"{mine}/{APPLICATION_NAME}" if mine else APPLICATION_NAME
+
+
 def client_env(settings_dict: Mapping[str, Any], dbname: str | None = None) -> dict[str, str]:
-    """libpq environment variables for the database of ``settings_dict`` (or ``dbname`` on that server)."""
+    """libpq environment variables for the database of ``settings_dict`` (or ``dbname`` on that server): the
+    server, the login and every connection parameter of OPTIONS that libpq reads from the environment."""
     options = settings_dict.get("OPTIONS") or {}
     values = {
         "PGHOST": settings_dict.get("HOST"),
@@ -126,14 +167,8 @@ def client_env(settings_dict: Mapping[str, Any], dbname: str | None = None) -> d
         "PGUSER": settings_dict.get("USER"),
         "PGPASSWORD": settings_dict.get("PASSWORD"),
         "PGDATABASE": dbname or settings_dict.get("NAME"),
-        "PGSERVICE": options.get("service"),
-        "PGPASSFILE": options.get("passfile"),
-        "PGSSLMODE": options.get("sslmode"),
-        "PGSSLROOTCERT": options.get("sslrootcert"),
-        "PGSSLCERT": options.get("sslcert"),
-        "PGSSLKEY": options.get("sslkey"),
-        "PGOPTIONS": options.get("options"),
-        "PGAPPNAME": APPLICATION_NAME,
+        **{variable: options.get(parameter) for parameter, variable in _LIBPQ_ENV.items()},
+        "PGAPPNAME": application_name(settings_dict),
     }
     return {key: str(value) for key, value in values.items() if value not in (None, "")}
 
@@ -147,8 +182,8 @@ def connect_kwargs(settings_dict: Mapping[str, Any], dbname: str) -> dict[str, A
         "password": settings_dict.get("PASSWORD") or None,
         "dbname": dbname,
         "connect_timeout": conf.CONNECT_TIMEOUT,
-        "application_name": APPLICATION_NAME,
         **options,
+        "application_name": application_name(settings_dict),
     }
     return {k: v for k, v in kwargs.items() if v is not None}
 

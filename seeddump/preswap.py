@@ -17,7 +17,9 @@ as another role: a trigger the dump put on ``django_migrations`` runs with the o
 from __future__ import annotations
 
 import io
+import os
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +38,31 @@ _APPLYING = re.compile(r"Applying (\S+?)\.\.\.")
 @dataclass(frozen=True)
 class Prepared:
     migrations: tuple[str, ...]  # app.name of each migration applied to the restored database
-    hooks: int  # how many hooks ran
+    hooks: tuple[str, ...]  # one line per hook that ran: what it was, what it said, how long it took
+
+
+def _shown(hook: object) -> str:
+    return " ".join(str(part) for part in hook) if isinstance(hook, (list, tuple)) else str(hook)
+
+
+def hook_problem(hooks: Sequence[object]) -> str | None:
+    """A hook that would run and leave something the user cannot use, said before the restore starts.
+
+    ``createsuperuser --noinput`` without DJANGO_SUPERUSER_PASSWORD in the environment makes a user with an
+    unusable password: the restore would succeed and the login would fail, with no word of why.
+    """
+    for hook in hooks:
+        if not isinstance(hook, (list, tuple)) or not hook or str(hook[0]) != "createsuperuser":
+            continue
+        args = [str(part) for part in hook]
+        quiet = "--noinput" in args or "--no-input" in args
+        if quiet and not os.environ.get("DJANGO_SUPERUSER_PASSWORD"):
+            return (
+                f"The restore hook {_shown(hook)!r} (SEEDDUMP_RESTORE_HOOKS) would make a user with an unusable "
+                "password: DJANGO_SUPERUSER_PASSWORD is not set in the environment. Set it (in the shell or the "
+                "project's .env), or use a hook that sets the password (README: Restore hooks); nothing was changed."
+            )
+    return None
 
 
 def _reason(exc: BaseException) -> str:
@@ -78,7 +104,8 @@ def prepare(
     hooks_to_run: Sequence[object] = conf.RESTORE_HOOKS if hooks else ()
     applied: list[str] = []
     if not migrate and not hooks_to_run:
-        return Prepared((), 0)
+        return Prepared((), ())
+    ran: list[str] = []
     untouched = f"'{target}' was not changed"
     with postgres.django_connection_to(using, database, login() if login is not None else None):
         if migrate:
@@ -96,11 +123,13 @@ def prepare(
             for name in applied:
                 progress(f"Applied {name} to the restored database")
         for hook in hooks_to_run:
-            shown = " ".join(str(part) for part in hook) if isinstance(hook, (list, tuple)) else str(hook)
+            shown = _shown(hook)
             progress(f"Running the restore hook {shown}")
+            started = time.monotonic()
+            said = io.StringIO()
             try:
                 if isinstance(hook, (list, tuple)):
-                    call_command(*_command_args(hook, using), stdout=io.StringIO(), stderr=io.StringIO())
+                    call_command(*_command_args(hook, using), stdout=said, stderr=io.StringIO())
                 else:
                     import_string(str(hook))(using=using)
             except Exception as exc:  # a hook's own error, whatever it is
@@ -108,4 +137,7 @@ def prepare(
                     f"The restore hook {shown!r} (SEEDDUMP_RESTORE_HOOKS) failed on the restored database "
                     f"({_reason(exc)}); {untouched}."
                 ) from None
-    return Prepared(tuple(applied), len(hooks_to_run))
+            last = [line.strip() for line in said.getvalue().splitlines() if line.strip()]
+            answer = f": {last[-1][:200]}" if last else ""
+            ran.append(f"Ran the restore hook {shown}{answer} ({time.monotonic() - started:.1f}s)")
+    return Prepared(tuple(applied), tuple(ran))

@@ -9,8 +9,11 @@ The other tests keep pytest-django's empty, migrated test database, in the same 
 is pointed (for its whole duration, before pytest-django opens its transaction) at a seeded database
 beside pytest-django's (``seeddump.testdatabases``), built once per session and xdist worker from the
 snapshot cache, and rebuilt after a transactional test, whose flush empties it. ``--reuse-db`` keeps it
-between sessions while its label still describes its data. A dump that cannot be used stops the session
-with one line; a stale dump is migrated forward and said once at the end of the session.
+between sessions while its label still describes its data. With a shared storage (SEEDDUMP_STORAGE) the
+session pulls a newer dump first, once (in the xdist controller). Without any dump the seeded tests are
+skipped with one line saying how to get one (``--seeddump-require``: they fail), and every other test runs. A
+dump that cannot be used stops the session with one line; a stale dump is migrated forward and said once at
+the end of the session.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class _Seeding:
         self.notes: list[str] = []  # said once at the end of the session
         self.built: list[str] = []  # how each seeded database was made
         self.failure: str | None = None
+        self.missing: dict[str, str] = {}  # environment: why its seeded tests skip (or fail)
+        self.pulled: set[str] = set()  # environments whose shared dump this session already asked for
 
     @property
     def reuse(self) -> bool:
@@ -50,35 +55,49 @@ class _Seeding:
         return bool(getattr(option, "reuse_db", False)) and not bool(getattr(option, "create_db", False))
 
     def ready(self, request: pytest.FixtureRequest, environment: str) -> dict[str, str]:
-        from django.conf import settings
-
         from seeddump import testdatabases
-        from seeddump.exceptions import SeeddumpError
+        from seeddump.conf import conf
+        from seeddump.exceptions import NoDump, SeeddumpError
 
         if self.failure:
             _stop(request, self.failure)
+        if environment in self.missing:
+            _without_dump(request, self.missing[environment])
         if environment in self.ready_names:
             return self.ready_names[environment]
+        # A serial session asks the shared storage once per environment; xdist workers never (the controller
+        # did, before they started: pytest_sessionstart).
+        if environment not in self.pulled and not hasattr(self.config, "workerinput"):
+            self.pulled.add(environment)
+            try:
+                testdatabases.pull(environment, progress=lambda line: _add_note(self.notes, f"seeddump: {line}"))
+            except SeeddumpError as exc:
+                self.failure = f"seeddump: cannot pull the {environment} dump from the shared storage: {exc}"
+            if self.failure:
+                _stop(request, self.failure)
         names = {}
-        for alias in getattr(settings, "SEEDDUMP_PYTEST_DATABASES", ["default"]):
+        for alias in conf.PYTEST_DATABASES:
             try:
                 seeded = testdatabases.build(environment, alias, reuse=self.reuse)
+            except NoDump as exc:
+                self.missing[environment] = _missing_line(self.config, exc)
+                _add_note(self.notes, self.missing[environment])
             except SeeddumpError as exc:
                 self.failure = f"seeddump: cannot build the seeded test database of '{alias}': {exc}"
             if self.failure:  # outside the except clause: the message alone, no chained exception
                 _stop(request, self.failure)
+            if environment in self.missing:
+                _without_dump(request, self.missing[environment])
             names[alias] = seeded.name
             self.made.add((alias, seeded.name))
             self.built.append(seeded.describe())
-            for note in (f"seeddump: {note}" for note in seeded.notes):
-                if note not in self.notes:
-                    self.notes.append(note)
+            for note in seeded.notes:
+                _add_note(self.notes, f"seeddump: {note}")
             if seeded.status.stale:
                 note = seeded.status.message()
                 if seeded.migrated:
                     note += f" ({seeded.migrated} migration(s) applied to the seeded test database.)"
-                if note not in self.notes:
-                    self.notes.append(note)
+                _add_note(self.notes, note)
         self.ready_names[environment] = names
         return names
 
@@ -110,17 +129,48 @@ def _stop(request: pytest.FixtureRequest, message: str) -> NoReturn:
     pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
+def _without_dump(request: pytest.FixtureRequest, line: str) -> NoReturn:
+    """A seeded test with no dump to seed it: skipped, or failed with --seeddump-require."""
+    if _required(request.config):
+        pytest.fail(line, pytrace=False)
+    pytest.skip(line)
+
+
+def _missing_line(config: pytest.Config, exc: Exception) -> str:
+    from seeddump import shared
+
+    how = "" if shared.configured() else " (or set SEEDDUMP_STORAGE to pull the team's)"
+    then = "they fail" if _required(config) else "without --seeddump-require they are skipped"
+    return f"seeddump: the seeded tests did not run: {exc}{how}; {then}."
+
+
+def _add_note(notes: list[str], note: str) -> None:
+    """Adds a note once; of two that say the same, the longer (one that adds "... applied") is kept."""
+    if any(kept.startswith(note) for kept in notes):
+        return
+    notes[:] = [kept for kept in notes if not note.startswith(kept)]
+    notes.append(note)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Under xdist, checks an explicitly configured environment's dump once, before the workers start."""
+    """In the xdist controller, before the workers start: pulls a newer shared dump once, and checks an
+    explicitly configured environment's dump."""
     config = session.config
     controller = bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
-    if not controller or not (_configured_environment(config) or _everyone(config)):
+    if not controller:
         return
-    from seeddump import testdatabases
-    from seeddump.exceptions import SeeddumpError
+    from seeddump import shared, testdatabases
+    from seeddump.exceptions import NoDump, SeeddumpError
 
+    environment = _environment(config)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
     try:
-        testdatabases.check_dump(_environment(config))
+        if shared.configured():
+            testdatabases.pull(environment, progress=lambda line: reporter and reporter.write_line(f"seeddump: {line}"))
+        if _configured_environment(config) or _everyone(config):
+            testdatabases.check_dump(environment)
+    except NoDump:
+        return  # the workers skip (or fail) the seeded tests alone, each with the line
     except SeeddumpError as exc:
         raise pytest.UsageError(f"seeddump: cannot build the seeded test databases: {exc}") from None
 
@@ -140,7 +190,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="Every test that uses the database sees the seeded data, not only those that ask for it.",
     )
+    group.addoption(
+        "--seeddump-require",
+        dest="seeddump_require",
+        action="store_true",
+        default=None,
+        help="Without a dump, the seeded tests fail instead of being skipped (for CI).",
+    )
     parser.addini("seeddump_env", "Environment whose latest dump seeds the tests that ask for it.", default="")
+    parser.addini("seeddump_require", "Without a dump, the seeded tests fail.", type="bool", default=False)
     parser.addini("seeddump_all", "Every database test sees the seeded data.", type="bool", default=False)
 
 
@@ -151,6 +209,10 @@ def _configured_environment(config: pytest.Config) -> str | None:
 
 def _environment(config: pytest.Config) -> str:
     return _configured_environment(config) or "dev"
+
+
+def _required(config: pytest.Config) -> bool:
+    return bool(config.getoption("seeddump_require") or config.getini("seeddump_require"))
 
 
 def _everyone(config: pytest.Config) -> bool:
@@ -174,29 +236,33 @@ def _names(item: pytest.Item) -> list[str]:
     return list(getattr(item, "fixturenames", []))
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-django orders the tests by how they use the database
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Marks a seeded test as it is collected: before any pytest_collection_modifyitems, so pytest-django
+    orders it with the database tests whichever plugin's hook runs first."""
+    marked = item.get_closest_marker(MARKER) is not None
+    if _unittest(item):
+        return  # refused (marked) or left alone in pytest_collection_modifyitems
+    if not (marked or "seeded_db" in _names(item) or (_everyone(item.config) and _uses_database(item))):
+        return
+    if marked and not _uses_database(item) and "seeded_db" not in _names(item):
+        item.add_marker(pytest.mark.django_db)
+    fixturenames = getattr(item, "fixturenames", None)
+    if isinstance(fixturenames, list) and _FIXTURE not in fixturenames:
+        # First, so that it points the connections at the seeded database before pytest-django's
+        # fixtures open their transaction there, and points them back after those have finished.
+        fixturenames.insert(0, _FIXTURE)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    everyone = _everyone(config)
     for item in items:
-        marked = item.get_closest_marker(MARKER) is not None
-        if _unittest(item):
-            # A Django TestCase opens its transaction for the whole class, before any function-scoped
-            # fixture could point its connection at the seeded database: it keeps pytest-django's.
-            if marked:
-                raise pytest.UsageError(
-                    f"seeddump: {item.nodeid} is a unittest TestCase; the seeddump marker works on pytest-style "
-                    "tests (functions and plain classes). Use one, or the seeded_db fixture in one."
-                )
-            continue
-        if not (marked or "seeded_db" in _names(item) or (everyone and _uses_database(item))):
-            continue
-        if marked and not _uses_database(item) and "seeded_db" not in _names(item):
-            item.add_marker(pytest.mark.django_db)
-        fixturenames = getattr(item, "fixturenames", None)
-        if isinstance(fixturenames, list) and _FIXTURE not in fixturenames:
-            # First, so that it points the connections at the seeded database before pytest-django's
-            # fixtures open their transaction there, and points them back after those have finished.
-            fixturenames.insert(0, _FIXTURE)
+        # A Django TestCase opens its transaction for the whole class, before any function-scoped fixture
+        # could point its connection at the seeded database: it keeps pytest-django's.
+        if _unittest(item) and item.get_closest_marker(MARKER) is not None:
+            raise pytest.UsageError(
+                f"seeddump: {item.nodeid} is a unittest TestCase; the seeddump marker works on pytest-style "
+                "tests (functions and plain classes). Use one, or the seeded_db fixture in one."
+            )
 
 
 def _unittest(item: pytest.Item) -> bool:
@@ -267,8 +333,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     output = getattr(node, "workeroutput", {})
     seeding.built.extend(output.get(_BUILT, []))
     for note in output.get(_NOTES, []):
-        if note not in seeding.notes:
-            seeding.notes.append(note)
+        _add_note(seeding.notes, note)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from django.apps import apps
-from django.db import connections
+from django.db import connections, transaction
 from psycopg import sql
 
 from seeddump import dumpfiles, postgres
@@ -53,13 +54,25 @@ def _fields(metadata: dumpfiles.Metadata) -> dict[str, object]:
     }
 
 
+@contextlib.contextmanager
+def _writing(using: str) -> Iterator[None]:
+    """A transaction on the project's connection that the role's own timeouts do not end: an app role with
+    ``idle_in_transaction_session_timeout`` of a few milliseconds would otherwise lose the session between
+    update_or_create's SELECT … FOR UPDATE and its INSERT (the pause is Python's, not the server's)."""
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+        cursor.execute("SET LOCAL statement_timeout = 0")
+        yield
+
+
 def record_dump(using: str, dump_path: Path, metadata: dumpfiles.Metadata) -> bool:
     """Adds or refreshes the record of one dump. False when seeddump's table is not migrated there."""
     if not table_exists(using):
         return False
     model = _model()
     assert model is not None
-    model.objects.using(using).update_or_create(file_name=dump_path.name, defaults=_fields(metadata))
+    with _writing(using):
+        model.objects.using(using).update_or_create(file_name=dump_path.name, defaults=_fields(metadata))
     return True
 
 
@@ -108,6 +121,7 @@ def sync_from_disk(using: str, directory: Path, restore_times: Mapping[str, date
         restored_at = restore_times.get(dump_path.name)
         if restored_at is not None:
             fields["last_restored_at"] = restored_at
-        model.objects.using(using).update_or_create(file_name=dump_path.name, defaults=fields)
+        with _writing(using):
+            model.objects.using(using).update_or_create(file_name=dump_path.name, defaults=fields)
         recorded += 1
     return recorded

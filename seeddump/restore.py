@@ -31,6 +31,7 @@ from seeddump import (
     databases,
     dumpfiles,
     finishing,
+    footprint,
     load,
     media,
     postgres,
@@ -89,10 +90,13 @@ class RestoreResult:
     source: str = "pg_restore"  # or "snapshot", "ready copy", "in place"
     media_root: Path | None = None  # the media folder the dump's files were swapped into
     migrated: tuple[str, ...] | None = None  # migrations applied before the swap; None: not tried there
+    hooks: tuple[str, ...] = ()  # a line per SEEDDUMP_RESTORE_HOOKS hook that ran (``preswap.Prepared``)
     followup: finishing.Followup | None = None  # work left for later (see ``restore``'s ``defer``)
     undo_copy: str | None = None  # the replaced database, kept for ``undo_last``
     undo_note: str | None = None  # why none was kept, when the user may wonder
     cache_note: str | None = None  # why the dump was not cached, when the user should know (no room)
+    roles_note: str | None = None  # another role keeps copies of the same target (``footprint``)
+    cost_note: str | None = None  # after a cold restore: what the cache and the undo copy will cost on the server
     cloned: bool = False  # the server's database copies are copy-on-write clones (``serverdisk.cloning``)
     background_pid: int | None = None
     # Settings of the replaced database this role could not copy: the statements that would.
@@ -288,6 +292,9 @@ def restore(plan: RestorePlan, options: RestoreOptions | None = None, *, progres
     failure leaves the target as it was. (In place, there is no before: the command migrates after.)
     """
     options = options or RestoreOptions()
+    problem = preswap.hook_problem(conf.RESTORE_HOOKS) if options.record and not options.in_place else None
+    if problem:
+        raise SeeddumpError(problem)
     settings_dict = postgres.settings_for(plan.using)
     if options.database is not None:
         settings_dict = {**settings_dict, "NAME": options.database}
@@ -526,6 +533,14 @@ def _restore(
             if kept:
                 progress(f"Kept the replaced database as {kept} for an undo")
             restored_oid = databases.oid_of(admin, target)
+            roles_note = footprint.other_roles_note(footprint.of(admin, target, elsewhere=False)) if record else None
+            cost_note = None
+            if record and source == "pg_restore" and caching:
+                cost_note = footprint.cost_note(
+                    databases.size_of(admin, target),
+                    databases.size_of(admin, kept) if kept else 0,
+                    copies=1 + int(conf.READY_COPIES and not cloning.enabled),
+                )
     retired = tuple(new for _, new in fate.aside) + ((fate.name,) if swapped.replaced and not kept else ())
     undo_note = "SEEDDUMP_UNDO is off" if record and swapped.replaced and not conf.UNDO else None
     if record:
@@ -555,9 +570,12 @@ def _restore(
         skipped_settings=tuple(swapped.skipped_settings),
         media_root=media_swap.root,
         migrated=prepared.migrations if migrate else None,
+        hooks=prepared.hooks,
         undo_copy=kept,
         undo_note=undo_note,
         cache_note=cache_note,
+        roles_note=roles_note,
+        cost_note=cost_note,
         cloned=cloning.enabled,
     )
 

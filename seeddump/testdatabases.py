@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from django.core.management import call_command
 
-from seeddump import databases, dumpfiles, postgres, restore, staleness
+from seeddump import databases, dumpfiles, postgres, restore, shared, staleness
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -78,6 +78,15 @@ def _still_seeded(admin: psycopg.Connection, settings_dict: Mapping[str, Any], n
     return found[0].label.get("counts") == _fingerprint(counts)
 
 
+def pull(environment: str, progress: Progress = _quiet) -> None:
+    """Fetches the environment's newest shared dump into the dumps folder when SEEDDUMP_STORAGE has a newer one
+    than the folder (or the folder none). A storage that does not answer is said through ``progress``, and the
+    local dumps are used."""
+    if shared.configured():
+        dumpfiles.validate_environment(environment)
+        shared.sync_latest(environment, conf.DIR, required=False, progress=progress)
+
+
 def check_dump(environment: str) -> None:
     """What can be checked of the latest dump without a database: it is there, with readable metadata."""
     dumpfiles.validate_environment(environment)
@@ -89,11 +98,13 @@ def build(environment: str, alias: str, *, reuse: bool, progress: Progress = _qu
 
     Call it once pytest-django has set up its test databases (``NAME`` is the test database's), with
     database access allowed: the plan loads the code's migrations, which some projects' migrations query.
+    The dumps folder is taken as it is: the session pulls from a shared storage first (``pull``).
     """
     started = time.monotonic()
     settings_dict = postgres.settings_for(alias)
     name = seeded_name(str(settings_dict["NAME"]), environment)
-    plan = restore.plan_restore(environment, using=alias, with_media=False)  # test databases get no media
+    # Test databases get no media.
+    plan = restore.plan_restore(environment, using=alias, with_media=False, shared_storage="offline")
     checksum = plan.metadata.checksum
     # One build per dump at a time: the first xdist worker restores and caches the snapshot, the others
     # wait, then copy the snapshot instead of each running pg_restore.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from django.conf import settings
 from django.db import DatabaseError, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+
+from seeddump.conf import conf
 
 
 @never_cache
@@ -33,7 +34,7 @@ class SmokeHealthMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
-        self.path: str = getattr(settings, "SEEDDUMP_SMOKE_HEALTH_PATH", "/__seeddump__/healthz/")
+        self.path: str = conf.SMOKE_HEALTH_PATH
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.path == self.path:

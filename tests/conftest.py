@@ -366,6 +366,7 @@ def spy_bin(alias: str, tmp_path: Path, settings) -> Iterator[Path]:
             "#!/bin/sh\n"
             f'printf "%s\\n" "ARGV $0 $*" >> "{log}"\n'
             f'[ -n "$PGPASSWORD" ] && printf "%s\\n" "ENV has PGPASSWORD" >> "{log}"\n'
+            f'env | grep "^PG" | grep -v "^PGPASSWORD=" | sed "s/^/ENV /" >> "{log}"\n'
             f'exec "{real}" "$@"\n'
         )
         script.chmod(script.stat().st_mode | stat.S_IXUSR)

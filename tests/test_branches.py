@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.management import CommandError
+from django.core.management import CommandError, call_command
 from django.db import connections
 
 from project.reality.models import Team
@@ -161,3 +161,19 @@ def test_a_dump_of_uncommitted_migrations_gets_a_version_of_its_own(alias: str, 
     dirty_dump = str(Path(dirty.out.split()[-1]))
     restored = run_command("restoredump", "dev", "--dump", dirty_dump, database=alias, interactive=False)
     assert "Restored dev-seeded-v" in restored.out
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_listdumps_keeps_its_columns_in_line_with_long_versions(alias: str, dumps_dir: Path, settings) -> None:
+    call_command("seed", "dev", scale=1, database=alias, verbosity=0)
+    settings.SEEDDUMP_VERSION = "0123abc-dirty-5f2e9c1d"  # what uncommitted migrations make
+    run_command("generatedump", "dev", database=alias)
+    settings.SEEDDUMP_VERSION = "v1"
+    run_command("generatedump", "dev", database=alias)
+
+    lines = run_command("listdumps", "dev", "--offline", database=alias).out.splitlines()
+    header, rows = lines[0], lines[1:]
+    assert len(rows) == 2
+    created = header.index("CREATED (UTC)")
+    # Every row's date starts under its header, whatever the version's length.
+    assert all(re.fullmatch(r"20\d\d-\d\d-\d\d", row[created : created + 10]) for row in rows), lines

@@ -72,17 +72,47 @@ def test_a_failing_migration_leaves_the_target_untouched(alias: str, failing_mig
 
 
 @pytest.mark.usefixtures("dumps_dir", "seeded_dump")
-def test_hooks_run_on_the_restored_database_before_the_swap(alias: str, settings: Any) -> None:
+def test_hooks_run_on_the_restored_database_before_the_swap(
+    alias: str, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings.SEEDDUMP_RESTORE_HOOKS = [
         ["createsuperuser", "--noinput", "--username", "dev", "--email", "dev@example.com"],
         "tests.test_preswap.rename_first_team",
     ]
 
-    out = restore(alias, verbosity=2)
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "dev-password")
+    out = restore(alias, verbosity=1)
 
-    assert "Running the restore hook createsuperuser --noinput --username dev" in out
-    assert User.objects.using(alias).filter(username="dev", is_superuser=True).exists()
+    # One line per hook at the normal verbosity, with what the hook said.
+    lines = [line for line in out.splitlines() if line.startswith("Ran the restore hook")]
+    assert len(lines) == 2, out
+    assert lines[0].startswith(
+        "Ran the restore hook createsuperuser --noinput --username dev --email dev@example.com: "
+        "Superuser created successfully. ("
+    )
+    assert lines[1].startswith("Ran the restore hook tests.test_preswap.rename_first_team (")
+    user = User.objects.using(alias).get(username="dev", is_superuser=True)
+    assert user.check_password("dev-password")
     assert Team.objects.using(alias).order_by("pk").first().name == "renamed by a hook"  # type: ignore[union-attr]
+
+
+@pytest.mark.usefixtures("dumps_dir", "seeded_dump")
+def test_createsuperuser_without_a_password_is_refused_before_the_restore(
+    alias: str, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run, it would make a user with an unusable password: the restore succeeds and the login fails."""
+    settings.SEEDDUMP_RESTORE_HOOKS = [["createsuperuser", "--noinput", "--username", "dev"]]
+    monkeypatch.delenv("DJANGO_SUPERUSER_PASSWORD", raising=False)
+    Team.objects.using(alias).update(name="before")
+
+    with pytest.raises(CommandError) as refused:
+        restore(alias)
+
+    message = str(refused.value)
+    assert message.startswith("The restore hook 'createsuperuser --noinput --username dev' (SEEDDUMP_RESTORE_HOOKS)")
+    assert "DJANGO_SUPERUSER_PASSWORD is not set" in message and "\n" not in message
+    assert set(Team.objects.using(alias).values_list("name", flat=True)) == {"before"}
+    assert not User.objects.using(alias).filter(username="dev").exists()
 
 
 def rename_first_team(using: str) -> None:

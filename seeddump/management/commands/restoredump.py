@@ -168,6 +168,8 @@ class Command(BaseCommand):
                     f"{result.tables} tables, {result.seconds:.1f}s."
                 )
             )
+            for line in result.hooks:
+                self.stdout.write(line)
             if result.media_root is not None and plan.metadata.media is not None:
                 self.stdout.write(
                     self.style.SUCCESS(
@@ -176,6 +178,10 @@ class Command(BaseCommand):
                 )
             if result.cache_note:
                 self.stdout.write(result.cache_note)
+            if result.cost_note:
+                self.stdout.write(result.cost_note)
+            if result.roles_note:
+                self.stderr.write(self.style.WARNING(result.roles_note))
             if result.undo_copy is not None:
                 self.stdout.write("Undo it with: python manage.py restoredump --undo (until the next restore)")
             elif result.undo_note:
@@ -209,6 +215,7 @@ class Command(BaseCommand):
                 "background": None
                 if result.followup is None
                 else {"pid": result.background_pid, "work": result.followup.describe()},
+                "hooks": list(result.hooks),
                 "seconds": round(result.seconds, 3),
                 "tables": result.tables,
                 "rows": result.rows,

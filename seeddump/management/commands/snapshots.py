@@ -8,7 +8,7 @@ from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
-from seeddump import background, postgres, serverdisk, snapshots, undo
+from seeddump import background, databases, footprint, postgres, serverdisk, snapshots, undo
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -32,6 +32,12 @@ class Command(BaseCommand):
             "restore of --database.",
         )
         parser.add_argument(
+            "--others",
+            action="store_true",
+            help="Also list, one per line, the seeddump databases of other projects and teams on the server (by "
+            "default one line sums them up).",
+        )
+        parser.add_argument(
             "--all-folders",
             action="store_true",
             help="Every dumps folder's copies on the server: list them, or with --prune also drop everything of "
@@ -50,6 +56,7 @@ class Command(BaseCommand):
             raise CommandError("--all-folders goes with --prune or a listing; --drop-all only drops this folder's.")
         try:
             settings_dict = postgres.settings_for(options["database"])
+            target = str(settings_dict.get("NAME") or "")
             with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
                 if options["prune"] or options["drop_all"]:
                     if all_folders:
@@ -57,36 +64,36 @@ class Command(BaseCommand):
                     else:
                         with snapshots.snapshot_lock(admin):
                             dropped = snapshots.drop_all(admin) if options["drop_all"] else snapshots.prune(admin)
+                    left: list[str] = []
                     if options["drop_all"]:
-                        dropped += undo.drop(admin, str(settings_dict.get("NAME") or ""))
+                        dropped += undo.drop(admin, target)
+                        others = footprint.of(admin, target)
+                        dropped += footprint.drop_other_roles(admin, others)
+                        left = [copy.owner for copy in others.other_roles if copy.name not in dropped]
                     for name in dropped:
                         self.stdout.write(f"Dropped {name}")
                     if not dropped:
                         self.stdout.write("No snapshot to drop.")
+                    if left:
+                        self.stderr.write(
+                            self.style.WARNING(
+                                f"{len(left)} copies of this project made by other roles remain "
+                                f"({', '.join(sorted(set(left)))}): only those roles (or a superuser) may drop "
+                                "them; run snapshots --drop-all as one of them."
+                            )
+                        )
                     return
                 found = snapshots.list_snapshots(admin, all_folders=all_folders)
                 ready = snapshots.list_snapshots(admin, kind=snapshots.READY_PREFIX, all_folders=all_folders)
                 empty = snapshots.list_snapshots(admin, kind=snapshots.EMPTY_PREFIX, all_folders=all_folders)
-                foreign = snapshots.foreign(admin, all_folders=all_folders)
-                kept = undo.list_copies(admin)
-                foreign_undo = undo.foreign(admin)
+                kept = undo.list_copies(admin, target) if target else []
+                seen = footprint.of(admin, target)
+                database_size = databases.size_of(admin, target)
                 disk = _disk_line(admin)
         except SeeddumpError as exc:
             raise CommandError(str(exc)) from None
-        for copy in foreign:
-            self.stderr.write(
-                self.style.WARNING(
-                    f"{copy.name}  foreign: owned by '{copy.owner}', not by the role seeddump connects as; "
-                    "never used or dropped by seeddump. Drop it yourself if nobody should have made it."
-                )
-            )
-        for other in foreign_undo:
-            self.stderr.write(
-                self.style.WARNING(
-                    f"{other.name}  foreign: owned by '{other.owner}', not by the role seeddump connects as; "
-                    "never used or dropped by seeddump. Drop it yourself if nobody should have made it."
-                )
-            )
+        if note := footprint.other_roles_note(seen):
+            self.stderr.write(self.style.WARNING(note))
         for undo_copy in kept:
             self.stdout.write(
                 f"{undo_copy.name}  {undo_copy.size_bytes / 1e6:8.1f} MB  (for an undo: {undo_copy.describe()}"
@@ -95,6 +102,7 @@ class Command(BaseCommand):
             )
         if not found and not ready and not empty:
             self.stdout.write("No cached snapshots." if not kept else f"No cached snapshots; {_mb(kept)} for undo.")
+            self._others(seen, options["others"])
             self.stdout.write(disk)
             return
         for snapshot in found + ready:
@@ -119,7 +127,33 @@ class Command(BaseCommand):
             + (f"; {len(kept)} kept for undo, {_mb(kept)}" if kept else "")
             + "."
         )
+        if database_size and seen.mine:
+            self.stdout.write(
+                f"This project's copies on the server: {footprint.megabytes(seen.mine)}, "
+                f"{seen.mine_bytes / database_size:.1f}x the database '{target}' ({database_size / 1e6:.1f} MB)."
+            )
+        self._others(seen, options["others"])
         self.stdout.write(disk)
+
+    def _others(self, seen: footprint.Footprint, listed: bool) -> None:
+        """Other projects' and teams' seeddump databases: theirs to keep or drop; one line unless --others."""
+        if not seen.elsewhere:
+            return
+        if listed:
+            for database in seen.elsewhere:
+                self.stdout.write(
+                    f"{database.name}  {database.size_bytes / 1e6:8.1f} MB  owner '{database.owner}'"
+                    + (
+                        f"  ({database.label.get('seeddump')} of '{database.label.get('database')}')"
+                        if database.label.get("database")
+                        else ""
+                    )
+                )
+            return
+        self.stdout.write(
+            f"Also on this server: {len(seen.elsewhere)} seeddump database(s) of other projects or teams "
+            f"({footprint.megabytes(seen.elsewhere)}), theirs to keep or drop; --others lists them."
+        )
 
 
 def _disk_line(admin: psycopg.Connection) -> str:
