@@ -273,7 +273,10 @@ class Database:
 
 def with_prefix(admin: psycopg.Connection, prefix: str, *, sizes: bool = True) -> list[Database]:
     """Every database whose name starts with ``prefix``, ours or not, with its label."""
-    size = "pg_database_size(d.oid)" if sizes else "0"
+    # pg_database_size needs CONNECT: another role's copy this one may not enter counts as 0.
+    size = (
+        "CASE WHEN has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) ELSE 0 END" if sizes else "0"
+    )
     rows = admin.execute(
         f"""
         SELECT d.datname, d.datdba::regrole::text, d.datdba = r.oid, {size},
@@ -324,7 +327,11 @@ def schema_oids(settings_dict: Mapping[str, Any], name: str) -> list[int]:
 
 def size_of(admin: psycopg.Connection, name: str) -> int:
     """The database's size on disk in bytes (0 if there is none)."""
-    row = admin.execute("SELECT pg_database_size(oid) FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    row = admin.execute(
+        "SELECT CASE WHEN has_database_privilege(oid, 'CONNECT') THEN pg_database_size(oid) ELSE 0 END "
+        "FROM pg_database WHERE datname = %s",
+        (name,),
+    ).fetchone()
     return int(row[0]) if row else 0
 
 

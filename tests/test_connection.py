@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 from django.db import connections
 
 from seeddump import postgres
@@ -40,8 +41,9 @@ def test_seeddump_connects_as_the_project_configured(alias: str) -> None:
     assert lock_timeout == "123s"
 
 
-@pytest.mark.usefixtures("configured", "seeded_dump")
+@pytest.mark.usefixtures("configured")
 def test_pg_dump_and_pg_restore_get_every_parameter(alias: str, dumps_dir: Path, spy_bin: Path) -> None:
+    call_command("seed", "dev", scale=1, database=alias, verbosity=0)
     run_command("generatedump", "dev", database=alias)
     run_command("restoredump", "dev", database=alias, interactive=False)  # a new dump: pg_restore runs
 

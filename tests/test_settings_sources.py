@@ -7,15 +7,17 @@ database is the alias's test database.
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
+from django.core.management import call_command
 from django.db import connections
 
-from tests.conftest import run_bounded, shell_env
+from tests.conftest import REPO, run_bounded, shell_env
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -44,9 +46,15 @@ def project(tmp_path: Path, alias: str, settings_text: str, **files: str) -> Pat
     return folder
 
 
+def seeded(alias: str) -> None:
+    """Rows to dump: the demo's seed, in the test database the small project points at."""
+    call_command("seed", "dev", scale=1, database=alias, verbosity=0)
+
+
 def run(folder: Path, *args: str, **env: str):
     connections.close_all()  # a restore in the child ends every session on the database it replaces
-    environment = shell_env(DJANGO_SETTINGS_MODULE="settings", PYTHONPATH=str(folder), **env)
+    # The project's folder, then this checkout (the seeddump under test).
+    environment = shell_env(DJANGO_SETTINGS_MODULE="settings", PYTHONPATH=f"{folder}{os.pathsep}{REPO}", **env)
     return run_bounded([sys.executable, "manage.py", *args], cwd=folder, env=environment, timeout=180)
 
 
@@ -55,6 +63,7 @@ def bin_dirs() -> str:
 
 
 def test_every_setting_can_come_from_the_environment(alias: str, tmp_path: Path) -> None:
+    seeded(alias)
     folder = project(tmp_path, alias, 'INSTALLED_APPS += ["seeddump"]\n')
     dumps = tmp_path / "dumps-from-env"
     env = {
@@ -91,6 +100,7 @@ def test_every_setting_can_come_from_the_environment(alias: str, tmp_path: Path)
 
 @pytest.mark.parametrize("alias", ["default"])
 def test_django_settings_win_over_the_environment(alias: str, tmp_path: Path) -> None:
+    seeded(alias)
     mine = tmp_path / "dumps-from-settings"
     folder = project(tmp_path, alias, f'INSTALLED_APPS += ["seeddump"]\nSEEDDUMP_DIR = {str(mine)!r}\n')
     made = run(folder, "generatedump", "dev", SEEDDUMP_DIR=str(tmp_path / "env"), SEEDDUMP_PG_BIN_DIRS=bin_dirs())
@@ -157,6 +167,7 @@ for plugin_name in PLUGINS:
 
 @pytest.mark.parametrize("alias", ["default"])
 def test_seeddump_in_a_netbox_style_plugins_list_reads_plugins_config(alias: str, tmp_path: Path) -> None:
+    seeded(alias)
     dumps = tmp_path / "netbox-dumps"
     bins = [str(p) for p in django_settings.SEEDDUMP_PG_BIN_DIRS]
     folder = project(
