@@ -158,7 +158,7 @@ class Settings:
         """Where dumps and their metadata live."""
         value = _get("DIR", None)
         if value:
-            return Path(value)
+            return Path(str(value))
         base = getattr(settings, "BASE_DIR", None) or Path.cwd()
         return Path(base) / "seeds" / "dumps"
 
@@ -188,7 +188,7 @@ class Settings:
     def PROJECT_DIR(self) -> Path:
         """The folder whose git commit names a dump's version."""
         value = _get("PROJECT_DIR", None) or getattr(settings, "BASE_DIR", None)
-        return Path(value) if value else Path.cwd()
+        return Path(str(value)) if value else Path.cwd()
 
     @property
     def RESTORE_JOBS(self) -> int:
@@ -200,7 +200,7 @@ class Settings:
         problem = restore_jobs_problem(value)
         if problem:
             raise SeeddumpError(f"SEEDDUMP_RESTORE_JOBS {problem}.")
-        return int(value)
+        return int(str(value).strip())
 
     @property
     def DUMP_COMPRESSION(self) -> str:

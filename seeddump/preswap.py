@@ -125,7 +125,7 @@ def prepare(
         for hook in hooks_to_run:
             shown = _shown(hook)
             progress(f"Running the restore hook {shown}")
-            started = time.monotonic()
+            began = time.monotonic()
             said = io.StringIO()
             try:
                 if isinstance(hook, (list, tuple)):
@@ -139,5 +139,5 @@ def prepare(
                 ) from None
             last = [line.strip() for line in said.getvalue().splitlines() if line.strip()]
             answer = f": {last[-1][:200]}" if last else ""
-            ran.append(f"Ran the restore hook {shown}{answer} ({time.monotonic() - started:.1f}s)")
+            ran.append(f"Ran the restore hook {shown}{answer} ({time.monotonic() - began:.1f}s)")
     return Prepared(tuple(applied), tuple(ran))
