@@ -229,6 +229,13 @@ class Settings:
         return _list("RESTORE_HOOKS")
 
     @property
+    def TEMPLATE(self) -> str | None:
+        """The template the databases a restore makes are created from (default ``template0``): one that holds
+        extensions only a superuser may create (``template_postgis``), for restores as a role that is not one."""
+        value = _get("TEMPLATE", None)
+        return str(value) if value else None
+
+    @property
     def MAINTENANCE_DB(self) -> str:
         """The database seeddump connects to while it creates, renames and drops others."""
         return str(_get("MAINTENANCE_DB", "postgres"))

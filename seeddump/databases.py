@@ -33,6 +33,7 @@ import psycopg
 from psycopg import sql
 
 from seeddump import postgres
+from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
 # Settings whose value is a list of quoted names, stored as one string: copied element by element (as
@@ -353,8 +354,10 @@ def is_ours(admin: psycopg.Connection, name: str) -> bool:
 
 
 def create(admin: psycopg.Connection, name: str, shape: Shape) -> None:
-    """Creates the empty database ``name`` of ``shape``, owned by the connecting role."""
-    query = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+    """Creates the empty database ``name`` of ``shape``, owned by the connecting role: from ``template0``, or
+    from SEEDDUMP_TEMPLATE (a template holding extensions only a superuser may create, ``template_postgis``)."""
+    template = conf.TEMPLATE or "template0"
+    query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
     admin.execute(query + shape.create_options(postgres.server_major(admin)))
 
 

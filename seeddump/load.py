@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from seeddump import databases, dumpfiles, postgres, sandbox
+from seeddump import databases, dumpfiles, extensions, postgres, sandbox
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -80,23 +80,24 @@ def into_new(
     if dump_code.needed:
         with postgres.connect(settings_dict, database) as conn:
             databases.allow_restore(conn, owner)
-    login = dump_code.login()
     jobs = jobs or conf.RESTORE_JOBS
-    progress(f"Restoring {archive.name.name} into {database} as '{owner}' with {jobs} jobs")
     args = [f"--dbname={database}", "--no-owner", "--no-privileges", "--exit-on-error"]
     if jobs > 1:
         args.insert(0, f"--jobs={jobs}")
-    try:
-        postgres.run(
-            pg_restore,
-            [*args, str(archive.path)],
-            login,
-            dbname=database,
-            what=dump_code.describe,
-            pass_fds=archive.fds,
-        )
-    except SeeddumpError as exc:
-        raise SeeddumpError(f"{exc}{_hint(str(exc), metadata, postgres.server_major(admin))}") from None
+    with extensions.made_beforehand(pg_restore, archive.path, archive.fds, settings_dict, database, owner) as skip:
+        login = dump_code.login()
+        progress(f"Restoring {archive.name.name} into {database} as '{owner}' with {jobs} jobs")
+        try:
+            postgres.run(
+                pg_restore,
+                [*args, *skip, str(archive.path)],
+                login,
+                dbname=database,
+                what=dump_code.describe,
+                pass_fds=archive.fds,
+            )
+        except SeeddumpError as exc:
+            raise SeeddumpError(f"{exc}{_hint(str(exc), metadata, postgres.server_major(admin))}") from None
     progress("Checking row counts against the metadata")
     with postgres.connect(settings_dict, database) as conn:
         if dump_code.needed:
@@ -193,6 +194,7 @@ def in_place(
     pg_restore = postgres.find_program("pg_restore", postgres.server_major(admin), at_least=metadata.pg_dump_major)
     psql = postgres.find_program("psql", postgres.server_major(admin), at_least=major)
     owner = dump_code.owner
+    extensions.refuse_in_place(admin, pg_restore, archive.path, archive.fds, owner)
     prologue = "SET lock_timeout = {};\nSET statement_timeout = 0;\n".format(
         sql.Literal(f"{conf.LOCK_TIMEOUT}s").as_string(admin)
     )

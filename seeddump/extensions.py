@@ -1,0 +1,212 @@
+"""The extensions a dump needs (PostGIS for GeoDjango, hstore, pg_trgm, ...), made before pg_restore runs.
+
+A dump's own ``CREATE EXTENSION`` runs as the target's owner (a dump's code never runs with more,
+``seeddump.sandbox``), and most extensions (PostGIS among them) only a superuser may create. So seeddump makes
+each extension the archive lists itself, in the new database, over its own connection and from the server's own
+extension files: the statement is seeddump's (the name and schema read from the archive's table of contents,
+quoted as identifiers), never SQL from the dump. pg_restore then skips the archive's entries for them (its
+``--use-list``). A database made from ``SEEDDUMP_TEMPLATE`` (the ``template_postgis`` habit) may hold them
+already; where neither works, the restore is refused before pg_restore in one line that names the extension and
+who can create it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from seeddump import postgres
+from seeddump.exceptions import SeeddumpError
+
+# pg_restore -l lines are "<id>; <catalog oid> <oid> <kind> <schema> <name> <owner>".
+_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
+_CREATE = re.compile(rf"^CREATE EXTENSION IF NOT EXISTS ({_IDENT}) WITH SCHEMA ({_IDENT});$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Extension:
+    name: str
+    schema: str
+
+
+def _unquote(identifier: str) -> str:
+    return identifier[1:-1].replace('""', '"') if identifier.startswith('"') else identifier
+
+
+def _toc(pg_restore: postgres.Program, archive: Path, pass_fds: Sequence[int], *args: str) -> str:
+    result = subprocess.run(
+        postgres.command(pg_restore, [*args, str(archive)]),
+        capture_output=True,
+        text=True,
+        pass_fds=tuple(pass_fds),
+        env={k: v for k, v in os.environ.items() if not k.startswith("PG")},  # reads the file, connects nowhere
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SeeddumpError(
+            f"pg_restore could not read the dump's table of contents: {postgres.first_line(result.stderr)}."
+        )
+    return result.stdout
+
+
+def in_archive(pg_restore: postgres.Program, archive: Path, pass_fds: Sequence[int], listing: str) -> list[Extension]:
+    """The extensions the archive creates, in its order (which puts an extension after those it needs)."""
+    if not any(" EXTENSION - " in line for line in listing.splitlines()):
+        return []
+    with tempfile.TemporaryDirectory(prefix="seeddump-toc-") as folder:
+        only = Path(folder) / "extensions.list"
+        only.write_text(
+            "".join(f"{line}\n" for line in listing.splitlines() if " EXTENSION - " in line and "COMMENT" not in line)
+        )
+        script = _toc(pg_restore, archive, pass_fds, f"--use-list={only}", "--file=-")
+    return [Extension(_unquote(name), _unquote(schema)) for name, schema in _CREATE.findall(script)]
+
+
+def listing(pg_restore: postgres.Program, archive: Path, pass_fds: Sequence[int]) -> str:
+    """pg_restore -l of the archive: its table of contents."""
+    return _toc(pg_restore, archive, pass_fds, "--list")
+
+
+def _skipped(
+    listing: str, made: Sequence[Extension], schemas: Sequence[str], data: Sequence[tuple[str, str]] = ()
+) -> str:
+    """The table of contents with the entries of ``made`` (and of the schemas seeddump made for them, and the
+    data of configuration tables it may not fill) commented out: their statements are never run."""
+    entry = r"^\d+; \d+ \d+ "
+    patterns = [
+        re.compile(rf"{entry}(?:EXTENSION - |COMMENT - EXTENSION ){re.escape(extension.name)} ?$") for extension in made
+    ] + [re.compile(rf"{entry}(?:SCHEMA - |COMMENT - SCHEMA ){re.escape(schema)}( |$)") for schema in schemas]
+    patterns += [re.compile(rf"{entry}TABLE DATA {re.escape(schema)} {re.escape(table)} ") for schema, table in data]
+    return "".join(
+        f";{line}\n" if any(pattern.match(line) for pattern in patterns) else f"{line}\n"
+        for line in listing.splitlines()
+    )
+
+
+@contextmanager
+def made_beforehand(
+    pg_restore: postgres.Program,
+    archive: Path,
+    pass_fds: Sequence[int],
+    settings_dict: Mapping[str, Any],
+    database: str,
+    owner: str,
+) -> Iterator[list[str]]:
+    """Creates the archive's extensions in ``database`` over seeddump's own connection (``settings_dict``), and
+    yields pg_restore's extra arguments: the list that skips the archive's entries for them (none when the
+    archive has no extension). SeeddumpError, before anything is restored, when one cannot be made."""
+    toc = listing(pg_restore, archive, pass_fds)
+    needed = in_archive(pg_restore, archive, pass_fds, toc)
+    if not needed:
+        yield []
+        return
+    made_schemas: list[str] = []
+    with postgres.connect(settings_dict, database) as conn:
+        for extension in needed:
+            _make(conn, extension, owner, made_schemas)
+        granted, skipped = _config_tables(conn, needed, owner)
+    with tempfile.TemporaryDirectory(prefix="seeddump-toc-") as folder:
+        use = Path(folder) / "restore.list"
+        use.write_text(_skipped(toc, needed, made_schemas, skipped))
+        try:
+            yield [f"--use-list={use}"]
+        finally:
+            if granted:
+                with postgres.connect(settings_dict, database) as conn:
+                    for table in granted:
+                        conn.execute(sql.SQL("REVOKE INSERT ON TABLE {} FROM {}").format(table, sql.Identifier(owner)))
+
+
+def _config_tables(
+    conn: psycopg.Connection, needed: Sequence[Extension], owner: str
+) -> tuple[list[sql.Composable], list[tuple[str, str]]]:
+    """An extension's configuration tables (PostGIS's spatial_ref_sys) hold the rows a user added, which the
+    dump carries; they belong to whoever made the extension, not to the owner pg_restore acts as. Where
+    seeddump's role may, the owner gets INSERT on them for the restore (revoked after); where not (a template
+    made by someone else), their data entries are skipped, and the row counts say whether rows were lost."""
+    rows = conn.execute(
+        """
+        SELECT n.nspname, c.relname, pg_has_role(current_user, c.relowner, 'USAGE')
+        FROM pg_extension e, unnest(e.extconfig) AS config(oid), pg_class c, pg_namespace n
+        WHERE e.extname = ANY(%s) AND c.oid = config.oid AND n.oid = c.relnamespace AND c.relkind = 'r'
+        """,
+        ([extension.name for extension in needed],),
+    ).fetchall()
+    granted: list[sql.Composable] = []
+    skipped: list[tuple[str, str]] = []
+    for schema, table, may in rows:
+        if may:
+            name = sql.Identifier(schema, table)
+            conn.execute(sql.SQL("GRANT INSERT ON TABLE {} TO {}").format(name, sql.Identifier(owner)))
+            granted.append(name)
+        else:
+            skipped.append((schema, table))
+    return granted, skipped
+
+
+def _make(conn: psycopg.Connection, extension: Extension, owner: str, made_schemas: list[str]) -> None:
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = %s", (extension.name,)).fetchone():
+        return  # the database's template holds it (SEEDDUMP_TEMPLATE)
+    available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = %s", (extension.name,)).fetchone()
+    if not available:
+        raise SeeddumpError(
+            f"The dump needs the extension {extension.name}, which this server does not have (no such extension "
+            "among its files). Install its package on the server (PostGIS on Debian: postgresql-<major>-postgis-3) "
+            "and restore again; nothing was changed."
+        )
+    try:
+        with conn.transaction():
+            if not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (extension.schema,)).fetchone():
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
+                        sql.Identifier(extension.schema), sql.Identifier(owner)
+                    )
+                )
+                made_schemas.append(extension.schema)
+            conn.execute(
+                sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}").format(
+                    sql.Identifier(extension.name), sql.Identifier(extension.schema)
+                )
+            )
+    except psycopg.errors.InsufficientPrivilege:
+        role = conn.info.user
+        raise SeeddumpError(
+            f"The dump needs the extension {extension.name}, which only a superuser may create on this server, and "
+            f"'{role}' is not one. Restore over a superuser connection, or have an administrator make a template "
+            f"database that holds it (CREATE DATABASE template_{extension.name}; CREATE EXTENSION {extension.name} "
+            f"there; ALTER DATABASE template_{extension.name} IS_TEMPLATE true) and set SEEDDUMP_TEMPLATE = "
+            f"'template_{extension.name}'; nothing was changed."
+        ) from None
+
+
+def refuse_in_place(
+    admin: psycopg.Connection, pg_restore: postgres.Program, archive: Path, pass_fds: Sequence[int], owner: str
+) -> None:
+    """An in-place restore empties the database, extensions and all, and runs the whole dump as ``owner``: an
+    extension that role may not create would fail it late, so it is refused now, in one line."""
+    needed = in_archive(pg_restore, archive, pass_fds, listing(pg_restore, archive, pass_fds))
+    if not needed:
+        return
+    row = admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (owner,)).fetchone()
+    if row and row[0]:
+        return
+    for extension in needed:
+        trusted = admin.execute(
+            "SELECT bool_or(trusted) FROM pg_available_extension_versions WHERE name = %s", (extension.name,)
+        ).fetchone()
+        if not (trusted and trusted[0]):
+            raise SeeddumpError(
+                f"The dump needs the extension {extension.name}, which only a superuser may create, and an in-place "
+                f"restore empties the database (its extensions too) and runs the dump as '{owner}'. Restore without "
+                "--in-place (over a superuser connection, or with SEEDDUMP_TEMPLATE); nothing was changed."
+            )

@@ -1,0 +1,117 @@
+"""GeoDjango's PostGIS (and any extension only a superuser may create) in a database an app role owns: restored
+over a superuser connection, from a template as the app role, or refused in one line that says who can."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import connections
+from psycopg import sql
+
+from tests.conftest import database_url, manage
+from tests.test_identity import Server, restoredump, superuser
+from tests.test_identity import server as server_fixture
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+server = server_fixture
+
+PLACES = [
+    "CREATE TABLE places (id int PRIMARY KEY, name text, location geometry(Point, 4326))",
+    "INSERT INTO places VALUES (1, 'Brussels', ST_SetSRID(ST_MakePoint(4.35, 50.85), 4326)), "
+    "(2, 'Lisbon', ST_SetSRID(ST_MakePoint(-9.14, 38.72), 4326))",
+]
+
+
+@pytest.fixture
+def postgis(alias: str) -> Iterator[None]:
+    """The machine's server with Debian's postgresql-<major>-postgis-3 (the embedded server has no PostGIS)."""
+    if alias != "system":
+        pytest.skip("the embedded PostgreSQL ships no PostGIS; the machine's server has it (.ci/run installs it)")
+    if django_settings.SYSTEM_UNAVAILABLE:
+        pytest.skip(f"system PostgreSQL not reachable: {django_settings.SYSTEM_UNAVAILABLE}")
+    with superuser(alias) as admin:
+        found = admin.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'postgis'").fetchone()
+    if not found:
+        reason = "PostGIS is not installed for the machine's PostgreSQL (Debian: postgresql-<major>-postgis-3)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; .ci/run installs it")
+        pytest.skip(reason)
+    yield
+
+
+def geo_dump(server: Server, dumps_dir: Path) -> tuple[str, str]:
+    """An app role (CREATEDB, no superuser) owning a database with PostGIS (made by the superuser, as an
+    administrator would) and a table of points; generatedump's dump of it. (the app role, the database)"""
+    app = server.role("app", "LOGIN CREATEDB")
+    source = server.database(app)
+    server.execute(source, "CREATE EXTENSION postgis")
+    server.execute(source, *PLACES, role=app)
+    env = {"DATABASE_URL": database_url(server.alias, source, app)}
+    made = manage("generatedump", "dev", alias=server.alias, dumps_dir=dumps_dir, env=env)
+    assert made.returncode == 0, made.stderr
+    return app, source
+
+
+def places(server: Server, database: str) -> list[tuple[str, str]]:
+    return server.query(database, "SELECT name, ST_AsText(location) FROM places ORDER BY id")
+
+
+EXPECTED = [("Brussels", "POINT(4.35 50.85)"), ("Lisbon", "POINT(-9.14 38.72)")]
+
+
+@pytest.mark.parametrize("alias", ["system"])
+@pytest.mark.usefixtures("postgis")
+def test_over_a_superuser_connection_the_extension_is_made_by_seeddump(
+    alias: str, server: Server, dumps_dir: Path
+) -> None:
+    app, _ = geo_dump(server, dumps_dir)
+    admin_user = connections[alias].settings_dict["USER"]
+    target = server.database(app)
+    for source in ("pg_restore", "snapshot"):  # cold, then from the cache
+        assert restoredump(server, dumps_dir, admin_user, target)["source"] == source
+        assert places(server, target) == EXPECTED
+    # The tables are the app's; the extension is the superuser's, made from the server's files.
+    assert server.query(target, "SELECT tableowner FROM pg_tables WHERE tablename = 'places'") == [(app,)]
+    assert server.query(target, "SELECT extowner::regrole::text FROM pg_extension WHERE extname = 'postgis'") == [
+        (admin_user,)
+    ]
+
+
+@pytest.mark.parametrize("alias", ["system"])
+@pytest.mark.usefixtures("postgis")
+def test_as_the_app_role_a_template_holds_it_or_one_line_says_who_can(
+    alias: str, server: Server, dumps_dir: Path
+) -> None:
+    app, _ = geo_dump(server, dumps_dir)
+    target = server.database(app)
+    server.execute(target, "CREATE TABLE mine (id int)", role=app)
+
+    # No superuser, no template: refused before pg_restore, the target as it was.
+    refused = restoredump(server, dumps_dir, app, target, ok=False)
+    assert refused.returncode == 1
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "The dump needs the extension postgis, which only a superuser may create on this server" in line
+    assert "SEEDDUMP_TEMPLATE" in line and "nothing was changed" in line and "Traceback" not in refused.stderr
+    in_place = restoredump(server, dumps_dir, app, target, "--in-place", ok=False)
+    assert in_place.returncode == 1 and "an in-place restore empties the database" in in_place.stderr
+    assert server.query(target, "SELECT to_regclass('mine') IS NOT NULL") == [(True,)]
+
+    # The template_postgis habit: an administrator makes a template that holds it once.
+    template = f"sdt_template_postgis_{secrets.token_hex(3)}"
+    with superuser(alias) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(template), sql.Identifier(app)))
+    server.execute(template, "CREATE EXTENSION postgis")
+    server.execute("postgres", f'ALTER DATABASE "{template}" IS_TEMPLATE true')
+    env = {
+        "DATABASE_URL": database_url(alias, target, app),
+        "SEEDDUMP_BACKGROUND": "false",
+        "SEEDDUMP_TEMPLATE": template,
+    }
+    done = manage("restoredump", "dev", "--no-input", alias=alias, dumps_dir=dumps_dir, env=env)
+    assert done.returncode == 0, done.stderr
+    assert places(server, target) == EXPECTED
