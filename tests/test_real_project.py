@@ -45,6 +45,17 @@ DATABASES = {{
 SEEDDUMP_SMOKE_PAGES = ["/", "/django-admin/login/"]
 """
 
+# README, "Team and CI": the team's shared storage, S3 through django-storages.
+STORAGE = """
+from django.conf import global_settings
+
+STORAGES = {{**globals().get("STORAGES", global_settings.STORAGES), "dumps": {{
+    "BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {{
+    "bucket_name": "{bucket}", "endpoint_url": "{endpoint}", "access_key": "test", "secret_key": "test",
+    "region_name": "us-east-1", "file_overwrite": True}}}}}}
+SEEDDUMP_STORAGE = "dumps"
+"""
+
 # The project's own slow seed script, as it would have one: pages and users.
 SEED = """
 from django.contrib.auth import get_user_model
@@ -129,7 +140,7 @@ def _pages(name: str) -> int:
     return int(count)
 
 
-def test_a_wagtail_site_dumps_restores_smoke_tests_and_seeds_its_tests(site: tuple[Path, str]) -> None:
+def test_a_wagtail_site_dumps_restores_smoke_tests_and_seeds_its_tests(site: tuple[Path, str], s3_server: str) -> None:
     site_dir, name = site
     manage(site_dir, "migrate", "-v0")  # README step 3
     manage(site_dir, "shell", "-c", SEED)  # the project's own seed
@@ -154,6 +165,32 @@ def test_a_wagtail_site_dumps_restores_smoke_tests_and_seeds_its_tests(site: tup
     # README step 7: pytest-django and a pytest.ini; the tests ask for the seeded data with a marker.
     (site_dir / "pytest.ini").write_text("[pytest]\nDJANGO_SETTINGS_MODULE = mysite.settings.dev\n")
     (site_dir / "test_seeded.py").write_text(TESTS)
-    tests = run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_seeded.py"], site_dir, timeout=280)
+    pytest_argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_seeded.py"]
+    tests = run(pytest_argv, site_dir, timeout=280)
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert "2 passed" in tests.stdout
+
+    # A teammate's fresh clone: no dumps (they are git-ignored). The other tests run; the seeded one skips.
+    dumps = site_dir / "seeds" / "dumps"
+    aside = site_dir.parent / "dumps-aside"
+    dumps.rename(aside)
+    fresh = run(pytest_argv, site_dir, timeout=280)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert "1 passed, 1 skipped" in fresh.stdout, fresh.stdout
+    assert fresh.stdout.count("seeddump: the seeded tests did not run: There is no dev dump in") == 1, fresh.stdout
+    aside.rename(dumps)
+
+    # With the team's shared storage (S3, here moto's server), the session pulls the dump itself, once.
+    import boto3
+
+    bucket = f"wagtail-{secrets.token_hex(3)}"
+    credentials = {"aws_access_key_id": "test", "aws_secret_access_key": "test", "region_name": "us-east-1"}
+    boto3.client("s3", endpoint_url=s3_server, **credentials).create_bucket(Bucket=bucket)
+    with (site_dir / "mysite" / "settings" / "base.py").open("a") as settings_file:
+        settings_file.write(STORAGE.format(bucket=bucket, endpoint=s3_server))
+    manage(site_dir, "generatedump", "dev", "--push")
+    shutil.rmtree(dumps)
+    pulled = run(pytest_argv, site_dir, timeout=280)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert "2 passed" in pulled.stdout
+    assert pulled.stdout.count("seeddump: Downloading dev-seeded-") == 1, pulled.stdout
