@@ -3,7 +3,6 @@ when another role keeps copies of the same database, and the cache's cost is sai
 
 from __future__ import annotations
 
-import json
 import secrets
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from seeddump import undo
 from tests.conftest import database_names, run_command
 from tests.test_identity import Server
 from tests.test_identity import server as server_fixture
+from tests.test_undo import undo_copy_of
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 server = server_fixture
@@ -53,10 +53,7 @@ def test_another_roles_copies_of_this_database_are_said_and_dropped_by_drop_all(
     restore(alias)
     target = connections[alias].settings_dict["NAME"]
     other = server.role("app", "LOGIN CREATEDB")
-    theirs = undo.prefix(target) + "feedf00d"
-    label = {"seeddump": "undo", "database": target, "replacedAt": "2026-01-01T00:00:00Z", "environment": "dev"}
-    server.execute("postgres", f'CREATE DATABASE "{theirs}"', role=other)
-    server.execute("postgres", f"COMMENT ON DATABASE \"{theirs}\" IS '{json.dumps(label)}'", role=other)
+    theirs = undo_copy_of(server, other, target, "feedf00d", replaced_at="2026-01-01T00:00:00Z")
 
     done = run_command("restoredump", "dev", database=alias, interactive=False)
     assert f"Another role also keeps this project's copies on this server ('{other}': 1;" in done.err

@@ -208,16 +208,22 @@ def test_snapshots_lists_the_copy_with_its_size_and_drop_all_drops_it(alias: str
     assert kept_copies(alias) == []
 
 
+def undo_copy_of(server: Server, role: str, target: str, suffix: str, *, replaced_at: str) -> str:
+    """A database ``role`` makes under the target's undo name, labelled as an undo copy of it."""
+    name = undo.prefix(target) + suffix
+    label = {"seeddump": "undo", "database": target, "replacedAt": replaced_at, "environment": "dev"}
+    server.execute("postgres", f'CREATE DATABASE "{name}"', role=role)
+    server.execute("postgres", f"COMMENT ON DATABASE \"{name}\" IS '{json.dumps(label)}'", role=role)
+    return name
+
+
 @pytest.mark.usefixtures("dumps_dir", "seeded_dump")
 def test_a_lookalike_undo_copy_of_another_role_is_never_put_back(alias: str, server: Server) -> None:
     before = local_work(alias)
     restore(alias)
     target = connections[alias].settings_dict["NAME"]
     hostile = server.role("hostile", "LOGIN CREATEDB")
-    lookalike = undo.prefix(target) + "ffffffff"
-    label = {"seeddump": "undo", "database": target, "replacedAt": "2099-01-01T00:00:00Z", "environment": "dev"}
-    server.execute("postgres", f'CREATE DATABASE "{lookalike}"', role=hostile)
-    server.execute("postgres", f"COMMENT ON DATABASE \"{lookalike}\" IS '{json.dumps(label)}'", role=hostile)
+    lookalike = undo_copy_of(server, hostile, target, "ffffffff", replaced_at="2099-01-01T00:00:00Z")
     server.execute(lookalike, "CREATE TABLE planted (id int)", role=hostile)
 
     undo_restore(alias)
