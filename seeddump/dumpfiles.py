@@ -51,7 +51,17 @@ _REQUIRED = (
     "environment", "version", "timestamp", "checksum", "recordCounts", "migrations", "migrationsFingerprint",
     "serverVersion", "pgDumpVersion", "database", "sizeBytes", "durationSeconds", "dumpFile",
 )  # fmt: skip
-_KNOWN = {*_REQUIRED, "format", "totalRecords", "compression", "note", "signature", "media", "excludedTableData"}
+_KNOWN = {
+    *_REQUIRED,
+    "format",
+    "totalRecords",
+    "compression",
+    "note",
+    "signature",
+    "media",
+    "excludedTableData",
+    "extensions",
+}
 MEDIA_SUFFIX = ".media.tar.gz"
 _MAX_MEDIA_FILES = 10_000_000
 
@@ -133,6 +143,9 @@ class Metadata:
     # Tables whose rows were left out on purpose (SEEDDUMP_EXCLUDE_TABLE_DATA): their schema is in the dump,
     # their recordCounts are 0.
     excluded_table_data: tuple[str, ...] = ()
+    # The extensions of the dumped database (name, schema, version); None for a dump made before seeddump
+    # recorded them. Only a hint of whether to look: what the restore makes is read from the archive itself.
+    extensions: tuple[tuple[str, str, str], ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     signature: str = ""  # see seeddump.signing
     signed_text: bytes = field(default=b"", compare=False, repr=False)  # what the signature covers
@@ -167,6 +180,11 @@ class Metadata:
             "note": self.note,
             **({"media": self.media.to_json()} if self.media is not None else {}),
             **({"excludedTableData": sorted(self.excluded_table_data)} if self.excluded_table_data else {}),
+            **(
+                {"extensions": [{"name": n, "schema": s, "version": v} for n, s, v in self.extensions]}
+                if self.extensions is not None
+                else {}
+            ),
             **self.extra,
             **({"signature": self.signature} if self.signature else {}),
         }
@@ -261,6 +279,20 @@ class Metadata:
             or not all(isinstance(table, str) and counts.get(table) == 0 for table in excluded)
         ):
             raise bad("excludedTableData must list tables whose recordCounts are 0")
+        found = data.get("extensions")
+        recorded: tuple[tuple[str, str, str], ...] | None = None
+        if found is not None:
+            fields = ("name", "schema", "version")
+            if (
+                not isinstance(found, list)
+                or len(found) > _MAX_TABLES
+                or not all(
+                    isinstance(item, dict) and all(isinstance(item.get(f), str) and len(item[f]) <= 200 for f in fields)
+                    for item in found
+                )
+            ):
+                raise bad("extensions must list each extension's name, schema and version")
+            recorded = tuple((item["name"], item["schema"], item["version"]) for item in found)
         return cls(
             environment=environment,
             version=text("version", 60, VERSION_RE),
@@ -279,6 +311,7 @@ class Metadata:
             note=text("note", _MAX_NOTE),
             media=media,
             excluded_table_data=tuple(excluded),
+            extensions=recorded,
             extra={k: v for k, v in data.items() if k not in _KNOWN},
             signature=signature,
             signed_text=signable(data),

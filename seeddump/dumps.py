@@ -131,6 +131,14 @@ def _generate(
             progress(f"Leaving out the rows of {', '.join(excluded)} (SEEDDUMP_EXCLUDE_TABLE_DATA)")
             counts = {table: 0 if table in excluded else rows for table, rows in counts.items()}
         migrations = _applied_migrations(conn)
+        # As pg_dump sees them: those it dumps (not the built-in ones made by initdb, plpgsql).
+        extensions = tuple(
+            (str(name), str(schema), str(version))
+            for name, schema, version in conn.execute(
+                "SELECT e.extname, n.nspname, e.extversion FROM pg_extension e "
+                "JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.oid >= 16384 ORDER BY e.oid"
+            ).fetchall()
+        )
         seeded_rows = sum(n for table, n in counts.items() if table not in BOOKKEEPING_TABLES)
         if seeded_rows == 0 and not allow_empty:
             raise SeeddumpError(
@@ -209,6 +217,7 @@ def _generate(
             note=note,
             media=media_info,
             excluded_table_data=tuple(excluded),
+            extensions=extensions,
         )
     metadata = signing.sign(metadata)
     try:

@@ -101,10 +101,18 @@ def made_beforehand(
     settings_dict: Mapping[str, Any],
     database: str,
     owner: str,
+    *,
+    look: bool = True,
 ) -> Iterator[list[str]]:
     """Creates the archive's extensions in ``database`` over seeddump's own connection (``settings_dict``), and
     yields pg_restore's extra arguments: the list that skips the archive's entries for them (none when the
-    archive has no extension). SeeddumpError, before anything is restored, when one cannot be made."""
+    archive has no extension). SeeddumpError, before anything is restored, when one cannot be made.
+
+    Without ``look`` (the metadata records no extension) the archive is not read: no extra pg_restore runs.
+    Metadata that hides one only leaves the archive's CREATE EXTENSION to run as the owner, as before."""
+    if not look:
+        yield []
+        return
     toc = listing(pg_restore, archive, pass_fds)
     needed = in_archive(pg_restore, archive, pass_fds, toc)
     if not needed:

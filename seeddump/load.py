@@ -84,7 +84,9 @@ def into_new(
     args = [f"--dbname={database}", "--no-owner", "--no-privileges", "--exit-on-error"]
     if jobs > 1:
         args.insert(0, f"--jobs={jobs}")
-    with extensions.made_beforehand(pg_restore, archive.path, archive.fds, settings_dict, database, owner) as skip:
+    with extensions.made_beforehand(
+        pg_restore, archive.path, archive.fds, settings_dict, database, owner, look=metadata.extensions != ()
+    ) as skip:
         login = dump_code.login()
         progress(f"Restoring {archive.name.name} into {database} as '{owner}' with {jobs} jobs")
         try:
@@ -194,7 +196,8 @@ def in_place(
     pg_restore = postgres.find_program("pg_restore", postgres.server_major(admin), at_least=metadata.pg_dump_major)
     psql = postgres.find_program("psql", postgres.server_major(admin), at_least=major)
     owner = dump_code.owner
-    extensions.refuse_in_place(admin, pg_restore, archive.path, archive.fds, owner)
+    if metadata.extensions != ():  # none recorded: a dump without extensions has nothing to refuse
+        extensions.refuse_in_place(admin, pg_restore, archive.path, archive.fds, owner)
     prologue = "SET lock_timeout = {};\nSET statement_timeout = 0;\n".format(
         sql.Literal(f"{conf.LOCK_TIMEOUT}s").as_string(admin)
     )
