@@ -40,7 +40,7 @@ while read -r py django psycopg pg tests; do
   venv=.venvs/py$py-django$django
   if ! python=$(find_python "$py") && [ "$tests" = all ] && [ -z "${CI:-}" ]; then
     # A laptop with one Python still runs the whole suite: on it, with the newest Django it allows (.venv).
-    skipped+=("the whole suite on $label (no Python $py; it ran on .venv's Python and Django instead)")
+    skipped+=("$py|the whole suite on $label (no Python $py; it ran on .venv's Python and Django instead)")
     python=$(command -v python3) venv=.venv django=newest psycopg=newest pg=18
     label="Python $("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])'), the newest Django"
   elif [ -z "$python" ]; then
@@ -48,7 +48,7 @@ while read -r py django psycopg pg tests; do
       echo "test-versions: no Python $py for $tests tests on $label (.ci/run provides it)" >&2
       failed+=("$label: no Python $py")
     else
-      skipped+=("$tests tests on $label (no Python $py)")
+      skipped+=("$py|$tests tests on $label (no Python $py)")
     fi
     first=0
     [ "$#" -gt 0 ] && break
@@ -79,9 +79,10 @@ while read -r py django psycopg pg tests; do
   first=0
 done <seeds/scripts/versions.txt
 
-for line in "${skipped[@]}"; do
-  echo "test-versions: skipped $line; provide it (as root: bash seeds/scripts/python.sh X.Y; or pyenv install X.Y)" \
-    "and run test.sh again"
+for entry in "${skipped[@]}"; do
+  version=${entry%%|*}
+  echo "test-versions: skipped ${entry#*|}; provide it (as root: bash seeds/scripts/python.sh $version, or" \
+    "pyenv install $version) and run test.sh again"
 done
 if [ "${#failed[@]}" -gt 0 ]; then
   printf 'test-versions: FAILED on %s\n' "${failed[@]}" >&2
