@@ -21,6 +21,17 @@ from seeddump.exceptions import SeeddumpError
 # generation of it does not. None (or "none" in the environment) lifts it.
 DEFAULT_CACHE_MAX_SIZE = 10 * 1024**3
 
+# GeoDjango's: the extensions a Django project commonly needs that only a superuser may create.
+DEFAULT_EXTENSIONS = (
+    "postgis",
+    "postgis_raster",
+    "postgis_topology",
+    "postgis_sfcgal",
+    "postgis_tiger_geocoder",
+    "address_standardizer",
+    "address_standardizer_data_us",
+)
+
 # pg_restore starts one process and one server connection per job: more than this is a typo, not a plan.
 MAX_RESTORE_JOBS = 64
 
@@ -227,6 +238,12 @@ class Settings:
         """Run against the restored database before it is swapped in: a list is a management command with its
         arguments, a string the dotted path of a callable taking ``using`` (see seeddump.preswap)."""
         return _list("RESTORE_HOOKS")
+
+    @property
+    def EXTENSIONS(self) -> frozenset[str]:
+        """Extensions only a superuser may create that seeddump makes for a dump that asks for them (trusted ones
+        it always makes): PostGIS's family by default."""
+        return frozenset(str(name) for name in _list("EXTENSIONS", DEFAULT_EXTENSIONS))
 
     @property
     def TEMPLATE(self) -> str | None:

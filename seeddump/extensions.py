@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 
 from seeddump import postgres
+from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
 # pg_restore -l lines are "<id>; <catalog oid> <oid> <kind> <schema> <name> <owner>".
@@ -171,6 +172,17 @@ def _make(conn: psycopg.Connection, extension: Extension, owner: str, made_schem
             f"The dump needs the extension {extension.name}, which this server does not have (no such extension "
             "among its files). Install its package on the server (PostGIS on Debian: postgresql-<major>-postgis-3) "
             "and restore again; nothing was changed."
+        )
+    trusted = conn.execute(
+        "SELECT bool_or(trusted) FROM pg_available_extension_versions WHERE name = %s", (extension.name,)
+    ).fetchone()
+    if not (trusted and trusted[0]) and extension.name not in conf.EXTENSIONS:
+        # Its install script runs as seeddump's role, which may be a superuser: a dump (a teammate's file) does
+        # not get to choose such code, only the project's settings do.
+        raise SeeddumpError(
+            f"The dump asks for the extension {extension.name}, which only a superuser may create, and seeddump "
+            "makes such an extension for a dump only when SEEDDUMP_EXTENSIONS names it. Add it there if the "
+            "project uses it; nothing was changed."
         )
     try:
         with conn.transaction():

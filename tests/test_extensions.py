@@ -115,3 +115,37 @@ def test_as_the_app_role_a_template_holds_it_or_one_line_says_who_can(
     done = manage("restoredump", "dev", "--no-input", alias=alias, dumps_dir=dumps_dir, env=env)
     assert done.returncode == 0, done.stderr
     assert places(server, target) == EXPECTED
+
+
+@pytest.mark.parametrize("alias", ["system"])
+@pytest.mark.usefixtures("postgis")
+def test_an_extension_the_project_did_not_name_is_never_made_for_a_dump(
+    alias: str, server: Server, dumps_dir: Path
+) -> None:
+    """A teammate's dump asking for dblink (only a superuser may create it, and its install script would run
+    as seeddump's role) is refused, even over a superuser connection; named in SEEDDUMP_EXTENSIONS, it is made."""
+    app = server.role("app", "LOGIN CREATEDB")
+    source = server.database(app)
+    server.execute(source, "CREATE EXTENSION dblink")
+    server.execute(source, "CREATE TABLE notes (id int)", "INSERT INTO notes VALUES (1)", role=app)
+    made = manage(
+        "generatedump", "dev", alias=alias, dumps_dir=dumps_dir, env={"DATABASE_URL": database_url(alias, source, app)}
+    )
+    assert made.returncode == 0, made.stderr
+    admin_user = connections[alias].settings_dict["USER"]
+    target = server.database(app)
+
+    refused = restoredump(server, dumps_dir, admin_user, target, ok=False)
+    assert refused.returncode == 1
+    assert "The dump asks for the extension dblink, which only a superuser may create" in refused.stderr
+    assert "SEEDDUMP_EXTENSIONS" in refused.stderr and "Traceback" not in refused.stderr
+    assert server.query(target, "SELECT count(*) FROM pg_extension WHERE extname = 'dblink'") == [(0,)]
+
+    env = {
+        "DATABASE_URL": database_url(alias, target, admin_user),
+        "SEEDDUMP_BACKGROUND": "false",
+        "SEEDDUMP_EXTENSIONS": "dblink",
+    }
+    done = manage("restoredump", "dev", "--no-input", alias=alias, dumps_dir=dumps_dir, env=env)
+    assert done.returncode == 0, done.stderr
+    assert server.query(target, "SELECT count(*) FROM notes") == [(1,)]
