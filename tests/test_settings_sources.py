@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connections
 
+from seeddump import postgres, snapshots
 from tests.conftest import REPO, run_bounded, shell_env
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -58,14 +60,25 @@ def run(folder: Path, *args: str, **env: str):
     return run_bounded([sys.executable, "manage.py", *args], cwd=folder, env=environment, timeout=180)
 
 
+@pytest.fixture
+def caches(alias: str) -> Iterator[list[Path]]:
+    """Dumps folders whose snapshot cache a test's restores left on the alias's server: dropped afterwards."""
+    folders: list[Path] = []
+    yield folders
+    with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
+        for folder in folders:
+            snapshots.drop_all(admin, folder)
+
+
 def bin_dirs() -> str:
     return ",".join(str(p) for p in django_settings.SEEDDUMP_PG_BIN_DIRS)
 
 
-def test_every_setting_can_come_from_the_environment(alias: str, tmp_path: Path) -> None:
+def test_every_setting_can_come_from_the_environment(alias: str, tmp_path: Path, caches: list[Path]) -> None:
     seeded(alias)
     folder = project(tmp_path, alias, 'INSTALLED_APPS += ["seeddump"]\n')
     dumps = tmp_path / "dumps-from-env"
+    caches.append(dumps)
     env = {
         "SEEDDUMP_DIR": str(dumps),
         "SEEDDUMP_PG_BIN_DIRS": bin_dirs(),  # a list, comma-separated
@@ -166,9 +179,12 @@ for plugin_name in PLUGINS:
 
 
 @pytest.mark.parametrize("alias", ["default"])
-def test_seeddump_in_a_netbox_style_plugins_list_reads_plugins_config(alias: str, tmp_path: Path) -> None:
+def test_seeddump_in_a_netbox_style_plugins_list_reads_plugins_config(
+    alias: str, tmp_path: Path, caches: list[Path]
+) -> None:
     seeded(alias)
     dumps = tmp_path / "netbox-dumps"
+    caches.append(dumps)
     bins = [str(p) for p in django_settings.SEEDDUMP_PG_BIN_DIRS]
     folder = project(
         tmp_path,
