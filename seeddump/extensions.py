@@ -12,9 +12,7 @@ who can create it.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -45,19 +43,7 @@ def _unquote(identifier: str) -> str:
 
 
 def _toc(pg_restore: postgres.Program, archive: Path, pass_fds: Sequence[int], *args: str) -> str:
-    result = subprocess.run(
-        postgres.command(pg_restore, [*args, str(archive)]),
-        capture_output=True,
-        text=True,
-        pass_fds=tuple(pass_fds),
-        env={k: v for k, v in os.environ.items() if not k.startswith("PG")},  # reads the file, connects nowhere
-        check=False,
-    )
-    if result.returncode != 0:
-        raise SeeddumpError(
-            f"pg_restore could not read the dump's table of contents: {postgres.first_line(result.stderr)}."
-        )
-    return result.stdout
+    return postgres.read_archive(pg_restore, archive, args, pass_fds=pass_fds, what="the dump's table of contents")
 
 
 def in_archive(pg_restore: postgres.Program, archive: Path, pass_fds: Sequence[int], listing: str) -> list[Extension]:

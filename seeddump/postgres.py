@@ -523,6 +523,25 @@ def run(
     return result
 
 
+def read_archive(
+    program: Program, archive: Path, args: Sequence[str], *, pass_fds: Sequence[int] = (), what: str
+) -> str:
+    """pg_restore's text output for ``archive`` (``--list``, or ``--file=-`` of chosen entries): it reads the
+    file and connects nowhere, so no libpq variable of this environment reaches it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    result = subprocess.run(
+        command(program, [*args, str(archive)]),
+        capture_output=True,
+        text=True,
+        pass_fds=tuple(pass_fds),
+        env=env,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SeeddumpError(f"{program.name} could not read {what}: {first_line(result.stderr)}.")
+    return result.stdout
+
+
 def program_error(stderr: str, settings_dict: Mapping[str, Any]) -> str:
     """The most useful line of a PostgreSQL program's error output, password removed."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]

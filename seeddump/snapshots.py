@@ -181,16 +181,6 @@ def list_snapshots(
     return [s for s in list_all(admin, directory, kind, all_folders=all_folders, sizes=sizes) if s.ours]
 
 
-def foreign(admin: psycopg.Connection, *, all_folders: bool = False) -> list[Snapshot]:
-    """Databases under this folder's seeddump names that another role owns: never used nor dropped."""
-    return [
-        copy
-        for kind in _KINDS
-        for copy in list_all(admin, kind=kind, all_folders=all_folders, sizes=False)
-        if not copy.ours
-    ]
-
-
 def _trusted(copy: Snapshot, kind: str, metadata: dumpfiles.Metadata | None, key: str) -> bool:
     """Ours, labelled as ``kind`` for this key (and this dump), in this folder."""
     same_dump = metadata is None or (copy.checksum == metadata.checksum and copy.dump_file == metadata.dump_file)

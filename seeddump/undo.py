@@ -94,10 +94,6 @@ def find(admin: psycopg.Connection, target: str) -> UndoCopy | None:
     return copies[0] if copies else None
 
 
-def foreign(admin: psycopg.Connection) -> list[databases.Database]:
-    return [database for database in databases.with_prefix(admin, PREFIX, sizes=False) if not database.ours]
-
-
 def _label(target: str, dump_path: Path, environment: str, media_state: str | None) -> dict[str, object]:
     return {
         "seeddump": KIND,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -30,12 +29,6 @@ def shared_folder(settings, tmp_path: Path) -> Path:
     settings.STORAGES = {**settings.STORAGES, "dumps": filesystem_storage(folder)}
     settings.SEEDDUMP_STORAGE = "dumps"
     return folder
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
