@@ -14,9 +14,9 @@ filesystem cannot share them: so the server's word is not proof. ``cloning`` dec
   is kept in the dumps folder for as long as that server runs;
 - else plain copies: nothing here can tell.
 
-The data directory is "on this machine" when ``<data_directory>/postmaster.pid`` records the start time
-the server reports (a folder of the same name on another machine would not). Only then is the free space
-checked before the cache makes a copy (``room_for``).
+The data directory is "on this machine" when ``<data_directory>/postmaster.pid`` records the start of
+the run the server reports (``same_run``; a folder of the same name on another machine would not). Only
+then is the free space checked before the cache makes a copy (``room_for``).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ _FS_IOC_FIEMAP = 0xC020660B
 _FIEMAP_FLAG_SYNC = 0x1
 _FIEMAP_EXTENT_SHARED = 0x2000
 _EXTENTS = 16  # enough to find one shared extent in a small catalog file
+_START_SPREAD = 60  # seconds between the two start stamps of one server run (see same_run)
 
 
 @dataclass(frozen=True)
@@ -55,20 +56,27 @@ def data_directory(admin: psycopg.Connection) -> Path | None:
     """The server's data directory when it is on this machine and this process can read its files; else None."""
     try:
         row = admin.execute(
-            "SELECT current_setting('data_directory'), floor(extract(epoch FROM pg_postmaster_start_time()))::bigint"
+            "SELECT current_setting('data_directory'), extract(epoch FROM pg_postmaster_start_time())::float8"
         ).fetchone()
     except psycopg.errors.InsufficientPrivilege:  # needs superuser or pg_read_all_settings
         return None
     if row is None:
         return None
-    folder, started = Path(row[0]), int(row[1])
+    folder, started = Path(row[0]), float(row[1])
     try:
         lines = (folder / "postmaster.pid").read_text().splitlines()
-        if int(lines[2]) != started:
+        if not same_run(int(lines[2]), started):
             return None
     except (OSError, ValueError, IndexError):
         return None
     return folder
+
+
+def same_run(pid_file_start: int, server_start: float) -> bool:
+    """Whether postmaster.pid's start time (whole seconds, stamped first) and pg_postmaster_start_time()
+    (taken once shared memory is up: a second or more later on a slow start) are one run of the server.
+    A folder of the same name on another machine, or a server started again since, differs by more."""
+    return 0 <= server_start - pid_file_start < _START_SPREAD
 
 
 def free_bytes(folder: Path) -> int:

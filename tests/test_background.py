@@ -30,6 +30,7 @@ from tests.conftest import (
     manage,
     run_command,
     start_manage,
+    unavailable,
     wait_for_exit,
 )
 from tests.test_hardening import Gate, gate  # noqa: F401 (fixture)
@@ -304,7 +305,7 @@ def test_the_background_process_skips_caching_when_the_disk_has_no_room(
 ) -> None:
     with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
         if serverdisk.data_directory(admin) is None:
-            pytest.skip("this server's data directory is not readable here (run as root or its user): not checked")
+            unavailable("this server's data directory is not readable here (run as root or its user): not checked")
     settings.SEEDDUMP_BACKGROUND = True
     settings.SEEDDUMP_MIN_FREE_DISK = 10**15  # a petabyte must stay free: no disk here has room for a copy
     document = json.loads(run_command("restoredump", "dev", database=alias, interactive=False, json=True).out)

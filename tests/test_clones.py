@@ -155,6 +155,25 @@ def test_the_trial_clone_tells_a_disk_that_shares_blocks_from_one_that_does_not(
             assert not cloning.enabled and f"PostgreSQL {major} cannot clone" in cloning.why
 
 
+def test_the_data_directory_is_found_when_the_server_took_seconds_to_start(xfs: XfsServer) -> None:
+    """postmaster.pid's start time is stamped before shared memory is up, pg_postmaster_start_time() after:
+    on a slow start they fall in different seconds (seen in CI), and that is still this machine's server."""
+    pid_file = xfs.data / "postmaster.pid"
+    original = pid_file.read_text()
+    lines = original.splitlines(keepends=True)
+    try:
+        with connect(xfs) as admin:
+            assert serverdisk.data_directory(admin) == xfs.data
+            lines[2] = f"{int(lines[2]) - 2}\n"  # the stamp two seconds before the server says it started
+            pid_file.write_text("".join(lines))
+            assert serverdisk.data_directory(admin) == xfs.data
+            lines[2] = f"{int(lines[2]) - 3600}\n"  # an hour before: another run of a server in that folder
+            pid_file.write_text("".join(lines))
+            assert serverdisk.data_directory(admin) is None
+    finally:
+        pid_file.write_text(original)
+
+
 def test_no_room_on_the_servers_disk_skips_caching_and_the_restore_goes_on(
     xfs: XfsServer, xfs_dump: Path, dumps_dir: Path, spy_log: Path
 ) -> None:

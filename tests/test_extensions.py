@@ -3,7 +3,6 @@ over a superuser connection, from a template as the app role, or refused in one 
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from django.conf import settings as django_settings
 from django.db import connections
 from psycopg import sql
 
-from tests.conftest import database_url, manage
+from tests.conftest import database_url, manage, unavailable
 from tests.test_identity import Server, restoredump, superuser
 from tests.test_identity import server as server_fixture
 
@@ -37,10 +36,7 @@ def postgis(alias: str) -> Iterator[None]:
     with superuser(alias) as admin:
         found = admin.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'postgis'").fetchone()
     if not found:
-        reason = "PostGIS is not installed for the machine's PostgreSQL (Debian: postgresql-<major>-postgis-3)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; .ci/run installs it")
-        pytest.skip(reason)
+        unavailable("PostGIS is not installed for the machine's PostgreSQL (Debian: postgresql-<major>-postgis-3)")
     yield
 
 

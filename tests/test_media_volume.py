@@ -19,9 +19,17 @@ from django.db import connections
 
 from project.reality.models import Team
 from seeddump import dumpfiles, finishing, media
-from tests.conftest import REPO, MediaDump, demo_snapshot, files_of, manage_env, run_bounded, run_command
+from tests.conftest import (
+    REPO,
+    MediaDump,
+    demo_snapshot,
+    files_of,
+    manage_env,
+    run_bounded,
+    run_command,
+    unavailable,
+)
 from tests.test_media import media_dump as media_dump_fixture
-from tests.xfs import unavailable
 
 media_dump = media_dump_fixture  # a fixture of test_media's, used here by name
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from tests.conftest import unavailable
 
 PORT = 5432  # a socket of its own in a private folder: no port to share
 
@@ -36,13 +36,6 @@ class XfsServer:
 
     def url(self, name: str) -> str:
         return f"postgres://postgres@/{self.socket_dir}/{name}"
-
-
-def unavailable(reason: str) -> None:
-    """Skips with ``reason``, or fails under CI, which must run these tests."""
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the clone tests: {reason}")
-    pytest.skip(reason)
 
 
 def _run(*argv: str, user: str | None = None) -> None:
