@@ -21,7 +21,7 @@ class SeeddumpConfig(AppConfig):
             check_setting_names,
             check_settings,
         )
-        from seeddump.signals import warn_stale_dumps
+        from seeddump.staleness import warn_stale_dumps
 
         # sender=self: post_migrate is sent once per app, and this must run once per migrate.
         post_migrate.connect(warn_stale_dumps, sender=app_config, dispatch_uid="seeddump.warn_stale_dumps")

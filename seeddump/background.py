@@ -33,10 +33,12 @@ _LOG_LIMIT = 1_000_000  # bytes; the log starts over beyond this
 _LINE_RE = re.compile(r"^\S+ \S+ \[(?P<pid>\d+)\] [^:]*: (?P<message>.*)$")
 # ``python -c`` puts the working directory first on sys.path: a ``django.py`` wherever the user happened to
 # be would be imported instead of Django. The child drops that entry before importing anything, and runs
-# in the (private) dumps folder; its import path is the parent's, through PYTHONPATH.
+# in the (private) dumps folder; its import path is the parent's, through PYTHONPATH. It reads the settings
+# module but does not load Django's apps (the project's models, seconds in a large project): dropping and
+# copying databases needs none of them, and writing the admin's records loads them (``records``).
 _CHILD = (
     "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
-    "import django; django.setup(); from seeddump import background; background.main()"
+    "from seeddump import background; background.main()"
 )
 
 
@@ -236,7 +238,20 @@ def main() -> None:
     except SeeddumpError as exc:
         log(f"failed: {exc} The next restore tidies up.")
         sys.exit(1)
-    log(f"{_DONE} (peak memory {_peak_memory_mb():.0f} MB)")
+    from django.apps import apps
+
+    log(
+        f"{_DONE} (peak memory {_peak_memory_mb():.0f} MB, CPU {_cpu_seconds():.2f} s, "
+        f"Django's apps {'loaded' if apps.ready else 'not loaded'})"
+    )
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of the programs it ran (pg_restore, pg_dump)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _peak_memory_mb() -> float:

@@ -50,7 +50,7 @@ def check_dumps(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
 
 def _said_after_migrate() -> bool:
-    """True inside a ``migrate`` whose own line after the migrations (signals.warn_stale_dumps) names each stale
+    """True inside a ``migrate`` whose own line after the migrations (staleness.warn_stale_dumps) names each stale
     dump: the checks it runs first would name them a second time.
 
     Django tells a check nothing of the command that runs it, so the caller's frames are asked: the migrate

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from django.db import DatabaseError
 
 from seeddump import databases, dumpfiles, load, media, postgres, records, sandbox, snapshots
 from seeddump.conf import conf
@@ -150,9 +149,10 @@ def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progr
         elif followup.restore_times is not None and keyed is not None:
             # The restored database's code (a trigger on the records' table) runs as the owner at most.
             try:
-                with postgres.django_connection_to(followup.using, followup.database, dump_code.login()):
-                    recorded = records.sync_from_disk(followup.using, conf.DIR, followup.restore_times)
-            except (DatabaseError, SeeddumpError) as exc:  # read-only by default, closed, a trigger that fails
+                recorded = records.sync_from_disk(
+                    dump_code.login(), followup.database, conf.DIR, followup.restore_times
+                )
+            except (psycopg.Error, SeeddumpError) as exc:  # read-only by default, closed, a trigger that fails
                 progress(f"Did not record the restore for the admin: {str(exc).strip().splitlines()[0]}")
             else:
                 progress(f"Recorded {recorded} dump(s) for the admin")

@@ -1,4 +1,8 @@
-"""Keeps the DumpRecord table (what the admin lists) in step with the dumps on disk."""
+"""Keeps the DumpRecord table (what the admin lists) in step with the dumps on disk.
+
+What a restore writes and reads here is plain SQL on a table of known name: finishing a restore needs none
+of Django's apps (``python -m seeddump restore`` and the background process run without them). generatedump
+and the admin use the model."""
 
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from django.apps import apps
+from django.conf import settings
 from django.db import connections, transaction
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from seeddump import dumpfiles, postgres
 from seeddump.exceptions import SeeddumpError
@@ -19,11 +25,22 @@ from seeddump.exceptions import SeeddumpError
 if TYPE_CHECKING:
     from seeddump.models import DumpRecord
 
+TABLE = "seeddump_dumprecord"  # DumpRecord's table, known without loading the model
+
+
+def installed() -> bool:
+    """Whether these settings install seeddump's app (and so its records), told from the settings alone when
+    Django's apps are not loaded (NetBox installs it as a plugin)."""
+    if apps.ready:
+        return apps.is_installed("seeddump")
+    entries = [*settings.INSTALLED_APPS, *getattr(settings, "PLUGINS", ())]
+    return any(entry == "seeddump" or str(entry).startswith("seeddump.") for entry in entries)
+
 
 def _model() -> type[DumpRecord] | None:
     """The records' model, or None when seeddump is not in INSTALLED_APPS (a test settings module, say):
     restores and the pytest plugin work without the admin's records."""
-    if not apps.is_installed("seeddump"):
+    if not installed():
         return None
     from seeddump.models import DumpRecord
 
@@ -81,10 +98,9 @@ def restore_times(settings_dict: Mapping[str, Any], database: str) -> dict[str, 
 
     Read with plain SQL that runs none of the database's code, which may be a restored dump's: only from a
     real table of that name (not a view), with row-level security off (a policy is never evaluated)."""
-    model = _model()
-    if model is None:
+    if not installed():
         return {}
-    table = model._meta.db_table
+    table = TABLE
     try:
         with postgres.connect(settings_dict, database) as conn:
             conn.execute("SET row_security = off")
@@ -101,27 +117,57 @@ def restore_times(settings_dict: Mapping[str, Any], database: str) -> dict[str, 
     return {name: when for name, when in rows if isinstance(name, str) and isinstance(when, datetime)}
 
 
-def sync_from_disk(using: str, directory: Path, restore_times: Mapping[str, datetime]) -> int:
-    """Records every dump in ``directory`` whose metadata can be read, with the given restore times.
+_COLUMNS = (
+    "environment",
+    "version",
+    "created_at",
+    "size_bytes",
+    "checksum",
+    "record_counts",
+    "total_records",
+    "migrations_fingerprint",
+    "note",
+    "metadata",
+)
+_UPSERT = sql.SQL(
+    "INSERT INTO {table} (file_name, {columns}, last_restored_at) VALUES (%s, {values}, %s) "
+    "ON CONFLICT (file_name) DO UPDATE SET {updates}, "
+    "last_restored_at = COALESCE(EXCLUDED.last_restored_at, {table}.last_restored_at)"
+).format(
+    table=sql.Identifier(TABLE),
+    columns=sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)),
+    values=sql.SQL(", ").join(sql.Placeholder() * len(_COLUMNS)),
+    updates=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name)) for name in _COLUMNS),
+)
 
-    Records of dumps that are no longer on disk are kept: the admin shows them as gone.
-    Returns how many dumps were recorded.
-    """
-    if not table_exists(using):
+
+def sync_from_disk(
+    settings_dict: Mapping[str, Any], database: str, directory: Path, restore_times: Mapping[str, datetime]
+) -> int:
+    """Records every dump in ``directory`` whose metadata can be read into ``database``, with the given restore
+    times, logged in with ``settings_dict`` (a restore's sandbox login: a trigger there runs as the owner at
+    most). Plain SQL, in one transaction: no model, so no Django apps to load after a restore.
+
+    Records of dumps that are no longer on disk are kept: the admin shows them as gone. Returns how many dumps
+    were recorded; 0 when ``database`` has no table of records (a real table: never a view)."""
+    if not installed():
         return 0
-    model = _model()
-    assert model is not None
-    recorded = 0
+    rows = []
     for dump_path in dumpfiles.list_dumps(directory):
         try:
             metadata = dumpfiles.read_metadata(dump_path)
         except SeeddumpError:
             continue  # a dump whose metadata is broken cannot be described; restoredump refuses it anyway
         fields = _fields(metadata)
-        restored_at = restore_times.get(dump_path.name)
-        if restored_at is not None:
-            fields["last_restored_at"] = restored_at
-        with _writing(using):
-            model.objects.using(using).update_or_create(file_name=dump_path.name, defaults=fields)
-        recorded += 1
-    return recorded
+        values = [Jsonb(fields[name]) if name in ("record_counts", "metadata") else fields[name] for name in _COLUMNS]
+        rows.append((dump_path.name, *values, restore_times.get(dump_path.name)))
+    with postgres.connect(settings_dict, database) as conn, conn.transaction():
+        conn.execute("SET LOCAL row_security = off")  # a policy is never evaluated: a write it governs fails
+        conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+        conn.execute("SET LOCAL statement_timeout = 0")
+        kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (f'"{TABLE}"',)).fetchone()
+        if kind is None or kind[0] != "r":
+            return 0
+        with conn.cursor() as cursor:
+            cursor.executemany(_UPSERT, rows)
+    return len(rows)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from django.db import DatabaseError, connections
+from django.db import connections
 
 from seeddump import (
     databases,
@@ -543,9 +543,12 @@ def _restore(
                 )
     retired = tuple(new for _, new in fate.aside) + ((fate.name,) if swapped.replaced and not kept else ())
     undo_note = "SEEDDUMP_UNDO is off" if record and swapped.replaced and not conf.UNDO else None
-    if record:
-        carried[plan.dump_path.name] = datetime.now(timezone.utc)
     counts = metadata.record_counts
+    # The admin's records go where the restored database has their table (from the dump, or made by a
+    # migration before the swap): elsewhere, finishing needs none of Django's apps (``seeddump.cli``).
+    keeps_records = record and records.installed() and (records.TABLE in counts or bool(prepared.migrations))
+    if keeps_records:
+        carried[plan.dump_path.name] = datetime.now(timezone.utc)
     followup = finishing.Followup(
         using=plan.using,
         database=target,
@@ -554,7 +557,7 @@ def _restore(
         build_snapshot=caching and source == "pg_restore" and defer and not cloning.enabled,
         ready_copy=caching and conf.READY_COPIES and defer and not cloning.enabled,
         empty_database=defer,
-        restore_times=carried if record else None,
+        restore_times=carried if keeps_records else None,
         trusted=plan.trusted,
         retired_media=retired_media,
         restored_oid=restored_oid,
@@ -679,13 +682,10 @@ def _restore_in_place(
                 media.drop(folder)
         if record:
             carried[plan.dump_path.name] = datetime.now(timezone.utc)
-            with (
-                after_swap(target, plan.dump_path.name, pending, settings_dict),
-                postgres.django_connection_to(plan.using, target, dump_code.login()),
-            ):
+            with after_swap(target, plan.dump_path.name, pending, settings_dict):
                 try:
-                    records.sync_from_disk(plan.using, conf.DIR, carried)
-                except DatabaseError as exc:  # read-only by default, closed: the restore itself is done
+                    records.sync_from_disk(dump_code.login(), target, conf.DIR, carried)
+                except (psycopg.Error, SeeddumpError) as exc:  # read-only by default, closed: the restore is done
                     progress(f"Did not record the restore for the admin: {str(exc).strip().splitlines()[0]}")
     counts = plan.metadata.record_counts
     return RestoreResult(

@@ -1,17 +1,22 @@
-"""Whether a dump still matches the code: its applied migrations against the project's migrations."""
+"""Whether a dump still matches the code: its applied migrations against the project's migrations, and the
+warning about stale dumps after ``migrate``."""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from django.apps import apps
+from django.apps import AppConfig, apps
+from django.core.management.color import color_style
 from django.db.migrations.loader import MigrationLoader
 
-from seeddump import dumpfiles
+from seeddump import codestate, dumpfiles
+from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
 Key = tuple[str, str]
@@ -28,12 +33,27 @@ class CodeMigrations:
 
     @classmethod
     def load(cls) -> CodeMigrations:
+        """The code's migrations, from the migration files when Django's apps are loaded (and then written
+        down, see ``codestate``); as written down when they are not (``python -m seeddump``, which checked
+        that they still hold)."""
+        if not apps.ready:
+            written = codestate.read()
+            if isinstance(written, str):
+                raise SeeddumpError(f"Cannot tell the code's migrations without Django's apps: {written}.")
+            return cls(nodes=written.nodes, replacements=written.replacements, installed=written.installed)
         loader = MigrationLoader(None, ignore_no_migrations=True)
-        return cls(
+        code = cls(
             nodes=frozenset(loader.graph.nodes),
             replacements={key: frozenset(m.replaces) for key, m in loader.replacements.items()},
             installed=frozenset(config.label for config in apps.get_app_configs()),
         )
+        configs = list(apps.get_app_configs())
+        packages, folders = codestate.migration_folders(
+            (config.label, MigrationLoader.migrations_module(config.label)[0], Path(config.path)) for config in configs
+        )
+        packages += [config.name.split(".")[0] for config in configs]
+        codestate.write_down(code.nodes, code.replacements, code.installed or (), packages, folders)
+        return code
 
     def compare(self, applied: Iterable[Key]) -> tuple[list[Key], list[Key]]:
         """(migrations of the code missing from ``applied``, migrations in ``applied`` the code lacks)."""
@@ -187,10 +207,9 @@ def choose(directory: Path, environment: str, code: CodeMigrations | None = None
     return Choice(latest, tuple(passed_over), fits=False)
 
 
-def latest_statuses(directory: Path) -> tuple[list[DumpStatus], list[str]]:
+def latest_statuses(directory: Path, code: CodeMigrations | None = None) -> tuple[list[DumpStatus], list[str]]:
     """The status of the latest dump of every environment in ``directory``, and the problems reading them."""
     statuses, errors = [], []
-    code: CodeMigrations | None = None
     try:
         found = dumpfiles.environments(directory)
     except OSError as exc:
@@ -205,3 +224,29 @@ def latest_statuses(directory: Path) -> tuple[list[DumpStatus], list[str]]:
         code = code or CodeMigrations.load()
         statuses.append(status_of(dump_path, metadata, code))
     return statuses, errors
+
+
+def warn_stale_dumps(
+    *,
+    app_config: AppConfig,
+    verbosity: int,
+    using: str,
+    plan: list[Any] | None = None,
+    stdout: Any = None,
+    **kwargs: Any,
+) -> None:
+    """After ``migrate``: writes down the code's migrations (for ``python -m seeddump``) and warns about
+    every environment whose latest dump no longer matches them."""
+    if plan is None:  # flush and test teardown send no plan
+        return
+    code = CodeMigrations.load()
+    if verbosity < 1:
+        return
+    stdout = stdout or sys.stdout
+    style = color_style()
+    statuses, errors = latest_statuses(conf.DIR, code)
+    for status in statuses:
+        if status.stale:
+            stdout.write(style.WARNING(status.message()) + "\n")
+    for error in errors:
+        stdout.write(style.WARNING(f"seeddump: {error}") + "\n")

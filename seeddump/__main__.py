@@ -1,0 +1,7 @@
+"""``python -m seeddump restore ENV [options]``: see ``seeddump.cli``."""
+
+import sys
+
+from seeddump.cli import main
+
+sys.exit(main())
