@@ -208,7 +208,7 @@ def main() -> None:
     for name, value in job["settings"].items():
         setattr(settings, name, value)
     # The database the parent restored, under a test runner's name too, for the ORM (dump records) as well.
-    connections[job["using"]].settings_dict["NAME"] = job["database"]
+    connections.settings[job["using"]]["NAME"] = job["database"]
     followup = finishing.Followup(
         using=job["using"],
         database=job["database"],

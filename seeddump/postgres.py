@@ -58,12 +58,23 @@ def settings_for(using: str) -> Mapping[str, Any]:
 
     if using not in connections.settings:
         raise SeeddumpError(f"There is no database '{using}' in DATABASES. Pass --database with one that exists.")
-    settings_dict = connections[using].settings_dict
+    # The entry itself (the connection's own settings_dict, which a test runner renames), without making the
+    # connection: that would import the backend and with it every model field (python -m seeddump needs none).
+    settings_dict = connections.settings[using]
     if "postgresql" not in settings_dict.get("ENGINE", ""):
         raise SeeddumpError(
             f"DATABASES['{using}'] uses {settings_dict.get('ENGINE')}; seeddump works with PostgreSQL only."
         )
     return settings_dict
+
+
+def close_django_connection(using: str) -> None:
+    """Closes Django's connection ``using`` if this process opened it (a rename needs the database unused)."""
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if connection.alias == using:
+            connection.close()
 
 
 @contextlib.contextmanager

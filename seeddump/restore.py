@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from django.db import connections
 
 from seeddump import (
     databases,
@@ -77,7 +76,7 @@ class RestorePlan:
 
     @property
     def server(self) -> postgres.Server:
-        return postgres.server_of(connections[self.using].settings_dict)
+        return postgres.server_of(postgres.settings_for(self.using))
 
 
 @dataclass(frozen=True)
@@ -397,7 +396,7 @@ def undo_last(
                     f"The media folder kept for this undo ({media.undo_folder(root, tag)}) is gone; nothing was "
                     "changed. Undo the database alone with: python manage.py restoredump --undo --no-media"
                 )
-            connections[using].close()
+            postgres.close_django_connection(using)
             exchange = None
             if root is not None and kept_media is not None:
                 exchange = media.Exchange.plan(root, kept_media, media.leftover(root))
@@ -509,7 +508,7 @@ def _restore(
                     login=dump_code.login,
                 )
             media_swap.wait()  # unpacked beside the media folder while the database was restored
-            connections[plan.using].close()
+            postgres.close_django_connection(plan.using)
             exchange = media_swap.exchange(target, keep=record and conf.UNDO)
             fate = _fate_of_replaced(admin, plan, target, record, exchange, media_swap)
             progress(f"Swapping the restored database in for '{target}'")
@@ -645,7 +644,7 @@ def _restore_in_place(
             progress(f"Dropped {name}, left over by an interrupted restore")
         media_swap.start()
         media_swap.wait()  # before the transaction: a failure to unpack leaves the database as it was
-        connections[plan.using].close()
+        postgres.close_django_connection(plan.using)
         pending, why_not, exchange = None, None, None
         if record:
             # Everything the undo copy needs is decided before the transaction and written on the copy, so

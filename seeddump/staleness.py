@@ -13,7 +13,6 @@ from typing import Any
 
 from django.apps import AppConfig, apps
 from django.core.management.color import color_style
-from django.db.migrations.loader import MigrationLoader
 
 from seeddump import codestate, dumpfiles
 from seeddump.conf import conf
@@ -41,6 +40,9 @@ class CodeMigrations:
             if isinstance(written, str):
                 raise SeeddumpError(f"Cannot tell the code's migrations without Django's apps: {written}.")
             return cls(nodes=written.nodes, replacements=written.replacements, installed=written.installed)
+        # Imported here: it imports every model field, which python -m seeddump has no use for.
+        from django.db.migrations.loader import MigrationLoader
+
         loader = MigrationLoader(None, ignore_no_migrations=True)
         code = cls(
             nodes=frozenset(loader.graph.nodes),
