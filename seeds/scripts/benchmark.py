@@ -1,6 +1,7 @@
 """Benchmark: seeddump's commands against what a team would do by hand, measured in one run.
 
     .venv/bin/python seeds/scripts/benchmark.py [--scale 100] [--repeat 3] [--database-url URL]
+    .venv/bin/python seeds/scripts/benchmark.py --startup [--repeat 5]   (see benchmark_startup.py)
 
 Builds a seeded database with the demo's real `seed` command (scale 100 is about 300,000 rows and 250 MB
 or more), then times, each as a whole process (Python start and all):
@@ -72,6 +73,10 @@ def database_url(args: argparse.Namespace) -> str:
 
 
 def main() -> None:
+    if "--startup" in sys.argv:  # the start-up benchmark: a restore against the project's start-up
+        from benchmark_startup import main as startup
+
+        return startup([arg for arg in sys.argv[1:] if arg != "--startup"])
     args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     dumps = args.out / "dumps"
