@@ -198,9 +198,9 @@ def in_place(
     owner = dump_code.owner
     if metadata.extensions != ():  # none recorded: a dump without extensions has nothing to refuse
         extensions.refuse_in_place(admin, pg_restore, archive.path, archive.fds, owner)
-    # Before the transaction: a role's idle_in_transaction_session_timeout would end the session while it
-    # waits for pg_restore's first statements.
-    prologue = (
+    # Set before the transaction begins: a role's idle_in_transaction_session_timeout would end the session
+    # while it waits for pg_restore's first statements.
+    session = (
         "SET lock_timeout = {};\nSET statement_timeout = 0;\nSET idle_in_transaction_session_timeout = 0;\n".format(
             sql.Literal(f"{conf.LOCK_TIMEOUT}s").as_string(admin)
         )
@@ -215,7 +215,8 @@ def in_place(
             pg_restore,
             psql,
             archive.path,
-            prologue + _EMPTY_DATABASE,
+            session,
+            _EMPTY_DATABASE,
             epilogue,
             dump_code.login(),
             database,

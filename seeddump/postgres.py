@@ -578,6 +578,7 @@ def restore_in_transaction(
     pg_restore: Program,
     psql: Program,
     archive: Path,
+    session: str,
     prologue: str,
     epilogue: str,
     settings_dict: Mapping[str, Any],
@@ -586,7 +587,10 @@ def restore_in_transaction(
 ) -> None:
     """Runs ``prologue``, the dump's SQL (pg_restore's script output) and ``epilogue`` in one transaction
     in ``dbname``, through psql, and commits only if every statement succeeded and pg_restore read the
-    whole archive. Anything else rolls the whole transaction back and raises ScriptFailed."""
+    whole archive. Anything else rolls the whole transaction back and raises ScriptFailed.
+
+    ``session`` runs before the transaction begins, so it must only be SET statements: nothing in it is
+    rolled back."""
     env = {**os.environ, **client_env(settings_dict, dbname)}
     with tempfile.TemporaryFile("w+") as restore_errors, tempfile.TemporaryFile("w+") as psql_errors:
         try:
@@ -614,7 +618,7 @@ def restore_in_transaction(
             raise SeeddumpError(f"Could not start {pg_restore.path}: {exc.strerror}.") from None
         assert client.stdin is not None and source.stdout is not None
         try:
-            client.stdin.write(prologue.encode() + b"BEGIN;\n")  # the prologue's settings are the session's
+            client.stdin.write(session.encode() + b"BEGIN;\n" + prologue.encode())
             shutil.copyfileobj(source.stdout, client.stdin)
             complete = source.wait() == 0
             if complete:  # the COMMIT is only sent after pg_restore has written the whole archive
