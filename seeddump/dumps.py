@@ -170,6 +170,11 @@ def _generate(
                 except SeeddumpError as exc:
                     if "No space left on device" in str(exc):
                         raise _out_of_space(directory, partial.name, _likely_size(directory, environment)) from None
+                    if "out of shared memory" in str(exc):
+                        raise SeeddumpError(
+                            f"{str(exc).rstrip('.')}. pg_dump locks every table it dumps in one transaction: raise "
+                            "max_locks_per_transaction on the server (and restart it)."
+                        ) from None
                     raise
                 finally:
                     archived = archiving.result() if archiving is not None else None

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +44,14 @@ def _run(*argv: str, user: str | None = None) -> None:
 
 
 @contextlib.contextmanager
-def xfs_server(size: str = "1G", *, tmpfs: bool = False) -> Iterator[XfsServer]:
+def xfs_server(
+    size: str = "1G", *, tmpfs: bool = False, settings: Mapping[str, str] | None = None
+) -> Iterator[XfsServer]:
     """Makes the image, the filesystem and the server; stops, unmounts and deletes them afterwards.
 
     With ``tmpfs``, the data directory is on a tmpfs of ``size`` instead: no reflinks, and a full disk that
-    is full to the byte (XFS preallocates ahead of a growing file, which makes "nearly full" approximate)."""
+    is full to the byte (XFS preallocates ahead of a growing file, which makes "nearly full" approximate).
+    ``settings`` are the server's own (``-c name=value``)."""
     if os.geteuid() != 0:
         unavailable(f"mounting a filesystem for the server needs root (this runs as uid {os.geteuid()})")
     if shutil.which("mkfs.xfs") is None and not tmpfs:
@@ -96,7 +99,9 @@ def xfs_server(size: str = "1G", *, tmpfs: bool = False) -> Iterator[XfsServer]:
                 f"--waldir={wal}",
                 user=user,
             )
-            options = f"-h '' -k {socket_dir} -p {PORT}"
+            options = " ".join(
+                [f"-h '' -k {socket_dir} -p {PORT}", *(f"-c {name}={value}" for name, value in (settings or {}).items())]
+            )
             _run(
                 str(bin_dir / "pg_ctl"),
                 "-w",
