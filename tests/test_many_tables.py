@@ -28,7 +28,8 @@ SOURCE, TARGET, TOO_MANY = "seeddump_many_source", "seeddump_many_target", "seed
 
 @pytest.fixture(scope="module")
 def small_locks_server() -> Iterator[XfsServer]:
-    with xfs_server("400M", tmpfs=True, settings={"max_connections": "10", "max_locks_per_transaction": "10"}) as server:
+    small = {"max_connections": "10", "max_locks_per_transaction": "10"}
+    with xfs_server("400M", tmpfs=True, settings=small) as server:
         with connect(server) as admin:
             admin.execute(f'CREATE DATABASE "{SOURCE}"')
         with connect(server, SOURCE) as conn:

@@ -99,9 +99,8 @@ def xfs_server(
                 f"--waldir={wal}",
                 user=user,
             )
-            options = " ".join(
-                [f"-h '' -k {socket_dir} -p {PORT}", *(f"-c {name}={value}" for name, value in (settings or {}).items())]
-            )
+            own = [f"-c {name}={value}" for name, value in (settings or {}).items()]
+            options = " ".join([f"-h '' -k {socket_dir} -p {PORT}", *own])
             _run(
                 str(bin_dir / "pg_ctl"),
                 "-w",
