@@ -2,7 +2,8 @@
 
     .venv/bin/python seeds/scripts/benchmark.py --startup [--repeat 5] [--scale 10] [--rows 1000]
 
-Two projects on one server (the embedded PostgreSQL 18 unless --database-url): the demo (seeded with its
+Two projects on one server (the embedded PostgreSQL 18 unless --database-url; DSLR reaches a server only by
+host and port, never by a socket folder, so its figures need --database-url postgres://…@127.0.0.1:5432/x): the demo (seeded with its
 ``seed --scale``) and a project with a heavy start-up that ``heavy_project.py`` writes (160 apps of 14
 models, ``manage.py help`` 2.7 s here; its first model of every app gets --rows rows). For each, side by
 side in one run, each a whole process as a user runs it (median of --repeat):
@@ -261,7 +262,10 @@ def peers(project: Project, database: str, tools: Path, repeat: int) -> dict[str
             repeat, lambda: timed(lambda: project.manage("pgclone", "restore", ":bench"))
         )
         project.manage("pgclone", "dump")
-        row["pgclone_restore_dump"] = median_of(repeat, lambda: timed(lambda: project.manage("pgclone", "restore")))
+        key = max(line for line in project.manage("pgclone", "ls").split() if line.endswith(".dump"))
+        row["pgclone_restore_dump"] = median_of(
+            repeat, lambda: timed(lambda: project.manage("pgclone", "restore", key))
+        )
     except SystemExit as exc:
         row["pgclone_restore"] = f"failed: {str(exc).splitlines()[-1][:200]}"
     return row
