@@ -5,7 +5,7 @@
 Two projects on one server (the embedded PostgreSQL 18 unless --database-url; DSLR reaches a server only by
 host and port, never by a socket folder, so its figures need --database-url postgres://…@127.0.0.1:5432/x): the demo (seeded with its
 ``seed --scale``) and a project with a heavy start-up that ``heavy_project.py`` writes (160 apps of 14
-models, ``manage.py help`` 2.7 s here; its first model of every app gets --rows rows). For each, side by
+models, ``manage.py help`` about 3 s here; its first model of every app gets --rows rows). For each, side by
 side in one run, each a whole process as a user runs it (median of --repeat):
 
 - ``manage.py help``: the project's start-up;
