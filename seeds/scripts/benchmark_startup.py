@@ -3,10 +3,10 @@
     .venv/bin/python seeds/scripts/benchmark.py --startup [--repeat 5] [--scale 10] [--rows 1000]
 
 Two projects on one server (the embedded PostgreSQL 18 unless --database-url; DSLR reaches a server only by
-host and port, never by a socket folder, so its figures need --database-url postgres://…@127.0.0.1:5432/x): the demo (seeded with its
-``seed --scale``) and a project with a heavy start-up that ``heavy_project.py`` writes (160 apps of 14
-models, ``manage.py help`` about 3 s here; its first model of every app gets --rows rows). For each, side by
-side in one run, each a whole process as a user runs it (median of --repeat):
+host and port, never by a socket folder, so its figures need --database-url postgres://…@127.0.0.1:5432/x): the
+demo (seeded with its ``seed --scale``) and a project with a heavy start-up that ``heavy_project.py`` writes (160
+apps of 14 models, ``manage.py help`` about 3 s here; its first model of every app gets --rows rows). For each,
+side by side in one run, each a whole process as a user runs it (median of --repeat):
 
 - ``manage.py help``: the project's start-up;
 - ``manage.py restoredump`` and ``python -m seeddump restore``: warm (a ready copy), from the snapshot
