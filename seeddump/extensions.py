@@ -7,7 +7,8 @@ extension files: the statement is seeddump's (the name and schema read from the 
 quoted as identifiers), never SQL from the dump. pg_restore then skips the archive's entries for them (its
 ``--use-list``). A database made from ``SEEDDUMP_TEMPLATE`` (the ``template_postgis`` habit) may hold them
 already; where neither works, the restore is refused before pg_restore in one line that names the extension and
-who can create it.
+who can create it. An in-place restore keeps them in the database it empties (``kept_in_place``): the target's
+own, or made there by seeddump the same way.
 """
 
 from __future__ import annotations
@@ -123,12 +124,13 @@ def made_beforehand(
 
 
 def _config_tables(
-    conn: psycopg.Connection, needed: Sequence[Extension], owner: str
+    conn: psycopg.Connection, needed: Sequence[Extension], owner: str, privileges: Sequence[str] = ("INSERT",)
 ) -> tuple[list[sql.Composable], list[tuple[str, str]]]:
     """An extension's configuration tables (PostGIS's spatial_ref_sys) hold the rows a user added, which the
-    dump carries; they belong to whoever made the extension, not to the owner pg_restore acts as. Where
-    seeddump's role may, the owner gets INSERT on them for the restore (revoked after); where not (a template
-    made by someone else), their data entries are skipped, and the row counts say whether rows were lost."""
+        dump carries; they belong to whoever made the extension, not to the owner pg_restore acts as. Where
+        seeddump's role may, the owner gets INSERT on them for the restore (revoked after); where not (a template
+        made by someone else), their data entries are skipped. In place, the owner also gets DELETE: the emptying
+    removes the rows a user added (the extension's own condition says which) before the dump brings its own."""
     rows = conn.execute(
         """
         SELECT n.nspname, c.relname, pg_has_role(current_user, c.relowner, 'USAGE')
@@ -142,16 +144,21 @@ def _config_tables(
     for schema, table, may in rows:
         if may:
             name = sql.Identifier(schema, table)
-            conn.execute(sql.SQL("GRANT INSERT ON TABLE {} TO {}").format(name, sql.Identifier(owner)))
+            granting = sql.SQL(", ").join(sql.SQL(privilege) for privilege in privileges)
+            conn.execute(sql.SQL("GRANT {} ON TABLE {} TO {}").format(granting, name, sql.Identifier(owner)))
             granted.append(name)
         else:
             skipped.append((schema, table))
     return granted, skipped
 
 
-def _make(conn: psycopg.Connection, extension: Extension, owner: str, made_schemas: list[str]) -> None:
+def _make(
+    conn: psycopg.Connection, extension: Extension, owner: str, made_schemas: list[str], *, in_place: str = ""
+) -> bool:
+    """Makes ``extension`` in the database unless it holds it already; True when it made it. ``in_place``: the
+    name of the database an in-place restore replaces (the refusals say what works there)."""
     if conn.execute("SELECT 1 FROM pg_extension WHERE extname = %s", (extension.name,)).fetchone():
-        return  # the database's template holds it (SEEDDUMP_TEMPLATE)
+        return False  # the database's template holds it (SEEDDUMP_TEMPLATE), or in place, the database itself
     available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = %s", (extension.name,)).fetchone()
     if not available:
         raise SeeddumpError(
@@ -184,8 +191,16 @@ def _make(conn: psycopg.Connection, extension: Extension, owner: str, made_schem
                     sql.Identifier(extension.name), sql.Identifier(extension.schema)
                 )
             )
+        return True
     except psycopg.errors.InsufficientPrivilege:
         role = conn.info.user
+        if in_place:
+            raise SeeddumpError(
+                f"The dump needs the extension {extension.name}, which only a superuser may create on this server, "
+                f"and '{role}' is not one. Restore over a superuser connection, or have an administrator create it "
+                f"in '{in_place}' (CREATE EXTENSION {extension.name}), which an in-place restore then keeps; "
+                "nothing was changed."
+            ) from None
         raise SeeddumpError(
             f"The dump needs the extension {extension.name}, which only a superuser may create on this server, and "
             f"'{role}' is not one. Restore over a superuser connection, or have an administrator make a template "
@@ -195,24 +210,66 @@ def _make(conn: psycopg.Connection, extension: Extension, owner: str, made_schem
         ) from None
 
 
-def refuse_in_place(
-    admin: psycopg.Connection, pg_restore: postgres.Program, archive: Path, pass_fds: Sequence[int], owner: str
-) -> None:
-    """An in-place restore empties the database, extensions and all, and runs the whole dump as ``owner``: an
-    extension that role may not create would fail it late, so it is refused now, in one line."""
-    needed = in_archive(pg_restore, archive, pass_fds, listing(pg_restore, archive, pass_fds))
+@dataclass(frozen=True)
+class KeptInPlace:
+    """What an in-place restore keeps through its emptying of the database: ``keep``, the extensions it made or
+    found (their objects stay, their configuration tables lose only the rows a user added), and pg_restore's
+    extra arguments that skip the archive's entries for them."""
+
+    keep: tuple[str, ...]
+    restore_args: tuple[str, ...]
+
+
+@contextmanager
+def kept_in_place(
+    pg_restore: postgres.Program,
+    archive: Path,
+    pass_fds: Sequence[int],
+    settings_dict: Mapping[str, Any],
+    database: str,
+    owner: str,
+    *,
+    look: bool = True,
+) -> Iterator[KeptInPlace]:
+    """For an in-place restore: makes the archive's extensions the database lacks, over seeddump's own
+    connection (as ``made_beforehand`` does for a new database), and yields what the restore keeps. An in-place
+    restore runs the dump as ``owner``, who may not create most extensions, so the extensions stay in the
+    database (the target's own, or seeddump's) instead of being dropped and made again by the dump's SQL.
+
+    When the restore fails (the body raises), what was made here is dropped again: the database is left as it
+    was. SeeddumpError, before anything changed, when an extension can be neither found nor made."""
+    if not look:
+        yield KeptInPlace((), ())
+        return
+    toc = listing(pg_restore, archive, pass_fds)
+    needed = in_archive(pg_restore, archive, pass_fds, toc)
     if not needed:
+        yield KeptInPlace((), ())
         return
-    row = admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (owner,)).fetchone()
-    if row and row[0]:
-        return
-    for extension in needed:
-        trusted = admin.execute(
-            "SELECT bool_or(trusted) FROM pg_available_extension_versions WHERE name = %s", (extension.name,)
-        ).fetchone()
-        if not (trusted and trusted[0]):
-            raise SeeddumpError(
-                f"The dump needs the extension {extension.name}, which only a superuser may create, and an in-place "
-                f"restore empties the database (its extensions too) and runs the dump as '{owner}'. Restore without "
-                "--in-place (over a superuser connection, or with SEEDDUMP_TEMPLATE); nothing was changed."
-            )
+    made: list[Extension] = []
+    made_schemas: list[str] = []
+    with postgres.connect(settings_dict, database) as conn:
+        for extension in needed:
+            if _make(conn, extension, owner, made_schemas, in_place=database):
+                made.append(extension)
+        granted, skipped = _config_tables(conn, needed, owner, privileges=("INSERT", "DELETE"))
+    schemas = sorted({extension.schema for extension in needed})  # they stay: the dump must not make them
+    failed = False
+    try:
+        with tempfile.TemporaryDirectory(prefix="seeddump-toc-") as folder:
+            use = Path(folder) / "restore.list"
+            use.write_text(_skipped(toc, needed, schemas, skipped))
+            yield KeptInPlace(tuple(extension.name for extension in needed), (f"--use-list={use}",))
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if granted or (failed and made):
+            with postgres.connect(settings_dict, database) as conn:
+                for table in granted:
+                    revoke = sql.SQL("REVOKE INSERT, DELETE ON TABLE {} FROM {}")
+                    conn.execute(revoke.format(table, sql.Identifier(owner)))
+                for extension in reversed(made if failed else []):
+                    conn.execute(sql.SQL("DROP EXTENSION IF EXISTS {}").format(sql.Identifier(extension.name)))
+                for schema in made_schemas if failed else []:
+                    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {}").format(sql.Identifier(schema)))

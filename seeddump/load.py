@@ -112,29 +112,142 @@ def into_new(
 # The in-place restore runs as one psql script in one transaction: empty the database (every schema but
 # the system's; public is made again with its owner and privileges), restore, compare the row counts
 # with the metadata's, and commit only if they agree.
+#
+# The extensions the dump needs are kept (``extensions.kept_in_place``): a schema that holds one is emptied
+# object by object instead of dropped (relations, routines, types, collations, operators and text search
+# objects that belong to no extension; anything else left there fails the restore), another extension there is
+# dropped, and the kept extensions' configuration tables lose the rows a user added, where the owner may
+# delete them (the extension's own condition says which rows those are).
 _EMPTY_DATABASE = r"""
 DO $seeddump$
 DECLARE
+    keep text[] := %(keep)s;
+    kept_schemas oid[];
     schema record;
     public_owner text;
     public_acl aclitem[];
     item record;
+    statements text[];
+    statement text;
+    leftover text;
 BEGIN
     SELECT nspowner::regrole::text, nspacl INTO public_owner, public_acl FROM pg_namespace WHERE nspname = 'public';
     -- Large objects belong to no schema; the dump brings its own, under the same oids.
     PERFORM lo_unlink(oid) FROM pg_largeobject_metadata;
-    FOR schema IN
-        SELECT nspname FROM pg_namespace
-        WHERE nspname <> 'information_schema' AND nspname NOT LIKE 'pg\_%'
+    SELECT coalesce(array_agg(DISTINCT extnamespace), '{}') INTO kept_schemas
+    FROM pg_extension WHERE extname = ANY(keep);
+    FOR item IN
+        SELECT extname FROM pg_extension WHERE extnamespace = ANY(kept_schemas) AND NOT extname = ANY(keep)
     LOOP
-        EXECUTE format('DROP SCHEMA %I CASCADE', schema.nspname);
+        EXECUTE format('DROP EXTENSION %%I CASCADE', item.extname);
     END LOOP;
-    IF public_owner IS NOT NULL THEN
-        EXECUTE format('CREATE SCHEMA public AUTHORIZATION %s', public_owner);
+    FOR schema IN
+        SELECT oid, nspname FROM pg_namespace
+        WHERE nspname <> 'information_schema' AND nspname NOT LIKE 'pg\_%%'
+    LOOP
+        IF NOT schema.oid = ANY(kept_schemas) THEN
+            EXECUTE format('DROP SCHEMA %%I CASCADE', schema.nspname);
+            CONTINUE;
+        END IF;
+        -- Every statement is written before the first runs: a CASCADE may drop what a later one names.
+        SELECT coalesce(array_agg(drop_statement), '{}') INTO statements FROM (
+            SELECT format('DROP %%s IF EXISTS %%s CASCADE', CASE c.relkind WHEN 'v' THEN 'VIEW'
+                          WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE'
+                          ELSE 'TABLE' END, c.oid::regclass) AS drop_statement
+            FROM pg_class c
+            WHERE c.relnamespace = schema.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                              AND d.objid = c.oid AND d.deptype = 'e')
+            UNION ALL
+            SELECT format('DROP ROUTINE IF EXISTS %%s CASCADE', p.oid::regprocedure)
+            FROM pg_proc p
+            WHERE p.pronamespace = schema.oid
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                              AND d.objid = p.oid AND d.deptype = 'e')
+            UNION ALL
+            SELECT format('DROP %%s IF EXISTS %%s CASCADE', CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+                          t.oid::regtype)
+            FROM pg_type t
+            WHERE t.typnamespace = schema.oid AND t.typtype IN ('c', 'd', 'e', 'r')
+              AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass
+                              AND d.objid = t.oid AND d.deptype = 'e')
+            UNION ALL
+            SELECT format('DROP COLLATION IF EXISTS %%I.%%I CASCADE', schema.nspname, o.collname)
+            FROM pg_collation o
+            WHERE o.collnamespace = schema.oid
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_collation'::regclass
+                              AND d.objid = o.oid AND d.deptype = 'e')
+            UNION ALL
+            SELECT format('DROP OPERATOR IF EXISTS %%s CASCADE', o.oid::regoperator)
+            FROM pg_operator o
+            WHERE o.oprnamespace = schema.oid
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_operator'::regclass
+                              AND d.objid = o.oid AND d.deptype = 'e')
+            UNION ALL
+            SELECT format('DROP TEXT SEARCH CONFIGURATION IF EXISTS %%s CASCADE', o.oid::regconfig)
+            FROM pg_ts_config o
+            WHERE o.cfgnamespace = schema.oid
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_ts_config'::regclass
+                              AND d.objid = o.oid AND d.deptype = 'e')
+            UNION ALL
+            SELECT format('DROP TEXT SEARCH DICTIONARY IF EXISTS %%s CASCADE', o.oid::regdictionary)
+            FROM pg_ts_dict o
+            WHERE o.dictnamespace = schema.oid
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_ts_dict'::regclass
+                              AND d.objid = o.oid AND d.deptype = 'e')
+        ) AS drops;
+        FOREACH statement IN ARRAY statements LOOP
+            EXECUTE statement;
+        END LOOP;
+        -- What no statement above covers (an operator class, a conversion, ...) would be left beside the dump.
+        SELECT string_agg(what, ', ') INTO leftover FROM (
+            SELECT c.oid::regclass::text AS what FROM pg_class c
+            WHERE c.relnamespace = schema.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                              AND d.objid = c.oid AND d.deptype = 'e')
+            UNION ALL
+            SELECT t.oid::regtype::text FROM pg_type t
+            WHERE t.typnamespace = schema.oid AND t.typtype IN ('c', 'd', 'e', 'r')
+              AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass
+                              AND d.objid = t.oid AND d.deptype = 'e')
+            UNION ALL
+            SELECT o.conname::text FROM pg_conversion o
+            WHERE o.connamespace = schema.oid
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_conversion'::regclass
+                              AND d.objid = o.oid AND d.deptype = 'e')
+            UNION ALL
+            SELECT o.opcname::text FROM pg_opclass o
+            WHERE o.opcnamespace = schema.oid
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_opclass'::regclass
+                              AND d.objid = o.oid AND d.deptype = 'e')
+            UNION ALL
+            SELECT o.opfname::text FROM pg_opfamily o
+            WHERE o.opfnamespace = schema.oid
+              AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_opfamily'::regclass
+                              AND d.objid = o.oid AND d.deptype = 'e')
+        ) AS left_behind;
+        IF leftover IS NOT NULL THEN
+            RAISE EXCEPTION 'the schema %% holds the extension the dump needs and also %%, which seeddump cannot '
+                'empty', schema.nspname, left(leftover, 200);
+        END IF;
+    END LOOP;
+    FOR item IN
+        SELECT config.oid::regclass AS name, config.condition
+        FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS config(oid, condition)
+        WHERE e.extname = ANY(keep)
+          AND (SELECT relkind FROM pg_class WHERE oid = config.oid) = 'r'
+          AND has_table_privilege(config.oid, 'DELETE')
+    LOOP
+        EXECUTE format('DELETE FROM %%s %%s', item.name, coalesce(item.condition, ''));
+    END LOOP;
+    IF public_owner IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public') THEN
+        EXECUTE format('CREATE SCHEMA public AUTHORIZATION %%s', public_owner);
         IF public_acl IS NOT NULL THEN
-            EXECUTE format('REVOKE ALL ON SCHEMA public FROM %s', public_owner);
+            EXECUTE format('REVOKE ALL ON SCHEMA public FROM %%s', public_owner);
             FOR item IN SELECT grantee, privilege_type, is_grantable FROM aclexplode(public_acl) LOOP
-                EXECUTE format('GRANT %s ON SCHEMA public TO %s%s', item.privilege_type,
+                EXECUTE format('GRANT %%s ON SCHEMA public TO %%s%%s', item.privilege_type,
                     CASE WHEN item.grantee = 0 THEN 'PUBLIC' ELSE item.grantee::regrole::text END,
                     CASE WHEN item.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
             END LOOP;
@@ -143,6 +256,7 @@ BEGIN
 END
 $seeddump$;
 """
+
 
 _CHECK_COUNTS = r"""
 DO $seeddump$
@@ -196,8 +310,6 @@ def in_place(
     pg_restore = postgres.find_program("pg_restore", postgres.server_major(admin), at_least=metadata.pg_dump_major)
     psql = postgres.find_program("psql", postgres.server_major(admin), at_least=major)
     owner = dump_code.owner
-    if metadata.extensions != ():  # none recorded: a dump without extensions has nothing to refuse
-        extensions.refuse_in_place(admin, pg_restore, archive.path, archive.fds, owner)
     # Set before the transaction begins: a role's idle_in_transaction_session_timeout would end the session
     # while it waits for pg_restore's first statements.
     session = (
@@ -209,28 +321,35 @@ def in_place(
         "expected": sql.Literal(json.dumps(metadata.record_counts)).as_string(admin),
         "tables": postgres.TABLES_SQL,
     }
-    progress(f"Restoring {archive.name.name} into '{database}' in place, in one transaction, as '{owner}'")
-    try:
-        postgres.restore_in_transaction(
-            pg_restore,
-            psql,
-            archive.path,
-            session,
-            _EMPTY_DATABASE,
-            epilogue,
-            dump_code.login(),
-            database,
-            pass_fds=archive.fds,
-        )
-    except postgres.ScriptFailed as exc:
-        if exc.reason.startswith("seeddump counts: "):
+    # None recorded: a dump without extensions has nothing to keep, and its archive is not read for them.
+    look = metadata.extensions != ()
+    with extensions.kept_in_place(
+        pg_restore, archive.path, archive.fds, settings_dict, database, owner, look=look
+    ) as kept:
+        keep = sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(sql.Literal(name) for name in kept.keep))
+        progress(f"Restoring {archive.name.name} into '{database}' in place, in one transaction, as '{owner}'")
+        try:
+            postgres.restore_in_transaction(
+                pg_restore,
+                psql,
+                archive.path,
+                session,
+                _EMPTY_DATABASE % {"keep": keep.as_string(admin)},
+                epilogue,
+                dump_code.login(),
+                database,
+                pass_fds=archive.fds,
+                restore_args=kept.restore_args,
+            )
+        except postgres.ScriptFailed as exc:
+            if exc.reason.startswith("seeddump counts: "):
+                raise SeeddumpError(
+                    "The restored data does not match the dump's metadata: "
+                    f"{exc.reason.removeprefix('seeddump counts: ')}. The database was left unchanged; "
+                    "regenerate the dump."
+                ) from None
+            hint = _hint(exc.reason, metadata, postgres.server_major(admin))
             raise SeeddumpError(
-                "The restored data does not match the dump's metadata: "
-                f"{exc.reason.removeprefix('seeddump counts: ')}. The database was left unchanged; "
-                "regenerate the dump."
+                f"The in-place restore of '{database}' failed and was rolled back, leaving it unchanged: "
+                f"{exc.reason.rstrip('.')}.{hint}"
             ) from None
-        hint = _hint(exc.reason, metadata, postgres.server_major(admin))
-        raise SeeddumpError(
-            f"The in-place restore of '{database}' failed and was rolled back, leaving it unchanged: "
-            f"{exc.reason.rstrip('.')}.{hint}"
-        ) from None

@@ -586,6 +586,7 @@ def restore_in_transaction(
     settings_dict: Mapping[str, Any],
     dbname: str,
     pass_fds: Sequence[int] = (),
+    restore_args: Sequence[str] = (),
 ) -> None:
     """Runs ``prologue``, the dump's SQL (pg_restore's script output) and ``epilogue`` in one transaction
     in ``dbname``, through psql, and commits only if every statement succeeded and pg_restore read the
@@ -607,7 +608,7 @@ def restore_in_transaction(
             raise SeeddumpError(f"Could not start {psql.path}: {exc.strerror}.") from None
         try:
             source = subprocess.Popen(
-                command(pg_restore, ["--no-owner", "--no-privileges", "--file=-", str(archive)]),
+                command(pg_restore, ["--no-owner", "--no-privileges", *restore_args, "--file=-", str(archive)]),
                 pass_fds=tuple(pass_fds),
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -3,6 +3,7 @@ over a superuser connection, from a template as the app role, or refused in one 
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from django.conf import settings as django_settings
 from django.db import connections
 from psycopg import sql
 
+from seeddump import dumpfiles
 from tests.conftest import database_url, manage, unavailable
 from tests.test_identity import Server, restoredump, superuser
 from tests.test_identity import server as server_fixture
@@ -94,7 +96,10 @@ def test_as_the_app_role_a_template_holds_it_or_one_line_says_who_can(
     assert "The dump needs the extension postgis, which only a superuser may create on this server" in line
     assert "SEEDDUMP_TEMPLATE" in line and "nothing was changed" in line and "Traceback" not in refused.stderr
     in_place = restoredump(server, dumps_dir, app, target, "--in-place", ok=False)
-    assert in_place.returncode == 1 and "an in-place restore empties the database" in in_place.stderr
+    assert in_place.returncode == 1
+    [line] = in_place.stderr.strip().splitlines()
+    assert f"have an administrator create it in '{target}' (CREATE EXTENSION postgis)" in line, line
+    assert "nothing was changed" in line
     assert server.query(target, "SELECT to_regclass('mine') IS NOT NULL") == [(True,)]
 
     # The template_postgis habit: an administrator makes a template that holds it once.
@@ -145,3 +150,55 @@ def test_an_extension_the_project_did_not_name_is_never_made_for_a_dump(
     done = manage("restoredump", "dev", "--no-input", alias=alias, dumps_dir=dumps_dir, env=env)
     assert done.returncode == 0, done.stderr
     assert server.query(target, "SELECT count(*) FROM notes") == [(1,)]
+
+
+@pytest.mark.parametrize("alias", ["system"])
+@pytest.mark.usefixtures("postgis")
+def test_in_place_the_extension_is_kept_and_only_seeddump_makes_it(alias: str, server: Server, dumps_dir: Path) -> None:
+    """In place the dump runs as the app role, which may not create PostGIS: the target's own PostGIS is kept
+    through the emptying (the app role restores into it twice), or, over a superuser connection, seeddump makes
+    it first; a failed restore takes away the PostGIS seeddump made."""
+    app, _ = geo_dump(server, dumps_dir)
+    admin_user = connections[alias].settings_dict["USER"]
+
+    # As the app role, into a database where an administrator made PostGIS (with a row of their own in
+    # spatial_ref_sys, which the dump does not carry) and the app made a table the dump does not have.
+    target = server.database(app)
+    server.execute(target, "CREATE EXTENSION postgis", "INSERT INTO spatial_ref_sys (srid) VALUES (990001)")
+    server.execute(target, "CREATE TABLE mine (id int)", "CREATE FUNCTION mine_f() RETURNS int RETURN 1", role=app)
+    for _ in range(2):  # the second time, public holds the restored tables beside PostGIS
+        assert restoredump(server, dumps_dir, app, target, "--in-place")["source"] == "in place"
+        assert places(server, target) == EXPECTED
+    assert server.query(target, "SELECT to_regclass('mine') IS NULL, to_regprocedure('mine_f()') IS NULL") == [
+        (True, True)
+    ]
+    assert server.query(target, "SELECT extowner::regrole::text FROM pg_extension WHERE extname = 'postgis'") == [
+        (admin_user,)
+    ]
+    assert server.query(target, "SELECT tableowner FROM pg_tables WHERE tablename = 'places'") == [(app,)]
+    # The administrator's table, which the app role may not change: their row stays.
+    assert server.query(target, "SELECT count(*) FROM spatial_ref_sys WHERE srid = 990001") == [(1,)]
+    # Over a superuser connection the rows a user added go, and the dump's own (none) come back.
+    assert restoredump(server, dumps_dir, admin_user, target, "--in-place")["source"] == "in place"
+    assert server.query(target, "SELECT count(*) FROM spatial_ref_sys WHERE srid = 990001") == [(0,)]
+    assert places(server, target) == EXPECTED
+
+    # Over a superuser connection, into a database without PostGIS: seeddump makes it from the server's files.
+    bare = server.database(app)
+    assert restoredump(server, dumps_dir, admin_user, bare, "--in-place")["source"] == "in place"
+    assert places(server, bare) == EXPECTED
+    assert server.query(bare, "SELECT extowner::regrole::text FROM pg_extension WHERE extname = 'postgis'") == [
+        (admin_user,)
+    ]
+
+    # A restore that fails its check leaves the database as it was: the PostGIS seeddump made goes again.
+    other = server.database(app)
+    server.execute(other, "CREATE TABLE precious (id int)", "INSERT INTO precious VALUES (1)", role=app)
+    metadata = dumpfiles.metadata_path(dumpfiles.resolve_latest(dumps_dir, "dev"))
+    document = json.loads(metadata.read_text())
+    document["recordCounts"]["places"] += 1
+    metadata.write_text(json.dumps(document))
+    failed = restoredump(server, dumps_dir, admin_user, other, "--in-place", ok=False)
+    assert failed.returncode == 1 and "The database was left unchanged" in failed.stderr
+    assert server.query(other, "SELECT id FROM precious") == [(1,)]
+    assert server.query(other, "SELECT count(*) FROM pg_extension WHERE extname = 'postgis'") == [(0,)]
