@@ -178,9 +178,24 @@ def test_in_place_the_extension_is_kept_and_only_seeddump_makes_it(alias: str, s
     assert server.query(target, "SELECT tableowner FROM pg_tables WHERE tablename = 'places'") == [(app,)]
     # The administrator's table, which the app role may not change: their row stays.
     assert server.query(target, "SELECT count(*) FROM spatial_ref_sys WHERE srid = 990001") == [(1,)]
-    # Over a superuser connection the rows a user added go, and the dump's own (none) come back.
+    # What seeddump cannot empty beside PostGIS (a conversion) fails the restore, which changes nothing.
+    server.execute(
+        target,
+        "CREATE EXTENSION hstore",
+        "CREATE CONVERSION mine_conv FOR 'UTF8' TO 'LATIN1' FROM utf8_to_iso8859_1",
+        role=app,
+    )
+    refused = restoredump(server, dumps_dir, app, target, "--in-place", ok=False)
+    [line] = refused.stderr.strip().splitlines()
+    assert "the schema public holds the extension the dump needs and also mine_conv" in line, line
+    assert "rolled back, leaving it unchanged" in line
+    assert server.query(target, "SELECT count(*) FROM pg_extension WHERE extname = 'hstore'") == [(1,)]
+    server.execute(target, "DROP CONVERSION mine_conv", role=app)
+    # Over a superuser connection the rows a user added go, and the dump's own (none) come back; another
+    # extension in PostGIS's schema goes.
     assert restoredump(server, dumps_dir, admin_user, target, "--in-place")["source"] == "in place"
     assert server.query(target, "SELECT count(*) FROM spatial_ref_sys WHERE srid = 990001") == [(0,)]
+    assert server.query(target, "SELECT count(*) FROM pg_extension WHERE extname = 'hstore'") == [(0,)]
     assert places(server, target) == EXPECTED
 
     # Over a superuser connection, into a database without PostGIS: seeddump makes it from the server's files.
