@@ -89,16 +89,17 @@ def made_beforehand(
     settings_dict: Mapping[str, Any],
     database: str,
     owner: str,
-    *,
-    look: bool = True,
+    recorded: Sequence[tuple[str, str, str]] | None = None,
 ) -> Iterator[list[str]]:
     """Creates the archive's extensions in ``database`` over seeddump's own connection (``settings_dict``), and
     yields pg_restore's extra arguments: the list that skips the archive's entries for them (none when the
     archive has no extension). SeeddumpError, before anything is restored, when one cannot be made.
 
-    Without ``look`` (the metadata records no extension) the archive is not read: no extra pg_restore runs.
-    Metadata that hides one only leaves the archive's CREATE EXTENSION to run as the owner, as before."""
-    if not look:
+    ``recorded``: the metadata's extensions (name, schema, version; None for a dump made before seeddump
+    recorded them). Each is made at the version the dump recorded where the server offers it, else at the
+    server's default. With none recorded the archive is not read: no extra pg_restore runs. Metadata that hides
+    one only leaves the archive's CREATE EXTENSION to run as the owner, as before."""
+    if recorded == ():
         yield []
         return
     toc = listing(pg_restore, archive, pass_fds)
@@ -109,7 +110,7 @@ def made_beforehand(
     made_schemas: list[str] = []
     with postgres.connect(settings_dict, database) as conn:
         for extension in needed:
-            _make(conn, extension, owner, made_schemas)
+            _make(conn, extension, owner, made_schemas, _versions(recorded))
         granted, skipped = _config_tables(conn, needed, owner)
     with tempfile.TemporaryDirectory(prefix="seeddump-toc-") as folder:
         use = Path(folder) / "restore.list"
@@ -152,8 +153,18 @@ def _config_tables(
     return granted, skipped
 
 
+def _versions(recorded: Sequence[tuple[str, str, str]] | None) -> dict[str, str]:
+    return {name: version for name, _schema, version in recorded or ()}
+
+
 def _make(
-    conn: psycopg.Connection, extension: Extension, owner: str, made_schemas: list[str], *, in_place: str = ""
+    conn: psycopg.Connection,
+    extension: Extension,
+    owner: str,
+    made_schemas: list[str],
+    versions: Mapping[str, str],
+    *,
+    in_place: str = "",
 ) -> bool:
     """Makes ``extension`` in the database unless it holds it already; True when it made it. ``in_place``: the
     name of the database an in-place restore replaces (the refusals say what works there)."""
@@ -186,11 +197,14 @@ def _make(
                     )
                 )
                 made_schemas.append(extension.schema)
-            conn.execute(
-                sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}").format(
-                    sql.Identifier(extension.name), sql.Identifier(extension.schema)
-                )
+            create = sql.SQL("CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {}").format(
+                sql.Identifier(extension.name), sql.Identifier(extension.schema)
             )
+            version = versions.get(extension.name)
+            offered = "SELECT 1 FROM pg_available_extension_versions WHERE name = %s AND version = %s"
+            if version and conn.execute(offered, (extension.name, version)).fetchone():
+                create += sql.SQL(" VERSION {}").format(sql.Literal(version))
+            conn.execute(create)
         return True
     except psycopg.errors.InsufficientPrivilege:
         role = conn.info.user
@@ -228,8 +242,7 @@ def kept_in_place(
     settings_dict: Mapping[str, Any],
     database: str,
     owner: str,
-    *,
-    look: bool = True,
+    recorded: Sequence[tuple[str, str, str]] | None = None,
 ) -> Iterator[KeptInPlace]:
     """For an in-place restore: makes the archive's extensions the database lacks, over seeddump's own
     connection (as ``made_beforehand`` does for a new database), and yields what the restore keeps. An in-place
@@ -237,8 +250,9 @@ def kept_in_place(
     database (the target's own, or seeddump's) instead of being dropped and made again by the dump's SQL.
 
     When the restore fails (the body raises), what was made here is dropped again: the database is left as it
-    was. SeeddumpError, before anything changed, when an extension can be neither found nor made."""
-    if not look:
+    was. SeeddumpError, before anything changed, when an extension can be neither found nor made. ``recorded``
+    as for ``made_beforehand``."""
+    if recorded == ():
         yield KeptInPlace((), ())
         return
     toc = listing(pg_restore, archive, pass_fds)
@@ -250,7 +264,7 @@ def kept_in_place(
     made_schemas: list[str] = []
     with postgres.connect(settings_dict, database) as conn:
         for extension in needed:
-            if _make(conn, extension, owner, made_schemas, in_place=database):
+            if _make(conn, extension, owner, made_schemas, _versions(recorded), in_place=database):
                 made.append(extension)
         granted, skipped = _config_tables(conn, needed, owner, privileges=("INSERT", "DELETE"))
     schemas = sorted({extension.schema for extension in needed})  # they stay: the dump must not make them

@@ -85,7 +85,7 @@ def into_new(
     if jobs > 1:
         args.insert(0, f"--jobs={jobs}")
     with extensions.made_beforehand(
-        pg_restore, archive.path, archive.fds, settings_dict, database, owner, look=metadata.extensions != ()
+        pg_restore, archive.path, archive.fds, settings_dict, database, owner, metadata.extensions
     ) as skip:
         login = dump_code.login()
         progress(f"Restoring {archive.name.name} into {database} as '{owner}' with {jobs} jobs")
@@ -321,10 +321,8 @@ def in_place(
         "expected": sql.Literal(json.dumps(metadata.record_counts)).as_string(admin),
         "tables": postgres.TABLES_SQL,
     }
-    # None recorded: a dump without extensions has nothing to keep, and its archive is not read for them.
-    look = metadata.extensions != ()
     with extensions.kept_in_place(
-        pg_restore, archive.path, archive.fds, settings_dict, database, owner, look=look
+        pg_restore, archive.path, archive.fds, settings_dict, database, owner, metadata.extensions
     ) as kept:
         keep = sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(sql.Literal(name) for name in kept.keep))
         progress(f"Restoring {archive.name.name} into '{database}' in place, in one transaction, as '{owner}'")

@@ -217,3 +217,21 @@ def test_in_place_the_extension_is_kept_and_only_seeddump_makes_it(alias: str, s
     assert failed.returncode == 1 and "The database was left unchanged" in failed.stderr
     assert server.query(other, "SELECT id FROM precious") == [(1,)]
     assert server.query(other, "SELECT count(*) FROM pg_extension WHERE extname = 'postgis'") == [(0,)]
+
+
+@pytest.mark.parametrize("alias", ["system"])
+@pytest.mark.usefixtures("postgis")
+def test_an_extension_comes_back_at_the_version_the_dump_recorded(alias: str, server: Server, dumps_dir: Path) -> None:
+    """hstore 1.6 (the server offers 1.4 to 1.8, 1.8 by default) comes back as 1.6, cold and in place."""
+    app = server.role("app", "LOGIN CREATEDB")
+    source = server.database(app)
+    server.execute(source, "CREATE EXTENSION hstore VERSION '1.6'", role=app)
+    server.execute(source, "CREATE TABLE tags (id int, tags hstore)", "INSERT INTO tags VALUES (1, 'a=>b')", role=app)
+    env = {"DATABASE_URL": database_url(alias, source, app)}
+    assert manage("generatedump", "dev", alias=alias, dumps_dir=dumps_dir, env=env).returncode == 0
+    version = "SELECT extversion FROM pg_extension WHERE extname = 'hstore'"
+    for args in ((), ("--in-place",)):
+        target = server.database(app)
+        assert restoredump(server, dumps_dir, app, target, *args)["source"] in ("pg_restore", "in place")
+        assert server.query(target, version) == [("1.6",)]
+        assert server.query(target, "SELECT tags -> 'a' FROM tags") == [("b",)]
