@@ -128,10 +128,11 @@ def _config_tables(
     conn: psycopg.Connection, needed: Sequence[Extension], owner: str, privileges: Sequence[str] = ("INSERT",)
 ) -> tuple[list[sql.Composable], list[tuple[str, str]]]:
     """An extension's configuration tables (PostGIS's spatial_ref_sys) hold the rows a user added, which the
-        dump carries; they belong to whoever made the extension, not to the owner pg_restore acts as. Where
-        seeddump's role may, the owner gets INSERT on them for the restore (revoked after); where not (a template
-        made by someone else), their data entries are skipped. In place, the owner also gets DELETE: the emptying
-    removes the rows a user added (the extension's own condition says which) before the dump brings its own."""
+    dump carries; they belong to whoever made the extension, not to the owner pg_restore acts as. Where
+    seeddump's role may, the owner gets ``privileges`` on them for the restore (revoked after): INSERT, and in
+    place DELETE too (the emptying removes the rows a user added, which the extension's own condition names,
+    before the dump brings its own). Where not (a template or a target made by someone else), their data
+    entries are skipped and the rows there stay."""
     rows = conn.execute(
         """
         SELECT n.nspname, c.relname, pg_has_role(current_user, c.relowner, 'USAGE')
