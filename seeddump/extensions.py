@@ -263,14 +263,15 @@ def kept_in_place(
         return
     made: list[Extension] = []
     made_schemas: list[str] = []
-    with postgres.connect(settings_dict, database) as conn:
-        for extension in needed:
-            if _make(conn, extension, owner, made_schemas, _versions(recorded), in_place=database):
-                made.append(extension)
-        granted, skipped = _config_tables(conn, needed, owner, privileges=("INSERT", "DELETE"))
+    granted: list[sql.Composable] = []
     schemas = sorted({extension.schema for extension in needed})  # they stay: the dump must not make them
     failed = False
     try:
+        with postgres.connect(settings_dict, database) as conn:
+            for extension in needed:  # one that cannot be made takes away those made before it
+                if _make(conn, extension, owner, made_schemas, _versions(recorded), in_place=database):
+                    made.append(extension)
+            granted, skipped = _config_tables(conn, needed, owner, privileges=("INSERT", "DELETE"))
         with tempfile.TemporaryDirectory(prefix="seeddump-toc-") as folder:
             use = Path(folder) / "restore.list"
             use.write_text(_skipped(toc, needed, schemas, skipped))
