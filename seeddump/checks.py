@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
 import sys
 from types import FrameType
 from typing import Any
@@ -107,7 +108,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             messages.append(
                 Error(str(exc), hint="The README's Settings table says what each takes.", id="seeddump.E003")
             )
-    return messages
+    return messages + _dumps_folder_in_installed_packages()
 
 
 def check_setting_names(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -139,12 +140,39 @@ def check_setting_names(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
                         id="seeddump.W004",
                     )
                 )
-    return messages
+    return messages + _unknown_plugin_options() + _unknown_environment_variables(known)
 
 
 # Modules where settings are written outside Django's settings module (NetBox's configuration.py, split
 # settings' local files): a SEEDDUMP_* there that Django's settings lack never reaches seeddump.
 _CONFIGURATION_MODULES = frozenset({"configuration", "local_settings", "config", "settings_local", "local"})
+
+
+def check_database_engine(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The databases seeddump works on (``default`` and SEEDDUMP_PYTEST_DATABASES) are PostgreSQL underneath,
+    said before a command refuses them. Reads the settings and imports a backend that is not Django's own."""
+    from django.db import connections
+
+    from seeddump.postgres import engine_problem
+
+    try:
+        aliases = ["default", *conf.PYTEST_DATABASES]
+    except SeeddumpError:
+        aliases = ["default"]  # check_settings reports the setting
+    messages: list[CheckMessage] = []
+    for alias in dict.fromkeys(aliases):
+        if alias not in connections.settings:
+            continue
+        problem = engine_problem(str(connections.settings[alias].get("ENGINE") or ""))
+        if problem:
+            messages.append(
+                Error(
+                    f"DATABASES['{alias}'] {problem}",
+                    hint="seeddump needs a PostgreSQL backend: Django's, GeoDjango's postgis, or one that wraps them.",
+                    id="seeddump.E004",
+                )
+            )
+    return messages
 
 
 def check_django_version(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -156,5 +184,61 @@ def check_django_version(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
             f"seeddump needs Django {oldest} or newer; this project runs Django {django.get_version()}.",
             hint=f"Upgrade the project to Django {oldest} LTS or newer, or uninstall seeddump.",
             id="seeddump.E001",
+        )
+    ]
+
+
+def _unknown_plugin_options() -> list[CheckMessage]:
+    """Keys of ``PLUGINS_CONFIG["seeddump"]`` (NetBox) that give no setting: NetBox passes any key on."""
+    messages: list[CheckMessage] = []
+    readable = {key for name in conf_module.NAMES for key in conf_module.plugin_keys(name)}
+    for key in sorted(str(key) for key in conf_module.plugin_options()):
+        if key in readable:
+            continue
+        close = difflib.get_close_matches(key.upper().removeprefix("SEEDDUMP_"), sorted(conf_module.NAMES), n=1)
+        hint = "The README's Settings table lists them all; here they go without the SEEDDUMP_ prefix."
+        if close:  # said as the key was written: prefixed, lower case or upper case
+            meant = f"SEEDDUMP_{close[0]}" if key.startswith("SEEDDUMP_") else close[0]
+            hint = f"Did you mean {(meant.lower() if key.islower() else meant)!r}?"
+        messages.append(
+            Warning(
+                f"PLUGINS_CONFIG['seeddump'] has {key!r}, which is not a seeddump setting; seeddump ignores it.",
+                hint=hint,
+                id="seeddump.W006",
+            )
+        )
+    return messages
+
+
+def _unknown_environment_variables(known: set[str]) -> list[CheckMessage]:
+    """``SEEDDUMP_*`` environment variables that give no setting: a misspelt one is otherwise silently ignored."""
+    others = {f"SEEDDUMP_{name}" for name in conf_module.OTHER_ENVIRONMENT_NAMES}
+    messages: list[CheckMessage] = []
+    for name in sorted(n for n in os.environ if n.startswith("SEEDDUMP_") and n not in known | others):
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        messages.append(
+            Warning(
+                f"The environment variable {name} is not a seeddump setting; seeddump ignores it.",
+                hint=f"Did you mean {close[0]}?" if close else "The README's Settings table lists them all.",
+                id="seeddump.W007",
+            )
+        )
+    return messages
+
+
+def _dumps_folder_in_installed_packages() -> list[CheckMessage]:
+    """A dumps folder among the installed packages (a project installed from PyPI, whose BASE_DIR is in
+    site-packages) is lost with the virtualenv, and no .gitignore of the project keeps it out of anything."""
+    directory = conf.DIR
+    packages = conf_module.installed_packages_folder(directory)
+    if packages is None:
+        return []
+    why = "SEEDDUMP_DIR" if conf_module.given("DIR") else "the default, from BASE_DIR"
+    return [
+        Warning(
+            f"The dumps folder {directory} ({why}) is inside the installed packages' folder {packages}: dumps "
+            "there are lost with the virtualenv or the next upgrade.",
+            hint="Set SEEDDUMP_DIR to a folder of your own outside it (e.g. SEEDDUMP_DIR=/srv/myproject/seeds/dumps).",
+            id="seeddump.W008",
         )
     ]

@@ -7,13 +7,20 @@ Every process that loads the migrations with the apps ready (restoredump, listdu
 receiver after ``migrate``) writes them down here, beside what they came from:
 
 - the settings that decide which apps and migration modules there are (INSTALLED_APPS,
-  MIGRATION_MODULES): one file per combination, ``.seeddump-code-<key>.json`` in the dumps folder;
+  MIGRATION_MODULES) as the settings module declares them: one file per combination,
+  ``.seeddump-code-<key>.json`` in the dumps folder. An app's ``ready()`` may change them
+  (django-debug-toolbar adds ``MIGRATION_MODULES["debug_toolbar"] = None``) and ``python -m seeddump`` runs
+  no ``ready()``, so the key is taken from the values seen before any app was ready (``remember_declared``);
+  the migrations written down are those the ready apps give;
 - where each app's top-level package is imported from (another checkout of the project has other files);
 - every migration folder's listing (names, sizes, modification times).
 
 ``read`` gives them back only while all of that is unchanged; otherwise it says why not, and the caller
-loads Django instead. Whether anything receives ``seeddump.signals.database_swapped`` is written down too:
-a receiver is the project's code, and only runs where the apps are loaded.
+loads Django instead. A test runner that turns migrations off (pytest-django's ``--no-migrations`` sets
+MIGRATION_MODULES to an object that answers None for every app) changes nothing here: seeddump's question is
+which migrations the code has, and the apps' own modules answer it (``migration_modules_in_effect``); such a
+session writes nothing down. Whether anything receives ``seeddump.signals.database_swapped`` is written down
+too: a receiver is the project's code, and only runs where the apps are loaded.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import importlib.util
 import json
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,13 +55,63 @@ class WrittenDown:
     installed: frozenset[str]  # labels of the installed apps
 
 
+Modules = dict[str, "str | None"]
+# (INSTALLED_APPS, MIGRATION_MODULES) as the settings module declared them, before any app's ready() ran.
+_declared: tuple[list[str], Modules] | None = None
+
+
+def _modules_of(value: object) -> Modules | None:
+    """MIGRATION_MODULES as a dict; None for what is not a mapping (a test runner's object that turns every
+    app's migrations off)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        return None
+    return {str(label): None if module is None else str(module) for label, module in value.items()}
+
+
+def remember_declared() -> None:
+    """Keeps the apps and migration modules the settings declare, once, before any app's ``ready()`` can
+    change them: called while Django imports the app configs (``seeddump.apps``) and by the pytest plugin."""
+    global _declared
+    if _declared is None:
+        modules = _modules_of(getattr(settings, "MIGRATION_MODULES", None))
+        _declared = ([str(app) for app in settings.INSTALLED_APPS], modules or {})
+
+
+def _declared_settings() -> tuple[list[str], Modules]:
+    if _declared is not None:
+        return _declared
+    # No app config was imported in this process (python -m seeddump): the settings are as declared.
+    modules = _modules_of(getattr(settings, "MIGRATION_MODULES", None))
+    return [str(app) for app in settings.INSTALLED_APPS], modules or {}
+
+
 def settings_key() -> str:
-    """Twelve hex digits naming the settings that decide the apps and their migration modules."""
-    modules = {
-        str(label): str(module) for label, module in (getattr(settings, "MIGRATION_MODULES", None) or {}).items()
-    }
-    text = json.dumps([[str(app) for app in settings.INSTALLED_APPS], sorted(modules.items())])
+    """Twelve hex digits naming the settings that decide the apps and their migration modules, as declared."""
+    installed, modules = _declared_settings()
+    text = json.dumps([installed, sorted(modules.items(), key=lambda item: item[0])])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def migrations_turned_off() -> bool:
+    """True while a test runner has turned the apps' migrations off (MIGRATION_MODULES is not a mapping)."""
+    return _modules_of(getattr(settings, "MIGRATION_MODULES", None)) is None
+
+
+@contextlib.contextmanager
+def migration_modules_in_effect() -> Iterator[None]:
+    """Within the block Django's migration loader finds the apps' migrations even where a test runner turned
+    them off (``--no-migrations``): the modules the settings declared. Otherwise nothing changes."""
+    if not migrations_turned_off():
+        yield
+        return
+    turned_off = settings.MIGRATION_MODULES
+    settings.MIGRATION_MODULES = _declared_settings()[1]
+    try:
+        yield
+    finally:
+        settings.MIGRATION_MODULES = turned_off
 
 
 def path() -> Path:
@@ -71,8 +128,8 @@ def write_down(
     """Writes down the code's migrations (see the module docstring), when the dumps folder exists and what
     is there differs; a failure to write only costs the next ``python -m seeddump`` Django's start-up."""
     directory = conf.DIR
-    if not directory.is_dir():
-        return
+    if not directory.is_dir() or migrations_turned_off():
+        return  # a test session without migrations is not how the project's commands see the code
     document = {
         "format": _FORMAT,
         "nodes": sorted([app, name] for app, name in nodes),

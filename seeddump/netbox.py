@@ -24,6 +24,10 @@ class SeeddumpPluginConfig(PluginConfig):  # type: ignore[misc]
     default_settings: dict[str, object] = {}
     required_settings: list[str] = []
 
+    def __init__(self, app_name: str, app_module: object) -> None:
+        super().__init__(app_name, app_module)
+        SeeddumpConfig.remember_declared()
+
     def ready(self) -> None:
         super().ready()
         SeeddumpConfig.connect(self)

@@ -61,11 +61,35 @@ def settings_for(using: str) -> Mapping[str, Any]:
     # The entry itself (the connection's own settings_dict, which a test runner renames), without making the
     # connection: that would import the backend and with it every model field (python -m seeddump needs none).
     settings_dict = connections.settings[using]
-    if "postgresql" not in settings_dict.get("ENGINE", ""):
-        raise SeeddumpError(
-            f"DATABASES['{using}'] uses {settings_dict.get('ENGINE')}; seeddump works with PostgreSQL only."
-        )
+    problem = engine_problem(str(settings_dict.get("ENGINE") or ""))
+    if problem:
+        raise SeeddumpError(f"DATABASES['{using}'] {problem}")
     return settings_dict
+
+
+# Django's own PostgreSQL backends, known without importing them (importing one imports every model field).
+_DJANGO_POSTGRESQL_ENGINES = frozenset({"django.db.backends.postgresql", "django.contrib.gis.db.backends.postgis"})
+
+
+@functools.cache
+def engine_problem(engine: str) -> str | None:
+    """Why seeddump cannot work with the backend ``engine`` (a sentence that follows "DATABASES['x']"), or None
+    when it is PostgreSQL underneath: Django's, GeoDjango's, or a wrapper of them (a connection pool, metrics,
+    multi-tenancy), as the backend itself says (its DatabaseWrapper's ``vendor``)."""
+    if engine in _DJANGO_POSTGRESQL_ENGINES:
+        return None
+    from django.core.exceptions import ImproperlyConfigured
+    from django.db.utils import load_backend
+
+    try:
+        wrapper = load_backend(engine).DatabaseWrapper
+    except (ImproperlyConfigured, ImportError, AttributeError) as exc:
+        reason = first_line(str(exc)).rstrip(".")
+        return f"uses {engine}, which cannot be loaded ({reason}). Check ENGINE, or install its package."
+    vendor = getattr(wrapper, "vendor", None)
+    if vendor != "postgresql":
+        return f"uses {engine} (a {vendor or 'non-PostgreSQL'} backend); seeddump works with PostgreSQL only."
+    return None
 
 
 def close_django_connection(using: str) -> None:

@@ -226,6 +226,18 @@ def pytest_configure(config: pytest.Config) -> None:
         "else dev) instead of an empty database; implies django_db.",
     )
     config.stash[_SEEDING] = _Seeding(config)
+    _remember_declared_settings()
+
+
+def _remember_declared_settings() -> None:
+    """The migration modules as the settings declare them, before pytest-django's ``--no-migrations`` replaces
+    them for its empty database (seeddump still needs them: which migrations the dump's code has)."""
+    from django.conf import settings
+
+    if settings.configured:
+        from seeddump import codestate
+
+        codestate.remember_declared()
 
 
 def _uses_database(item: pytest.Item) -> bool:

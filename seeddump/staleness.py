@@ -43,18 +43,22 @@ class CodeMigrations:
         # Imported here: it imports every model field, which python -m seeddump has no use for.
         from django.db.migrations.loader import MigrationLoader
 
-        loader = MigrationLoader(None, ignore_no_migrations=True)
-        code = cls(
-            nodes=frozenset(loader.graph.nodes),
-            replacements={key: frozenset(m.replaces) for key, m in loader.replacements.items()},
-            installed=frozenset(config.label for config in apps.get_app_configs()),
-        )
+        turned_off = codestate.migrations_turned_off()
         configs = list(apps.get_app_configs())
-        packages, folders = codestate.migration_folders(
-            (config.label, MigrationLoader.migrations_module(config.label)[0], Path(config.path)) for config in configs
-        )
-        packages += [config.name.split(".")[0] for config in configs]
-        codestate.write_down(code.nodes, code.replacements, code.installed or (), packages, folders)
+        with codestate.migration_modules_in_effect():
+            loader = MigrationLoader(None, ignore_no_migrations=True)
+            code = cls(
+                nodes=frozenset(loader.graph.nodes),
+                replacements={key: frozenset(m.replaces) for key, m in loader.replacements.items()},
+                installed=frozenset(config.label for config in configs),
+            )
+            packages, folders = codestate.migration_folders(
+                (config.label, MigrationLoader.migrations_module(config.label)[0], Path(config.path))
+                for config in configs
+            )
+        if not turned_off:
+            packages += [config.name.split(".")[0] for config in configs]
+            codestate.write_down(code.nodes, code.replacements, code.installed or (), packages, folders)
         return code
 
     def compare(self, applied: Iterable[Key]) -> tuple[list[Key], list[Key]]:

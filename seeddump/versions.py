@@ -19,7 +19,7 @@ from pathlib import Path
 
 from django.db.migrations.loader import MigrationLoader
 
-from seeddump import dumpfiles
+from seeddump import codestate, dumpfiles
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -66,7 +66,8 @@ def _git(folder: Path, *args: str) -> str | None:
 
 def _migration_files(migrations: Iterable[Key], top: Path) -> dict[Path, Key]:
     """The files of the applied migrations that lie in the git checkout at ``top``."""
-    loader = MigrationLoader(None, ignore_no_migrations=True)
+    with codestate.migration_modules_in_effect():
+        loader = MigrationLoader(None, ignore_no_migrations=True)
     files = {}
     for key in migrations:
         migration = loader.disk_migrations.get(key)
