@@ -94,6 +94,18 @@ def test_marked_tests_see_the_seed_and_the_others_an_empty_database(inner, alias
     assert f"test_plugin_{alias}_seeded_dev" not in database_names(alias)
 
 
+def test_no_migrations_as_projects_set_it(inner, alias: str) -> None:
+    """pytest-django's --no-migrations (in many projects' addopts) replaces MIGRATION_MODULES with an object that
+    is no dict: the empty database is made without migrations, and the seeded tests still see a dump that fits
+    the code's migrations (the apps' own modules), with no note that it is stale."""
+    pytester, _ = inner
+    pytester.makeini("[pytest]\nDJANGO_SETTINGS_MODULE = project.settings\naddopts = --no-migrations\n")
+    result = run_inner(pytester, "--create-db")
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines([f"*DB test_plugin_{alias}_seeded_dev NODES 3000*"])
+    assert "stale" not in result.stdout.str()
+
+
 def test_session_wide_seeding_stays_available(inner, alias: str) -> None:
     pytester, _ = inner
     pytester.makepyfile(
