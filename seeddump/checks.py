@@ -112,8 +112,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 
 
 def check_setting_names(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """``SEEDDUMP_*`` names seeddump will never read: a misspelt setting, or one set in a module that is not
-    Django's settings (a platform's configuration file that does not pass it on)."""
+    """``SEEDDUMP_*`` names seeddump will never read: a misspelt setting (in Django's settings, NetBox's
+    ``PLUGINS_CONFIG["seeddump"]`` or the environment), or one set in a module that is not Django's settings
+    (a platform's configuration file that does not pass it on)."""
     known = {f"SEEDDUMP_{name}" for name in conf_module.NAMES}
     messages: list[CheckMessage] = []
     for name in sorted(n for n in dir(settings) if n.startswith("SEEDDUMP_") and n not in known):

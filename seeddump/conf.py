@@ -3,13 +3,16 @@
 Every setting is optional; the README lists them all. Each ``SEEDDUMP_<NAME>`` is looked for in Django's settings,
 then in ``PLUGINS_CONFIG["seeddump"]`` (as ``<NAME>`` or ``<name>``: a NetBox-style plugin list, see
 ``seeddump.netbox``), then in the environment variable of the same full name, typed: lists comma-separated (or a
-JSON list), booleans ``true``/``false``, numbers as numbers. Django's settings win where several have it.
+JSON list), booleans ``true``/``false``, numbers as numbers. The first source that has a setting wins, whatever
+its value (``None`` included): Django's settings, then PLUGINS_CONFIG, then the environment.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import site
+import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -62,15 +65,25 @@ def _raw(name: str) -> object:
     full = f"SEEDDUMP_{name}"
     if hasattr(settings, full):
         return getattr(settings, full)
-    plugin = getattr(settings, "PLUGINS_CONFIG", None)
-    options = plugin.get("seeddump") if isinstance(plugin, dict) else None
-    if isinstance(options, dict):
-        for key in (name, name.lower(), full):
-            if key in options:
-                return options[key]
+    options = plugin_options()
+    for key in plugin_keys(name):
+        if key in options:
+            return options[key]
     if full in os.environ:
         return EnvValue(os.environ[full])
     return _UNSET
+
+
+def plugin_options() -> dict[object, object]:
+    """``PLUGINS_CONFIG["seeddump"]``: seeddump's options where NetBox's settings keep them ({} when none)."""
+    plugin = getattr(settings, "PLUGINS_CONFIG", None)
+    options = plugin.get("seeddump") if isinstance(plugin, dict) else None
+    return options if isinstance(options, dict) else {}
+
+
+def plugin_keys(name: str) -> tuple[str, str, str]:
+    """The keys of PLUGINS_CONFIG["seeddump"] that give SEEDDUMP_<name>, the first present winning."""
+    return (name, name.lower(), f"SEEDDUMP_{name}")
 
 
 def given(name: str) -> object | None:
@@ -433,3 +446,28 @@ conf = Settings()
 NAMES = frozenset(name for name, value in vars(Settings).items() if isinstance(value, property))
 # Settings read under another name than their property's.
 NAMES = (NAMES - {"SIGNING_KEYS"}) | {"SIGNING_KEY"}
+
+# SEEDDUMP_* environment variables that are no setting but are read as such: by the smoke test's web server
+# (SMOKE_SERVER), the pytest plugin (PYTEST_ENV), seeds/scripts/init-db.sh in the database's container (ENV,
+# DUMPS_DIR, METADATA; a .env file often serves that container and the project alike) and this repository's
+# test scripts (TEST_SYSTEM_URL, TEST_PYTHON, PYTHON_CACHE).
+OTHER_ENVIRONMENT_NAMES = frozenset(
+    {"SMOKE_SERVER", "PYTEST_ENV", "ENV", "DUMPS_DIR", "METADATA", "TEST_SYSTEM_URL", "TEST_PYTHON", "PYTHON_CACHE"}
+)
+
+
+def installed_packages_folders() -> list[Path]:
+    """The folders pip installs packages into for this interpreter: the virtualenv's or the system's
+    site-packages (sysconfig's purelib and platlib, ``site.getsitepackages()``) and the user's
+    (``pip install --user``, ``site.getusersitepackages()``)."""
+    paths = sysconfig.get_paths()
+    found = [paths.get("purelib"), paths.get("platlib"), *site.getsitepackages(), site.getusersitepackages()]
+    return [Path(folder).resolve() for folder in dict.fromkeys(found) if folder]
+
+
+def installed_packages_folder(path: Path) -> Path | None:
+    """The folder of installed packages that holds ``path``, or None. What lies there goes with the virtualenv
+    (or the next upgrade of the package) and is in no project's git checkout: the settings of an application
+    installed from PyPI (``python -m pretix``) put BASE_DIR there."""
+    resolved = Path(path).resolve()
+    return next((folder for folder in installed_packages_folders() if resolved.is_relative_to(folder)), None)
