@@ -161,6 +161,13 @@ def read() -> WrittenDown | str:
     try:
         document = json.loads(where.read_text())
     except FileNotFoundError:
+        others = sorted(where.parent.glob(f"{_PREFIX}*.json"))
+        if others:
+            return (
+                f"the code's migrations are written down only for other settings ({len(others)} file(s) "
+                f"{_PREFIX}*.json; INSTALLED_APPS or MIGRATION_MODULES differ from those of this process); "
+                "restoredump, listdumps, check or migrate with these settings write them"
+            )
         return (
             "the code's migrations are not written down for these settings yet (restoredump, listdumps, check "
             "and migrate write them)"

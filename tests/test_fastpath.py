@@ -196,3 +196,43 @@ def test_the_background_finishes_without_django_and_records_the_restore(
     assert own[-1].endswith("Django's apps not loaded)"), own[-1]
     record = DumpRecord.objects.using(alias).get(file_name=seeded_dump.name)
     assert record.last_restored_at is not None and record.total_records == sum(record.record_counts.values())
+
+
+TOOLBAR_LIKE_APP = """
+from django.apps import AppConfig
+from django.conf import settings
+
+
+class ToolbarLikeConfig(AppConfig):
+    name = "toolbar_like"
+
+    def ready(self):
+        # What django-debug-toolbar's ready() does: its models get no migrations in this process.
+        settings.MIGRATION_MODULES["toolbar_like"] = None
+"""
+
+
+def test_the_fast_path_engages_where_an_apps_ready_changes_the_settings(
+    alias: str, seeded_dump: Path, dumps_dir: Path, tmp_path: Path
+) -> None:
+    """django-debug-toolbar's ready() adds MIGRATION_MODULES["debug_toolbar"] = None. Full-Django processes used
+    to write the code's migrations down under the changed settings, python -m seeddump looked under the declared
+    ones, and every restore loaded Django (saying, falsely, that nothing was written down)."""
+    folder = tmp_path / "code"
+    (folder / "toolbar_like").mkdir(parents=True)
+    (folder / "toolbar_like" / "__init__.py").write_text("")
+    (folder / "toolbar_like" / "apps.py").write_text(TOOLBAR_LIKE_APP)
+    (folder / "toolbar_settings.py").write_text(
+        "from project.settings import *  # noqa: F403\n\n"
+        "INSTALLED_APPS = [*INSTALLED_APPS, 'toolbar_like']  # noqa: F405\nMIGRATION_MODULES = {}\n"
+    )
+    path = os.pathsep.join([str(folder), str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {"DJANGO_SETTINGS_MODULE": "toolbar_settings", "PYTHONPATH": path}
+    first = full("dev", "--no-input", alias=alias, dumps_dir=dumps_dir, env=env)  # writes the code's migrations down
+    assert first.returncode == 0, first.stderr
+
+    result = fast("dev", "--no-input", "-v", "2", alias=alias, dumps_dir=dumps_dir, env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert FAST in result.stderr
+    assert "Loading Django's apps" not in result.stderr
