@@ -38,11 +38,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import connections
-from django.urls import NoReverseMatch, reverse
+from django.shortcuts import resolve_url
+from django.urls import NoReverseMatch, Resolver404, resolve, reverse
+from django.utils import translation
 from django.utils.module_loading import import_string
 
 from seeddump import databases, dumpfiles, media, postgres, restore, staleness
@@ -233,20 +236,80 @@ def _reversed(name: str) -> str | None:
         return None
 
 
+def _served(path: str) -> str | None:
+    """``path`` as the project serves it: itself where its URLs have a view for it, else under the default
+    language's prefix (``i18n_patterns``); None where they have none."""
+    with translation.override(settings.LANGUAGE_CODE):
+        for candidate in dict.fromkeys((path, f"/{translation.get_language()}{path}")):
+            try:
+                resolve(candidate)
+            except Resolver404:
+                continue
+            return candidate
+    return None
+
+
+def _without_admin() -> str:
+    """Why the admin's pages are not checked, for a skipped check's reason."""
+    if apps.is_installed("django.contrib.admin"):
+        return "the admin's URLs are not routed"
+    return "django.contrib.admin is not installed"
+
+
+def project_login_url() -> str | None:
+    """settings.LOGIN_URL (a path or a URL name) where the project serves it on this site; else None."""
+    with translation.override(settings.LANGUAGE_CODE):
+        try:
+            url = urllib.parse.urlparse(resolve_url(settings.LOGIN_URL))
+        except NoReverseMatch:
+            return None
+    if url.scheme or url.netloc or not url.path.startswith("/"):
+        return None  # another site's (single sign-on): no form here for the smoke-test user
+    return _served(url.path)
+
+
 def login_url() -> str | None:
-    return conf.SMOKE_LOGIN_URL or _reversed("admin:login")
+    """Where the smoke-test user logs in: SEEDDUMP_SMOKE_LOGIN_URL, else the admin's login page, else
+    settings.LOGIN_URL where the project serves it (NetBox, pretix: no admin)."""
+    return conf.SMOKE_LOGIN_URL or _reversed("admin:login") or project_login_url()
+
+
+def no_login_url() -> str:
+    """Why the smoke-test user has nowhere to log in, for the skipped check's reason."""
+    return (
+        f"skipped: no login page: {_without_admin()} and LOGIN_URL ({str(settings.LOGIN_URL)!r}) is not a page of "
+        "the project's. Set SEEDDUMP_SMOKE_LOGIN_URL to its login form."
+    )
 
 
 def anonymous_pages() -> list[str]:
+    """SEEDDUMP_SMOKE_PAGES; else the admin's login page; else, without the admin, the root URL and the login
+    page, where the project serves them."""
     if conf.SMOKE_PAGES is not None:
         return conf.SMOKE_PAGES
-    return [url for url in [_reversed("admin:login")] if url]
+    admin = _reversed("admin:login")
+    if admin:
+        return [admin]
+    return [url for url in dict.fromkeys((_served("/"), login_url())) if url]
 
 
 def login_pages() -> list[str]:
+    """SEEDDUMP_SMOKE_LOGIN_PAGES; else the admin's index and dump list; else, without the admin, the root URL
+    where the project serves it."""
     if conf.SMOKE_LOGIN_PAGES is not None:
         return conf.SMOKE_LOGIN_PAGES
-    return [url for url in (_reversed("admin:index"), _reversed("admin:seeddump_dumprecord_changelist")) if url]
+    admin = [url for url in (_reversed("admin:index"), _reversed("admin:seeddump_dumprecord_changelist")) if url]
+    return admin or [url for url in [_served("/")] if url]
+
+
+def no_pages() -> str:
+    """Why no page is checked, for the skipped check's reason."""
+    if conf.SMOKE_PAGES is not None and conf.SMOKE_LOGIN_PAGES is not None:
+        return "skipped: SEEDDUMP_SMOKE_PAGES and SEEDDUMP_SMOKE_LOGIN_PAGES are empty"
+    return (
+        f"skipped: no page to check: {_without_admin()} and the project serves nothing at /. List pages in "
+        "SEEDDUMP_SMOKE_PAGES (and SEEDDUMP_SMOKE_LOGIN_PAGES for the logged-in user)."
+    )
 
 
 class SmokeTest:
@@ -564,8 +627,11 @@ class SmokeTest:
             f"The web server did not answer {health} within {conf.SMOKE_SERVER_TIMEOUT:.0f}s ({last_error})."
         )
 
+    def _wants_login(self) -> bool:
+        return bool(conf.SMOKE_API_URLS or (login_pages() and not self.skip_frontend))
+
     def _backend(self) -> None:
-        if self.user is not None or "user" in self.failed:
+        if self._wants_login():  # skipped with the reason where there is no login page, never left out
             self.check("backend", "log in as a smoke-test user", self._log_in, needs=("http", "user"), provides="login")
         for url in conf.SMOKE_API_URLS:
             self.check("backend", f"GET {url}", functools.partial(self._check_api, url), needs=("http",))
@@ -597,11 +663,13 @@ class SmokeTest:
         if self.skip_frontend:
             self.check("frontend", "pages", self._skip("--skip-frontend"))
             return
-        for url in anonymous_pages():
-            self.check("frontend", f"GET {url}", functools.partial(self._check_page, url), needs=("http",))
-        if self.user is None and "user" not in self.failed:
+        anonymous, logged_in = anonymous_pages(), login_pages()
+        if not anonymous and not logged_in:  # said as skipped: a smoke test that checked no page must not pass quietly
+            self.check("frontend", "pages", self._skip(no_pages().removeprefix("skipped: ")))
             return
-        for url in login_pages():
+        for url in anonymous:
+            self.check("frontend", f"GET {url}", functools.partial(self._check_page, url), needs=("http",))
+        for url in logged_in:
             self.check(
                 "frontend",
                 f"GET {url} (logged in)",
@@ -619,20 +687,21 @@ class SmokeTest:
         html_text = response.body.decode(errors="replace")
         if "</html>" not in html_text.lower():
             raise SeeddumpError(f"{url} did not render a whole page.")
-        if logged_in and urllib.parse.urlparse(response.url).path == login_url():
+        landed = urllib.parse.urlparse(response.url)
+        if logged_in and landed.path == login_url():
             raise SeeddumpError(f"{url} sent the logged-in user back to the login page.")
-        return f"200, {len(response.body)} bytes"
+        where = landed.path + (f"?{landed.query}" if landed.query else "")
+        redirected = f" after a redirect to {where}" if where != url else ""
+        return f"200{redirected}, {len(response.body)} bytes"
 
     # --- the smoke-test user --------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _smoke_user(self) -> Iterator[None]:
         """A throwaway superuser, removed afterwards whatever happens; only when there is a login page
-        or an API to check and the database works."""
-        wanted = "db" not in self.failed and "http" not in self.failed and login_url() is not None
-        wanted = wanted and bool(conf.SMOKE_API_URLS or (login_pages() and not self.skip_frontend))
-        if wanted:
-            self.check("backend", "create a smoke-test user", self._create_user, provides="user")
+        and an API or a page to check logged in."""
+        if self._wants_login() and login_url() is not None:
+            self.check("backend", "create a smoke-test user", self._create_user, needs=("db", "http"), provides="user")
         try:
             yield
         finally:
@@ -643,6 +712,8 @@ class SmokeTest:
     def _create_user(self) -> str:
         user_model = get_user_model()
         username = f"seeddump-smoke-{secrets.token_hex(4)}"
+        if getattr(user_model, "EMAIL_FIELD", "email") == user_model.USERNAME_FIELD:
+            username += "@example.invalid"  # logs in with an e-mail address (pretix): its form checks the shape
         fields: dict[str, Any] = {user_model.USERNAME_FIELD: username, "password": self.password}
         for name in getattr(user_model, "REQUIRED_FIELDS", []):
             if name == "email" or name == getattr(user_model, "EMAIL_FIELD", "email"):
@@ -664,18 +735,20 @@ class SmokeTest:
         return f"{username} ({user_model._meta.label})"
 
     def _log_in(self) -> str:
-        assert self.http is not None and self.user is not None
         url = login_url()
-        assert url is not None
+        if url is None:
+            raise Skipped(no_login_url())
+        assert self.http is not None and self.user is not None
         login = self.http.request(url)
         if login.status != 200:
             raise SeeddumpError(f"{_answered(url, login)}. Set SEEDDUMP_SMOKE_LOGIN_URL to your login page.")
         csrf = self.http.cookie(settings.CSRF_COOKIE_NAME)
-        target = (login_pages() or [url])[0]
-        username = getattr(self.user, self.user.USERNAME_FIELD)
-        response = self.http.request(
-            url, {"username": username, "password": self.password, "csrfmiddlewaretoken": csrf, "next": target}
-        )
+        target = (login_pages() or ["/"])[0]  # not the login page: a form showing itself again is a refusal
+        field = self.user.USERNAME_FIELD
+        username = getattr(self.user, field)
+        # Django's AuthenticationForm calls it "username" whatever the model's field; other forms by that field.
+        form = {"username": username, field: username, "password": self.password, "csrfmiddlewaretoken": csrf}
+        response = self.http.request(url, {**form, "next": target})
         landed = urllib.parse.urlparse(response.url).path
         if self.http.cookie(settings.SESSION_COOKIE_NAME) and landed != url:
             return f"logged in as {username}"

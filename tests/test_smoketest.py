@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -312,3 +313,128 @@ def test_missing_dump_is_a_note_with_skip_dump_restore(alias: str, dumps_dir: Pa
     result, _ = smoketest(alias, dumps_dir, "--skip-frontend")
     assert result.returncode == 1
     assert "FAIL  environment: dumps folder" in result.stdout
+
+
+# --- A project without the admin (NetBox, pretix): its own root URL and login page -----------------------
+
+NO_ADMIN_SETTINGS = """
+SECRET_KEY = "smoke-without-admin"
+INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions", "seeddump"]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+ROOT_URLCONF = "urls"
+TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "DIRS": [TEMPLATES_DIR]}]
+USE_TZ = True
+"""
+
+# The dashboard behind a login, as NetBox's: anonymous visitors are sent to the login page.
+URLS_WITH_LOGIN = """
+from django.contrib.auth import views
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
+from django.urls import path
+
+
+@login_required
+def dashboard(request):
+    return HttpResponse(f"<html><body>Dashboard of {request.user.get_username()}</body></html>")
+
+
+login = views.LoginView.as_view(template_name="login.html")
+urlpatterns = [path("", dashboard), path("sign-in/", login, name="sign-in")]
+"""
+
+URLS_WITHOUT_LOGIN = """
+from django.http import HttpResponse
+from django.urls import path
+
+urlpatterns = [path("", lambda request: HttpResponse("<html><body>Welcome</body></html>"))]
+"""
+
+URLS_WITHOUT_PAGES = """
+from django.http import JsonResponse
+from django.urls import path
+
+urlpatterns = [path("api/", lambda request: JsonResponse({"results": []}))]
+"""
+
+
+def smoketest_without_admin(alias: str, tmp_path: Path, urls: str, settings: str = ""):
+    """``smoketest`` in a small project that has no django.contrib.admin, against the alias's test database as it
+    is (--skip-dump-restore: the pages are what is checked here)."""
+    from tests.test_settings_sources import bin_dirs, project, run
+
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "login.html").write_text(
+        '<html><body><form method="post">{% csrf_token %}{{ form }}<input type="submit"></form></body></html>'
+    )
+    text = f"TEMPLATES_DIR = {str(templates)!r}\n" + NO_ADMIN_SETTINGS + settings
+    folder = project(tmp_path, alias, text, **{"urls.py": urls})  # our INSTALLED_APPS replace project()'s
+    env = {"SEEDDUMP_DIR": str(tmp_path / "dumps"), "SEEDDUMP_PG_BIN_DIRS": bin_dirs()}
+    return run(folder, "smoketest", "--skip-dump-restore", **env)
+
+
+def _line(out: str, start: str) -> str:
+    """The check's line, without its time: ``STATUS  phase: name — detail``."""
+    line = next((line.strip() for line in out.splitlines() if line.strip().startswith(start)), "")
+    return re.sub(r" \(\d+\.\d\ds\)", "", line)
+
+
+def _summary_counts(out: str) -> dict[str, int]:
+    summary = next(line for line in out.splitlines() if "Smoke test " in line)
+    return {word: int(re.search(rf"(\d+) {word}", summary)[1]) for word in ("passed", "failed", "skipped")}  # type: ignore[index]
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_without_the_admin_the_root_url_and_login_url_are_checked(alias: str, tmp_path: Path) -> None:
+    result = smoketest_without_admin(alias, tmp_path, URLS_WITH_LOGIN, 'LOGIN_URL = "sign-in"\n')  # a URL name
+
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "PASS  frontend: GET / (" in out and "after a redirect to /sign-in/?next=/" in out
+    assert "PASS  frontend: GET /sign-in/ (" in out
+    assert "PASS  backend: create a smoke-test user" in out
+    assert "PASS  backend: log in as a smoke-test user" in out and "logged in as seeddump-smoke-" in out
+    assert "PASS  frontend: GET / (logged in)" in out
+    assert "Smoke test passed: " in out and " 0 failed" in out
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_without_the_admin_or_a_login_page_the_login_is_skipped_and_counted(alias: str, tmp_path: Path) -> None:
+    # LOGIN_URL is Django's default, /accounts/login/, which this project does not serve.
+    result = smoketest_without_admin(alias, tmp_path, URLS_WITHOUT_LOGIN)
+
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "PASS  frontend: GET / (" in out
+    assert _line(out, "SKIP  backend: log in") == (
+        "SKIP  backend: log in as a smoke-test user — skipped: no login page: django.contrib.admin is not "
+        "installed and LOGIN_URL ('/accounts/login/') is not a page of the project's. Set SEEDDUMP_SMOKE_LOGIN_URL "
+        "to its login form."
+    )
+    assert _line(out, "SKIP  frontend: GET / (logged in)") == (
+        "SKIP  frontend: GET / (logged in) — skipped: backend: log in as a smoke-test user did not pass"
+    )
+    assert "create a smoke-test user" not in out  # no user is made where none can log in
+    counts = _summary_counts(out)
+    assert counts["failed"] == 0 and counts["skipped"] == out.count("  SKIP  ")
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_without_the_admin_or_any_page_the_pages_are_skipped_and_counted(alias: str, tmp_path: Path) -> None:
+    result = smoketest_without_admin(alias, tmp_path, URLS_WITHOUT_PAGES)
+
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert _line(out, "SKIP  frontend: pages") == (
+        "SKIP  frontend: pages — skipped: no page to check: django.contrib.admin is not installed and the "
+        "project serves nothing at /. List pages in SEEDDUMP_SMOKE_PAGES (and SEEDDUMP_SMOKE_LOGIN_PAGES for the "
+        "logged-in user)."
+    )
+    assert "frontend: GET" not in out and "log in" not in out
+    counts = _summary_counts(out)
+    assert counts["failed"] == 0 and counts["skipped"] == out.count("  SKIP  ")
