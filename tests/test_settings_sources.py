@@ -8,10 +8,13 @@ database is the alias's test database.
 from __future__ import annotations
 
 import os
+import site
 import sys
+import sysconfig
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
@@ -19,6 +22,7 @@ from django.core.management import call_command
 from django.db import connections
 
 from seeddump import postgres, snapshots
+from seeddump.conf import conf
 from tests.conftest import REPO, run_bounded, shell_env
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -206,3 +210,77 @@ def test_without_netbox_seeddump_has_no_plugin_config() -> None:
 
     assert not hasattr(seeddump, "config")
     assert "netbox" not in sys.modules
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_misspelt_plugin_options_and_environment_variables_are_named_by_check(alias: str, tmp_path: Path) -> None:
+    folder = project(
+        tmp_path,
+        alias,
+        """
+        INSTALLED_APPS += ["seeddump"]
+        PLUGINS_CONFIG = {"seeddump": {"DIRR": "/srv/dumps", "backgroud": False, "pg_bin_dirs": [], "UNDO": False}}
+        """,
+    )
+    # SEEDDUMP_ENV is init-db.sh's (a .env shared with the database's container); SEEDDUMP_PYTEST_ENV the plugin's.
+    env = {
+        "SEEDDUMP_SNAPSHOT": "false",
+        "SEEDDUMP_ENV": "dev",
+        "SEEDDUMP_PYTEST_ENV": "ci",
+        "SEEDDUMP_LOCK_TIMEOUT": "9",
+    }
+
+    checked = run(folder, "check", **env)
+
+    assert checked.returncode == 0, checked.stderr
+    output = checked.stderr
+    plugin = (
+        "(seeddump.W006) PLUGINS_CONFIG['seeddump'] has {!r}, which is not a seeddump setting; seeddump ignores it."
+    )
+    assert plugin.format("DIRR") + "\n\tHINT: Did you mean 'DIR'?" in output
+    assert plugin.format("backgroud") + "\n\tHINT: Did you mean 'background'?" in output  # as it was written
+    assert (
+        "(seeddump.W007) The environment variable SEEDDUMP_SNAPSHOT is not a seeddump setting; seeddump ignores it."
+        "\n\tHINT: Did you mean SEEDDUMP_SNAPSHOTS?"
+    ) in output
+    assert output.count("seeddump.W00") == 3, output  # nothing about the names that are read
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_the_first_source_that_has_a_setting_wins(alias: str, settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Django's settings, then PLUGINS_CONFIG["seeddump"] (the name, in lower case, prefixed), then the
+    environment: whichever has it first, whatever the value."""
+    monkeypatch.setenv("SEEDDUMP_STORAGE_PREFIX", "from-the-environment")
+    monkeypatch.setenv("SEEDDUMP_UNDO", "true")
+    assert conf.STORAGE_PREFIX == "from-the-environment"
+    settings.PLUGINS_CONFIG = {"seeddump": {"storage_prefix": "from-plugins-config", "UNDO": False}}
+    assert conf.STORAGE_PREFIX == "from-plugins-config" and conf.UNDO is False
+    settings.PLUGINS_CONFIG = {"seeddump": {"storage_prefix": "lower", "STORAGE_PREFIX": "upper"}}
+    assert conf.STORAGE_PREFIX == "upper"
+    settings.SEEDDUMP_STORAGE_PREFIX = "from-django-settings"
+    settings.SEEDDUMP_UNDO = True
+    assert conf.STORAGE_PREFIX == "from-django-settings" and conf.UNDO is True
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_a_dumps_folder_among_the_installed_packages_is_named_by_check(alias: str, tmp_path: Path) -> None:
+    """pretix's way: an application installed from PyPI, its settings (and BASE_DIR) in site-packages."""
+    packages = Path(sysconfig.get_paths()["purelib"]).resolve()
+    folder = project(tmp_path, alias, f'INSTALLED_APPS += ["seeddump"]\nBASE_DIR = {str(packages / "pretix")!r}\n')
+
+    checked = run(folder, "check")
+
+    assert checked.returncode == 0, checked.stderr
+    assert (
+        f"(seeddump.W008) The dumps folder {packages / 'pretix' / 'seeds' / 'dumps'} (the default, from BASE_DIR) is "
+        f"inside the installed packages' folder {packages}: dumps there are lost with the virtualenv or the next "
+        "upgrade.\n\tHINT: Set SEEDDUMP_DIR to a folder of your own outside it"
+    ) in checked.stderr
+
+    assert "seeddump.W008" not in run(folder, "check", SEEDDUMP_DIR=str(tmp_path / "dumps")).stderr
+    # pip install --user's folder counts too, and a SEEDDUMP_DIR given there is named as such.
+    user_site = Path(site.getusersitepackages()).resolve()
+    given = run(folder, "check", SEEDDUMP_DIR=str(user_site / "dumps"))
+    assert f"(seeddump.W008) The dumps folder {user_site / 'dumps'} (SEEDDUMP_DIR) is inside" in given.stderr
+    assert not (packages / "pretix").exists() and not (user_site / "dumps").exists()  # check made nothing
