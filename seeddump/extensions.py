@@ -112,46 +112,153 @@ def made_beforehand(
         for extension in needed:
             _make(conn, extension, owner, made_schemas, _versions(recorded))
         granted, skipped = _config_tables(conn, needed, owner)
+        try:
+            _rows_from_the_dump(conn, pg_restore, archive, pass_fds, toc, skipped)
+        except BaseException:
+            _revoke(conn, granted, owner)
+            raise
     with tempfile.TemporaryDirectory(prefix="seeddump-toc-") as folder:
         use = Path(folder) / "restore.list"
-        use.write_text(_skipped(toc, needed, made_schemas, skipped))
+        use.write_text(_skipped(toc, needed, made_schemas, [(config.schema, config.table) for config in skipped]))
         try:
             yield [f"--use-list={use}"]
         finally:
             if granted:
                 with postgres.connect(settings_dict, database) as conn:
-                    for table in granted:
-                        conn.execute(sql.SQL("REVOKE INSERT ON TABLE {} FROM {}").format(table, sql.Identifier(owner)))
+                    _revoke(conn, granted, owner)
+
+
+@dataclass(frozen=True)
+class ConfigTable:
+    """An extension's configuration table (PostGIS's spatial_ref_sys) and what the restore does about it."""
+
+    extension: str
+    schema: str
+    table: str
+    granted: tuple[str, ...] = ()  # the privileges given to the owner for the restore, taken back after it
+
+    @property
+    def name(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.table)
 
 
 def _config_tables(
     conn: psycopg.Connection, needed: Sequence[Extension], owner: str, privileges: Sequence[str] = ("INSERT",)
-) -> tuple[list[sql.Composable], list[tuple[str, str]]]:
+) -> tuple[list[ConfigTable], list[ConfigTable]]:
     """An extension's configuration tables (PostGIS's spatial_ref_sys) hold the rows a user added, which the
     dump carries; they belong to whoever made the extension, not to the owner pg_restore acts as. Where
-    seeddump's role may, the owner gets ``privileges`` on them for the restore (revoked after): INSERT, and in
-    place DELETE too (the emptying removes the rows a user added, which the extension's own condition names,
-    before the dump brings its own). Where not (a template or a target made by someone else), their data
-    entries are skipped and the rows there stay."""
+    seeddump's role may, the owner gets those of ``privileges`` it lacks for the restore (``granted``, revoked
+    after; one it had before, such as the table owner's own, stays): INSERT, and in place DELETE too (the
+    emptying removes the rows a user added, which the extension's own condition names, before the dump brings
+    its own). Where not (a template or a target made by someone else), their data entries are skipped (the
+    second list) and ``_rows_from_the_dump`` sees to the dump's rows."""
     rows = conn.execute(
         """
-        SELECT n.nspname, c.relname, pg_has_role(current_user, c.relowner, 'USAGE')
+        SELECT e.extname, n.nspname, c.relname, pg_has_role(current_user, c.relowner, 'USAGE'),
+               ARRAY(SELECT privilege FROM unnest(%s::text[]) AS privilege
+                     WHERE NOT has_table_privilege(%s, c.oid, privilege))
         FROM pg_extension e, unnest(e.extconfig) AS config(oid), pg_class c, pg_namespace n
         WHERE e.extname = ANY(%s) AND c.oid = config.oid AND n.oid = c.relnamespace AND c.relkind = 'r'
         """,
-        ([extension.name for extension in needed],),
+        (list(privileges), owner, [extension.name for extension in needed]),
     ).fetchall()
-    granted: list[sql.Composable] = []
-    skipped: list[tuple[str, str]] = []
-    for schema, table, may in rows:
-        if may:
-            name = sql.Identifier(schema, table)
-            granting = sql.SQL(", ").join(sql.SQL(privilege) for privilege in privileges)
-            conn.execute(sql.SQL("GRANT {} ON TABLE {} TO {}").format(granting, name, sql.Identifier(owner)))
-            granted.append(name)
-        else:
-            skipped.append((schema, table))
+    granted: list[ConfigTable] = []
+    skipped: list[ConfigTable] = []
+    for extension, schema, table, may, lacking in rows:
+        if not may:
+            skipped.append(ConfigTable(extension, schema, table))
+        elif lacking:
+            config = ConfigTable(extension, schema, table, tuple(lacking))
+            granting = sql.SQL(", ").join(sql.SQL(privilege) for privilege in config.granted)
+            conn.execute(sql.SQL("GRANT {} ON TABLE {} TO {}").format(granting, config.name, sql.Identifier(owner)))
+            granted.append(config)
     return granted, skipped
+
+
+def _revoke(conn: psycopg.Connection, granted: Sequence[ConfigTable], owner: str) -> None:
+    for config in granted:
+        revoking = sql.SQL(", ").join(sql.SQL(privilege) for privilege in config.granted)
+        conn.execute(sql.SQL("REVOKE {} ON TABLE {} FROM {}").format(revoking, config.name, sql.Identifier(owner)))
+
+
+_COPY = re.compile(rf"^COPY {_IDENT}\.{_IDENT} \(({_IDENT}(?:, {_IDENT})*)\) FROM stdin;$")
+
+
+def _rows_from_the_dump(
+    conn: psycopg.Connection,
+    pg_restore: postgres.Program,
+    archive: Path,
+    pass_fds: Sequence[int],
+    toc: str,
+    skipped: Sequence[ConfigTable],
+    *,
+    in_place: str = "",
+) -> None:
+    """The dump's rows of a configuration table whose data entry is skipped (the database's copy belongs to
+    someone else: a template's, or in place the target's own) must be there after the restore: those the
+    database lacks are added over seeddump's connection where it may (a new database, which the caller drops
+    when the restore fails), else the restore is refused in one line, before pg_restore. The rows are data: they
+    go through COPY into a temporary table, and the dump's column names are quoted as identifiers."""
+    for config in skipped:
+        entry = re.compile(rf"^\d+; \d+ \d+ TABLE DATA {re.escape(config.schema)} {re.escape(config.table)} ")
+        lines = [line for line in toc.splitlines() if entry.match(line)]
+        if not lines:
+            continue
+        with tempfile.TemporaryDirectory(prefix="seeddump-toc-") as folder:
+            only = Path(folder) / "data.list"
+            only.write_text(f"{lines[0]}\n")
+            script = _toc(pg_restore, archive, pass_fds, f"--use-list={only}", "--file=-").splitlines()
+        start = next((i for i, line in enumerate(script) if _COPY.match(line)), None)
+        if start is None:
+            continue
+        end = script.index("\\.", start) if "\\." in script[start:] else len(script)
+        data = "".join(f"{line}\n" for line in script[start + 1 : end])
+        if not data:
+            continue
+        columns = [_unquote(name) for name in re.findall(_IDENT, _COPY.match(script[start]).group(1))]  # type: ignore[union-attr]
+        missing = _missing_rows(conn, config, columns, data, add=not in_place)
+        if missing:
+            where = f"'{in_place}'" if in_place else "the database made from SEEDDUMP_TEMPLATE"
+            raise SeeddumpError(
+                f"The dump holds rows of {config.schema}.{config.table} ({config.extension}'s configuration table, "
+                f"where an administrator adds rows such as a custom SRID) that {where} lacks ({missing}), and "
+                f"'{conn.info.user}' may not add them. Have an administrator add them there (or GRANT INSERT ON "
+                f"{config.schema}.{config.table} TO {conn.info.user}), or restore over a superuser connection; "
+                "nothing was changed."
+            )
+
+
+def _missing_rows(
+    conn: psycopg.Connection, config: ConfigTable, columns: Sequence[str], data: str, *, add: bool
+) -> str:
+    """The first column's values of the dump's rows (COPY text ``data``) that the table lacks, after adding them
+    when ``add`` and the connecting role may; empty when none is missing."""
+    listed = sql.SQL(", ").join(sql.Identifier(column) for column in columns)
+    theirs = sql.SQL(", ").join(sql.Identifier("t", column) for column in columns)
+    ours = sql.SQL(", ").join(sql.Identifier("r", column) for column in columns)
+    lacking = sql.SQL(
+        "FROM pg_temp.seeddump_dump_rows r WHERE NOT EXISTS (SELECT 1 FROM {} t WHERE ROW({})::text = ROW({})::text)"
+    ).format(config.name, theirs, ours)
+    try:
+        with conn.transaction():
+            make = sql.SQL("CREATE TEMPORARY TABLE pg_temp.seeddump_dump_rows (LIKE {}) ON COMMIT DROP")
+            conn.execute(make.format(config.name))
+            with conn.cursor().copy(sql.SQL("COPY pg_temp.seeddump_dump_rows ({}) FROM STDIN").format(listed)) as copy:
+                copy.write(data)
+            (may,) = conn.execute(
+                "SELECT has_table_privilege(%s, 'INSERT')", (config.name.as_string(conn),)
+            ).fetchone() or (False,)
+            if add and may:
+                conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} ").format(config.name, listed, ours) + lacking)
+            (missing,) = conn.execute(
+                sql.SQL("SELECT string_agg({}::text, ', ') ").format(sql.Identifier("r", columns[0])) + lacking
+            ).fetchone() or (None,)
+    except psycopg.Error as exc:
+        raise SeeddumpError(
+            f"Could not compare the dump's rows of {config.schema}.{config.table} with the database's: "
+            f"{postgres.first_line(str(exc))}; nothing was changed."
+        ) from None
+    return str(missing)[:200] if missing else ""
 
 
 def _versions(recorded: Sequence[tuple[str, str, str]] | None) -> dict[str, str]:
@@ -263,7 +370,7 @@ def kept_in_place(
         return
     made: list[Extension] = []
     made_schemas: list[str] = []
-    granted: list[sql.Composable] = []
+    granted: list[ConfigTable] = []
     schemas = sorted({extension.schema for extension in needed})  # they stay: the dump must not make them
     failed = False
     try:
@@ -272,9 +379,10 @@ def kept_in_place(
                 if _make(conn, extension, owner, made_schemas, _versions(recorded), in_place=database):
                     made.append(extension)
             granted, skipped = _config_tables(conn, needed, owner, privileges=("INSERT", "DELETE"))
+            _rows_from_the_dump(conn, pg_restore, archive, pass_fds, toc, skipped, in_place=database)
         with tempfile.TemporaryDirectory(prefix="seeddump-toc-") as folder:
             use = Path(folder) / "restore.list"
-            use.write_text(_skipped(toc, needed, schemas, skipped))
+            use.write_text(_skipped(toc, needed, schemas, [(config.schema, config.table) for config in skipped]))
             yield KeptInPlace(tuple(extension.name for extension in needed), (f"--use-list={use}",))
     except BaseException:
         failed = True
@@ -282,9 +390,7 @@ def kept_in_place(
     finally:
         if granted or (failed and made):
             with postgres.connect(settings_dict, database) as conn:
-                for table in granted:
-                    revoke = sql.SQL("REVOKE INSERT, DELETE ON TABLE {} FROM {}")
-                    conn.execute(revoke.format(table, sql.Identifier(owner)))
+                _revoke(conn, granted, owner)
                 for extension in reversed(made if failed else []):
                     conn.execute(sql.SQL("DROP EXTENSION IF EXISTS {}").format(sql.Identifier(extension.name)))
                 for schema in made_schemas if failed else []:

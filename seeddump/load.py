@@ -149,58 +149,73 @@ BEGIN
             EXECUTE format('DROP SCHEMA %%I CASCADE', schema.nspname);
             CONTINUE;
         END IF;
-        -- Every statement is written before the first runs: a CASCADE may drop what a later one names. An
-        -- object with no statement (an operator class, a conversion, ...) is named in ``leftover``.
-        SELECT coalesce(array_agg(drop_statement) FILTER (WHERE drop_statement IS NOT NULL), '{}'),
-               string_agg(what, ', ') FILTER (WHERE drop_statement IS NULL)
-        INTO statements, leftover
-        FROM (
-            SELECT 'pg_class'::regclass AS catalog, c.oid, c.oid::regclass::text AS what,
-                   format('DROP %%s IF EXISTS %%s CASCADE', CASE c.relkind WHEN 'v' THEN 'VIEW'
-                          WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE'
-                          ELSE 'TABLE' END, c.oid::regclass) AS drop_statement
-            FROM pg_class c WHERE c.relnamespace = schema.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-            UNION ALL
-            SELECT 'pg_proc'::regclass, p.oid, p.oid::regprocedure::text,
-                   format('DROP ROUTINE IF EXISTS %%s CASCADE', p.oid::regprocedure)
-            FROM pg_proc p WHERE p.pronamespace = schema.oid
-            UNION ALL
-            SELECT 'pg_type'::regclass, t.oid, t.oid::regtype::text,
-                   format('DROP %%s IF EXISTS %%s CASCADE', CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
-                          t.oid::regtype)
-            FROM pg_type t
-            WHERE t.typnamespace = schema.oid AND t.typtype IN ('c', 'd', 'e', 'r')
-              AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
-            UNION ALL
-            SELECT 'pg_collation'::regclass, o.oid, o.collname::text,
-                   format('DROP COLLATION IF EXISTS %%I.%%I CASCADE', schema.nspname, o.collname)
-            FROM pg_collation o WHERE o.collnamespace = schema.oid
-            UNION ALL
-            SELECT 'pg_operator'::regclass, o.oid, o.oid::regoperator::text,
-                   format('DROP OPERATOR IF EXISTS %%s CASCADE', o.oid::regoperator)
-            FROM pg_operator o WHERE o.oprnamespace = schema.oid
-            UNION ALL
-            SELECT 'pg_ts_config'::regclass, o.oid, o.oid::regconfig::text,
-                   format('DROP TEXT SEARCH CONFIGURATION IF EXISTS %%s CASCADE', o.oid::regconfig)
-            FROM pg_ts_config o WHERE o.cfgnamespace = schema.oid
-            UNION ALL
-            SELECT 'pg_ts_dict'::regclass, o.oid, o.oid::regdictionary::text,
-                   format('DROP TEXT SEARCH DICTIONARY IF EXISTS %%s CASCADE', o.oid::regdictionary)
-            FROM pg_ts_dict o WHERE o.dictnamespace = schema.oid
-            UNION ALL
-            SELECT 'pg_conversion'::regclass, o.oid, o.conname::text, NULL FROM pg_conversion o
-            WHERE o.connamespace = schema.oid
-            UNION ALL
-            SELECT 'pg_opclass'::regclass, o.oid, o.opcname::text, NULL FROM pg_opclass o
-            WHERE o.opcnamespace = schema.oid
-            UNION ALL
-            SELECT 'pg_opfamily'::regclass, o.oid, o.opfname::text, NULL FROM pg_opfamily o
-            WHERE o.opfnamespace = schema.oid
-        ) AS objects
-        WHERE NOT EXISTS (SELECT 1 FROM pg_depend d
-                          WHERE d.classid = objects.catalog AND d.objid = objects.oid AND d.deptype = 'e');
-        FOREACH statement IN ARRAY statements LOOP
-            EXECUTE statement;
+        -- Every statement is written before the first runs: a CASCADE may drop what a later one names. A part
+        -- of another object (pg_depend's 'i', or 'a' on one that goes too: a column's identity or serial
+        -- sequence, a partition, a range type's constructors) gets none: it goes with the whole, and a DROP of
+        -- its own fails ("column id of table auth_group requires it"). What is still there after the
+        -- statements ran (an object with none, such as an operator class or a conversion, or a part of
+        -- something kept) is named in ``leftover``.
+        FOR pass IN 1..2 LOOP
+            WITH objects AS (
+                SELECT 'pg_class'::regclass AS catalog, c.oid, c.oid::regclass::text AS what,
+                       format('DROP %%s IF EXISTS %%s CASCADE', CASE c.relkind WHEN 'v' THEN 'VIEW'
+                              WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE'
+                              ELSE 'TABLE' END, c.oid::regclass) AS drop_statement
+                FROM pg_class c WHERE c.relnamespace = schema.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+                UNION ALL
+                SELECT 'pg_proc'::regclass, p.oid, p.oid::regprocedure::text,
+                       format('DROP ROUTINE IF EXISTS %%s CASCADE', p.oid::regprocedure)
+                FROM pg_proc p WHERE p.pronamespace = schema.oid
+                UNION ALL
+                SELECT 'pg_type'::regclass, t.oid, t.oid::regtype::text,
+                       format('DROP %%s IF EXISTS %%s CASCADE', CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+                              t.oid::regtype)
+                FROM pg_type t
+                WHERE t.typnamespace = schema.oid AND t.typtype IN ('c', 'd', 'e', 'r')
+                  AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+                UNION ALL
+                SELECT 'pg_collation'::regclass, o.oid, o.collname::text,
+                       format('DROP COLLATION IF EXISTS %%I.%%I CASCADE', schema.nspname, o.collname)
+                FROM pg_collation o WHERE o.collnamespace = schema.oid
+                UNION ALL
+                SELECT 'pg_operator'::regclass, o.oid, o.oid::regoperator::text,
+                       format('DROP OPERATOR IF EXISTS %%s CASCADE', o.oid::regoperator)
+                FROM pg_operator o WHERE o.oprnamespace = schema.oid
+                UNION ALL
+                SELECT 'pg_ts_config'::regclass, o.oid, o.oid::regconfig::text,
+                       format('DROP TEXT SEARCH CONFIGURATION IF EXISTS %%s CASCADE', o.oid::regconfig)
+                FROM pg_ts_config o WHERE o.cfgnamespace = schema.oid
+                UNION ALL
+                SELECT 'pg_ts_dict'::regclass, o.oid, o.oid::regdictionary::text,
+                       format('DROP TEXT SEARCH DICTIONARY IF EXISTS %%s CASCADE', o.oid::regdictionary)
+                FROM pg_ts_dict o WHERE o.dictnamespace = schema.oid
+                UNION ALL
+                SELECT 'pg_conversion'::regclass, o.oid, o.conname::text, NULL FROM pg_conversion o
+                WHERE o.connamespace = schema.oid
+                UNION ALL
+                SELECT 'pg_opclass'::regclass, o.oid, o.opcname::text, NULL FROM pg_opclass o
+                WHERE o.opcnamespace = schema.oid
+                UNION ALL
+                SELECT 'pg_opfamily'::regclass, o.oid, o.opfname::text, NULL FROM pg_opfamily o
+                WHERE o.opfnamespace = schema.oid
+            ), own AS (
+                SELECT * FROM objects
+                WHERE NOT EXISTS (SELECT 1 FROM pg_depend d
+                                  WHERE d.classid = objects.catalog AND d.objid = objects.oid AND d.deptype = 'e')
+            )
+            SELECT coalesce(array_agg(drop_statement) FILTER (WHERE drop_statement IS NOT NULL AND NOT EXISTS (
+                       SELECT 1 FROM pg_depend d
+                       WHERE d.classid = own.catalog AND d.objid = own.oid AND d.refobjid <> own.oid
+                         AND (d.deptype = 'i' OR d.deptype = 'a'
+                              AND (d.refclassid, d.refobjid) IN (SELECT catalog::oid, oid FROM own)))),
+                       '{}'),
+                   string_agg(what, ', ')
+            INTO statements, leftover
+            FROM own;
+            EXIT WHEN pass = 2;
+            FOREACH statement IN ARRAY statements LOOP
+                EXECUTE statement;
+            END LOOP;
         END LOOP;
         IF leftover IS NOT NULL THEN
             RAISE EXCEPTION 'the schema %% holds the extension the dump needs and also %%, which seeddump cannot '
