@@ -530,18 +530,7 @@ def give_identity(admin: psycopg.Connection, name: str, identity: Identity) -> l
             sql.SQL("GRANT {} ON DATABASE {} TO {}").format(sql.SQL(grant.privilege), database, _grantee(grant.grantee))
             + option
         )
-    # Settings: none but the target's.
-    for setting in current.settings:
-        admin.execute(sql.SQL("ALTER {} {} RESET ALL").format(_whose(setting), database))
-    skipped = []
-    for setting in identity.settings:
-        setting_name, value = _setting_name(setting.name), _setting_value(setting)
-        statement = sql.SQL("ALTER {} {} SET {} = {}").format(_whose(setting), database, setting_name, value)
-        try:
-            with admin.transaction():  # a savepoint
-                admin.execute(statement)
-        except psycopg.errors.InsufficientPrivilege:
-            skipped.append(statement.as_string(admin))
+    skipped = give_settings(admin, name, identity.settings, current.settings)
     admin.execute(
         sql.SQL("ALTER DATABASE {} WITH CONNECTION LIMIT {} ALLOW_CONNECTIONS {}").format(
             database, sql.Literal(identity.connection_limit), sql.Literal(identity.allow_connections)
@@ -550,6 +539,31 @@ def give_identity(admin: psycopg.Connection, name: str, identity: Identity) -> l
     if identity.is_template:
         admin.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE true").format(database))
     admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(database, sql.Literal(identity.comment)))
+    return skipped
+
+
+def give_settings(
+    admin: psycopg.Connection, name: str, settings: tuple[Setting, ...], current: tuple[Setting, ...] | None = None
+) -> list[str]:
+    """The database ``name`` gets ``settings`` (per database and per role in it) and no others; the statements
+    of those this role may not make are returned, skipped."""
+    database = sql.Identifier(name)
+    if current is None:
+        found = identity_of(admin, name)
+        current = found.settings if found is not None else ()
+    if current == settings:
+        return []
+    for setting in current:
+        admin.execute(sql.SQL("ALTER {} {} RESET ALL").format(_whose(setting), database))
+    skipped = []
+    for setting in settings:
+        setting_name, value = _setting_name(setting.name), _setting_value(setting)
+        statement = sql.SQL("ALTER {} {} SET {} = {}").format(_whose(setting), database, setting_name, value)
+        try:
+            with admin.transaction():  # a savepoint
+                admin.execute(statement)
+        except psycopg.errors.InsufficientPrivilege:
+            skipped.append(statement.as_string(admin))
     return skipped
 
 
@@ -613,11 +627,22 @@ class Replaced:
     aside: tuple[tuple[str, str], ...] = ()
 
 
-def swap(admin: psycopg.Connection, target: str, source: str, replaced: Replaced, owner: str) -> Swapped:
+def swap(
+    admin: psycopg.Connection,
+    target: str,
+    source: str,
+    replaced: Replaced,
+    owner: str,
+    settings: tuple[Setting, ...] | None = None,
+) -> Swapped:
     """Puts ``source`` in the place of ``target`` in one transaction, with the target's identity (read in
     that transaction) and ``owner``; a target that did not exist gets PostgreSQL's defaults. In the same
     transaction the replaced database becomes ``replaced`` (ours, renamed, labelled, maybe closed) and the
-    databases it sets aside are renamed: either all of it happened or none of it."""
+    databases it sets aside are renamed: either all of it happened or none of it.
+
+    ``settings``: the target's settings as read before a dump's code ran, which they replace. That code runs
+    with the owner's rights, and the owner may change the target's own (ALTER DATABASE ... SET search_path):
+    what it set there must not become the restored database's."""
     user = current_user(admin)
     for attempt in range(3):
         end_sessions(admin, target)
@@ -643,6 +668,8 @@ def swap(admin: psycopg.Connection, target: str, source: str, replaced: Replaced
                         )
                     label(admin, replaced.name, {**replaced.label, "owner": identity.owner})
                     new_identity = replace(identity, owner=owner)
+                    if settings is not None:
+                        new_identity = replace(new_identity, settings=settings)
                 else:
                     new_identity = Identity(owner=owner, shape=Shape("", "", ""))  # the shape is the source's
                 rename(admin, source, target)

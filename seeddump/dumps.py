@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 from django.db import DatabaseError
+from psycopg import sql
 
 from seeddump import dumpfiles, media, postgres, records, signing, versions
 from seeddump.conf import conf
@@ -77,10 +78,10 @@ def _out_of_space(directory: Path, file_name: str, needed: int | None) -> Seeddu
 
 
 def _applied_migrations(conn: psycopg.Connection) -> list[tuple[str, str]]:
-    (exists,) = conn.execute("SELECT to_regclass('django_migrations') IS NOT NULL").fetchone()  # type: ignore[misc]
-    if not exists:
+    table = postgres.project_table(conn, "django_migrations")
+    if table is None:
         return []
-    rows = conn.execute("SELECT app, name FROM django_migrations ORDER BY app, name").fetchall()
+    rows = conn.execute(sql.SQL("SELECT app, name FROM {} ORDER BY app, name").format(table)).fetchall()
     return [(str(app), str(name)) for app, name in rows]
 
 

@@ -236,7 +236,7 @@ def connect(
     delay = 0.1
     while True:
         try:
-            conn = psycopg.connect(**connect_kwargs(settings_dict, dbname), autocommit=True)
+            conn = Connection.connect(**connect_kwargs(settings_dict, dbname), autocommit=True)
         except psycopg.Error as exc:
             reason = scrub(first_line(str(exc)), settings_dict)
             transient = any(marker in reason.lower() for marker in _TRANSIENT_MARKERS)
@@ -261,7 +261,50 @@ def connect(
         # cancel a database copy, and an idle_in_transaction_session_timeout the export pg_dump reads from.
         conn.execute("SET statement_timeout = 0")
         conn.execute("SET idle_in_transaction_session_timeout = 0")
+        _pin_search_path(conn)
         return conn
+
+
+# Every session seeddump opens (often a superuser's) resolves names in the system catalog only, as PostgreSQL's
+# own tools do since CVE-2018-1058: a database's search_path is a setting its owner, and so a restored dump's
+# code, may change (ALTER DATABASE ... SET search_path = public, pg_catalog), and an unqualified to_regclass()
+# or = would then run a function the dump shipped, with this session's rights. pg_temp last: a temporary
+# object never shadows one either. The project's own tables are found by ``project_table``.
+SAFE_SEARCH_PATH = "pg_catalog, pg_temp"
+PIN_SEARCH_PATH = f"SET search_path = {SAFE_SEARCH_PATH};\n"
+
+
+class Connection(psycopg.Connection[Any]):
+    """psycopg's connection, knowing the schemas the project's own sessions search (``project_table``)."""
+
+    project_schemas: tuple[str, ...] = ("public",)
+
+
+def _pin_search_path(conn: psycopg.Connection) -> None:
+    """Notes the schemas a session of the project's would search here, then searches the catalog only."""
+    (schemas,) = conn.execute("SELECT pg_catalog.current_schemas(false)").fetchone()  # type: ignore[misc]
+    if isinstance(conn, Connection):
+        conn.project_schemas = tuple(str(schema) for schema in schemas)
+    conn.execute(PIN_SEARCH_PATH)
+
+
+def project_table(conn: psycopg.Connection, name: str) -> sql.Identifier | None:
+    """The project's table ``name`` where the project's sessions find it (the first schema of its search path
+    that has a relation of that name), schema-qualified; None when that relation is missing or is not a plain
+    table (a view, or anything else that could run code when read). The session's search path is pinned."""
+    schemas = list(getattr(conn, "project_schemas", ("public",)))
+    row = conn.execute(
+        """
+        SELECT n.nspname, c.relkind FROM unnest(%s::text[]) WITH ORDINALITY AS s(nspname, i)
+        JOIN pg_namespace n ON n.nspname = s.nspname
+        JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = %s
+        ORDER BY s.i LIMIT 1
+        """,
+        (schemas, name),
+    ).fetchone()
+    if row is None or row[1] != "r":
+        return None
+    return sql.Identifier(str(row[0]), name)
 
 
 class LockBusy(SeeddumpError):
@@ -645,7 +688,7 @@ def restore_in_transaction(
             raise SeeddumpError(f"Could not start {pg_restore.path}: {exc.strerror}.") from None
         assert client.stdin is not None and source.stdout is not None
         try:
-            client.stdin.write(session.encode() + b"BEGIN;\n" + prologue.encode())
+            client.stdin.write(PIN_SEARCH_PATH.encode() + session.encode() + b"BEGIN;\n" + prologue.encode())
             shutil.copyfileobj(source.stdout, client.stdin)
             complete = source.wait() == 0
             if complete:  # the COMMIT is only sent after pg_restore has written the whole archive

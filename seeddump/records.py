@@ -100,17 +100,14 @@ def restore_times(settings_dict: Mapping[str, Any], database: str) -> dict[str, 
     real table of that name (not a view), with row-level security off (a policy is never evaluated)."""
     if not installed():
         return {}
-    table = TABLE
     try:
         with postgres.connect(settings_dict, database) as conn:
             conn.execute("SET row_security = off")
-            kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (f'"{table}"',)).fetchone()
-            if kind is None or kind[0] != "r":
+            table = postgres.project_table(conn, TABLE)
+            if table is None:
                 return {}
             rows = conn.execute(
-                sql.SQL("SELECT file_name, last_restored_at FROM {} WHERE last_restored_at IS NOT NULL").format(
-                    sql.Identifier(table)
-                )
+                sql.SQL("SELECT file_name, last_restored_at FROM {} WHERE last_restored_at IS NOT NULL").format(table)
             ).fetchall()
     except (psycopg.Error, SeeddumpError):
         return {}
@@ -129,16 +126,19 @@ _COLUMNS = (
     "note",
     "metadata",
 )
-_UPSERT = sql.SQL(
-    "INSERT INTO {table} (file_name, {columns}, last_restored_at) VALUES (%s, {values}, %s) "
-    "ON CONFLICT (file_name) DO UPDATE SET {updates}, "
-    "last_restored_at = COALESCE(EXCLUDED.last_restored_at, {table}.last_restored_at)"
-).format(
-    table=sql.Identifier(TABLE),
-    columns=sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)),
-    values=sql.SQL(", ").join(sql.Placeholder() * len(_COLUMNS)),
-    updates=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name)) for name in _COLUMNS),
-)
+
+
+def _upsert(table: sql.Composable) -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO {table} AS existing (file_name, {columns}, last_restored_at) VALUES (%s, {values}, %s) "
+        "ON CONFLICT (file_name) DO UPDATE SET {updates}, "
+        "last_restored_at = COALESCE(EXCLUDED.last_restored_at, existing.last_restored_at)"
+    ).format(
+        table=table,
+        columns=sql.SQL(", ").join(map(sql.Identifier, _COLUMNS)),
+        values=sql.SQL(", ").join(sql.Placeholder() * len(_COLUMNS)),
+        updates=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name)) for name in _COLUMNS),
+    )
 
 
 def sync_from_disk(
@@ -165,9 +165,9 @@ def sync_from_disk(
         conn.execute("SET LOCAL row_security = off")  # a policy is never evaluated: a write it governs fails
         conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
         conn.execute("SET LOCAL statement_timeout = 0")
-        kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (f'"{TABLE}"',)).fetchone()
-        if kind is None or kind[0] != "r":
+        table = postgres.project_table(conn, TABLE)
+        if table is None:
             return 0
         with conn.cursor() as cursor:
-            cursor.executemany(_UPSERT, rows)
+            cursor.executemany(_upsert(table), rows)
     return len(rows)

@@ -512,7 +512,8 @@ def _restore(
             exchange = media_swap.exchange(target, keep=record and conf.UNDO)
             fate = _fate_of_replaced(admin, plan, target, record, exchange, media_swap)
             progress(f"Swapping the restored database in for '{target}'")
-            swapped = databases.swap(admin, target, scratch, fate, owner)
+            settings_before = current.settings if current is not None else None
+            swapped = databases.swap(admin, target, scratch, fate, owner, settings_before)
         except BaseException:
             media_swap.abandon()
             if claimed is not None and not changed and snapshots.unclaim_ready(admin, claimed, scratch):
@@ -658,6 +659,7 @@ def _restore_in_place(
         if record and pending is None:  # an earlier restore's copy would undo the wrong change after this one
             for name in undo.drop(admin, target):
                 progress(f"Dropped {name}: it undoes an earlier restore, and this one keeps no copy")
+        before = databases.identity_of(admin, target)
         try:
             load.in_place(admin, plan.archive(), plan.metadata, settings_dict, target, dump_code, progress)
         except BaseException:
@@ -666,6 +668,11 @@ def _restore_in_place(
                 with contextlib.suppress(psycopg.Error):
                     databases.drop(admin, pending)
             raise
+        if before is not None:  # the dump's code ran as the owner, who may change the database's settings
+            try:
+                databases.give_settings(admin, target, before.settings)
+            except psycopg.Error as exc:
+                progress(f"Could not put back the database's settings as they were: {postgres.first_line(str(exc))}")
         with after_swap(target, plan.dump_path.name, pending, settings_dict):
             aside: tuple[str, ...] = ()
             if pending is not None:

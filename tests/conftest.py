@@ -338,8 +338,15 @@ def wait_for_exit(pid: int, timeout: float = 120) -> None:
 
 
 def psycopg_connect(alias: str, name: str) -> psycopg.Connection:
-    """A direct connection to another database on the alias's server."""
-    return postgres.connect(connections[alias].settings_dict, name)
+    """A direct connection to another database on the alias's server, searching the schemas the project does."""
+    return as_the_project(postgres.connect(connections[alias].settings_dict, name))
+
+
+def as_the_project(conn: psycopg.Connection) -> psycopg.Connection:
+    """seeddump's own sessions search the system catalog only (postgres.SAFE_SEARCH_PATH); a test that acts as
+    the project (its tables by their bare names, CREATE EXTENSION into public) gets the database's own path."""
+    conn.execute("RESET search_path")
+    return conn
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import pytest
 from django.db import connections
 
 from seeddump import sandbox
+from tests.conftest import database_url, manage
 from tests.test_identity import Server, app_dump, restoredump, table_owners
 from tests.test_identity import server as server_fixture
 
@@ -160,3 +161,48 @@ def roles_left(server: Server) -> list[str]:
         server.roles,
     )
     return [name for (name,) in rows]
+
+
+def planting_statements(marker: Path) -> list[str]:
+    """A dump whose code, run by pg_restore as the owner, sets the search_path of every database the owner owns
+    (the target among them) to put public before pg_catalog, and ships public.to_regclass(text): a session
+    that resolves names by that path and calls to_regclass unqualified runs the program with its own rights."""
+    return [
+        "CREATE FUNCTION run_program() RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
+        f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'; EXCEPTION WHEN others THEN NULL; END $$",
+        "CREATE FUNCTION to_regclass(text) RETURNS regclass LANGUAGE plpgsql AS $$ BEGIN "
+        "PERFORM public.run_program(); RETURN pg_catalog.to_regclass($1); END $$",
+        "CREATE FUNCTION plant(int) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$ DECLARE d text; BEGIN "
+        "FOR d IN SELECT datname FROM pg_catalog.pg_database WHERE pg_catalog.pg_has_role(datdba, 'USAGE') LOOP BEGIN "
+        "EXECUTE pg_catalog.format('ALTER DATABASE %I SET search_path = public, pg_catalog', d); "
+        "EXCEPTION WHEN others THEN NULL; END; END LOOP; RETURN true; END $$",
+        "CREATE TABLE planted (id int PRIMARY KEY CHECK (public.plant(id)))",
+        "INSERT INTO planted VALUES (1)",
+    ]
+
+
+@pytest.mark.parametrize("path", ["cold", "in place"])
+def test_a_search_path_the_dump_plants_never_reaches_the_superuser(
+    server: Server, seeded_dump: Path, dumps_dir: Path, marker: Path, path: str
+) -> None:
+    """The dump's code may change its database's settings (the owner may); the restored database does not keep
+    them, and seeddump's own sessions (the next restoredump, generatedump) resolve names in pg_catalog only."""
+    admin_user = connections[server.alias].settings_dict["USER"]
+    app, _ = app_source(server, dumps_dir, marker, planting_statements(marker))
+    target = server.database(app)
+    in_place = ["--in-place"] if path == "in place" else []
+
+    restoredump(server, dumps_dir, admin_user, target, *in_place)
+    assert server.query(target, "SELECT id FROM planted") == [(1,)]
+    settings_of = (
+        "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = %s"
+    )
+    assert server.query("postgres", settings_of, target) == [], "the dump's search_path stayed on the restored database"
+
+    # The setting planted by hand, as if it had stayed: seeddump's sessions still never call the dump's function.
+    server.execute("postgres", f'ALTER DATABASE "{target}" SET search_path = public, pg_catalog')
+    restoredump(server, dumps_dir, admin_user, target, *in_place)
+    env = {"DATABASE_URL": database_url(server.alias, target, admin_user)}
+    made = manage("generatedump", "dev", "--allow-empty", alias=server.alias, dumps_dir=dumps_dir, env=env)
+    assert made.returncode == 0, made.stderr
+    assert not marker.exists(), f"the dump's to_regclass ran as a superuser ({path})"

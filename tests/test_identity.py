@@ -22,17 +22,17 @@ from psycopg import sql
 
 from seeddump import databases, dumpfiles, finishing, postgres, snapshots, undo
 from seeddump.exceptions import SeeddumpError
-from tests.conftest import database_names, database_url, manage, wait_for_exit
+from tests.conftest import as_the_project, database_names, database_url, manage, wait_for_exit
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
 def superuser(alias: str, dbname: str = "postgres") -> psycopg.Connection:
-    return postgres.connect(connections[alias].settings_dict, dbname)
+    return as_the_project(postgres.connect(connections[alias].settings_dict, dbname))
 
 
 def connect_as(alias: str, role: str, dbname: str) -> psycopg.Connection:
-    return postgres.connect({**connections[alias].settings_dict, "USER": role}, dbname)
+    return as_the_project(postgres.connect({**connections[alias].settings_dict, "USER": role}, dbname))
 
 
 @dataclass

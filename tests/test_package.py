@@ -18,7 +18,7 @@ from django.db import connections
 from psycopg import sql
 
 from seeddump import postgres, snapshots, undo
-from tests.conftest import REPO, run_bounded, shell_env
+from tests.conftest import REPO, as_the_project, run_bounded, shell_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(databases="__all__")]
 
@@ -112,7 +112,7 @@ def test_the_wheel_installed_in_a_new_environment_dumps_and_restores(
     run([*manage, "generatedump", "dev"], folder)
     run([*manage, "shell", "-c", "from django.contrib.auth.models import User; User.objects.all().delete()"], folder)
     run([*manage, "restoredump", "dev", "--no-input", "--wait"], folder)
-    with postgres.connect(connections["system"].settings_dict, name) as conn:
+    with as_the_project(postgres.connect(connections["system"].settings_dict, name)) as conn:
         assert conn.execute("SELECT count(*) FROM auth_user").fetchone() == (250,)
 
 
@@ -149,7 +149,7 @@ def test_uv_adds_the_wheel_to_a_django_6_project_with_a_lock_file(
     uv([*manage, "shell", "-c", "from django.contrib.auth.models import User; User.objects.all().delete()"], folder)
     restored = uv([*manage, "restoredump", "dev", "--no-input", "--wait"], folder)
     assert "Traceback" not in restored.stderr
-    with postgres.connect(connections["system"].settings_dict, name) as conn:
+    with as_the_project(postgres.connect(connections["system"].settings_dict, name)) as conn:
         assert conn.execute("SELECT count(*) FROM auth_user").fetchone() == (250,)
 
     # A project pinned below what seeddump needs: uv refuses instead of moving the pin.

@@ -10,7 +10,7 @@ from django.db import connections
 from psycopg import sql
 
 from seeddump import postgres, snapshots, testdatabases
-from tests.conftest import REPO, copy_dump, database_names, database_url, run_command
+from tests.conftest import REPO, as_the_project, copy_dump, database_names, database_url, run_command
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -171,7 +171,7 @@ def test_reuse_db_trusts_only_a_database_that_still_holds_the_seed(inner, alias:
     result.stdout.fnmatch_lines([f"seeddump: test_plugin_{alias}_seeded_dev kept from the last session*"])
 
     # Emptied behind the plugin's back (a flush, a crashed session): the label no longer describes the data.
-    with postgres.connect(connections[alias].settings_dict, _seeded(alias)) as conn:
+    with as_the_project(postgres.connect(connections[alias].settings_dict, _seeded(alias))) as conn:
         conn.execute("TRUNCATE reality_node CASCADE")
     result = run_inner(pytester, "--reuse-db")
     result.assert_outcomes(passed=6)

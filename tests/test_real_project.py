@@ -20,7 +20,7 @@ from django.db import connections
 from psycopg import sql
 
 from seeddump import postgres, snapshots
-from tests.conftest import run_bounded, shell_env
+from tests.conftest import as_the_project, run_bounded, shell_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(databases="__all__")]
 
@@ -135,7 +135,7 @@ def _made_for(admin: psycopg.Connection, database: str, name: str) -> bool:
 
 
 def _pages(name: str) -> int:
-    with postgres.connect(connections["system"].settings_dict, name) as conn:
+    with as_the_project(postgres.connect(connections["system"].settings_dict, name)) as conn:
         (count,) = conn.execute("SELECT count(*) FROM wagtailcore_page WHERE title LIKE 'Seeded page%%'").fetchone()
     return int(count)
 
@@ -147,7 +147,7 @@ def test_a_wagtail_site_dumps_restores_smoke_tests_and_seeds_its_tests(site: tup
 
     dumped = manage(site_dir, "generatedump", "dev")  # README step 4
     assert "seeds/dumps/dev-seeded-" in dumped.stdout + dumped.stderr
-    with postgres.connect(connections["system"].settings_dict, name) as conn:
+    with as_the_project(postgres.connect(connections["system"].settings_dict, name)) as conn:
         conn.execute("UPDATE wagtailcore_page SET title = 'Local work' WHERE title LIKE 'Seeded page 3%%'")
     assert _pages(name) == 29
 
