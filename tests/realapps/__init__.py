@@ -1,0 +1,1 @@
+"""Projects made of real applications from PyPI, for tests/test_real_apps.py: settings and URLs only."""
