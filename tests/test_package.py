@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -127,7 +128,8 @@ def uv(args: list[str], cwd: Path, *, check: bool = True) -> subprocess.Complete
 def test_uv_adds_the_wheel_to_a_django_6_project_with_a_lock_file(
     dist: Path, project: tuple[Path, str], tmp_path: Path
 ) -> None:
-    """A project made today (cookiecutter-django) installs with uv and keeps its pins in uv.lock."""
+    """A project made today (cookiecutter-django) installs with uv and keeps its pins in uv.lock; the wheel kept
+    in the repository (the README's way for a team) is locked by a relative path, so a teammate's clone syncs."""
     if sys.version_info < (3, 12):
         pytest.skip(
             f"Django 6 needs Python 3.12+ and this run is on {sys.version.split()[0]}; test-versions.sh runs this "
@@ -138,9 +140,12 @@ def test_uv_adds_the_wheel_to_a_django_6_project_with_a_lock_file(
     # The README's steps: a uv project pinned to Django 6, then `uv add` of the wheel.
     uv(["init", "--bare", "--name", "someproject"], folder)
     uv(["add", "Django>=6.0,<7"], folder)
-    uv(["add", str(wheel)], folder)
+    (folder / "vendor").mkdir()
+    shutil.copy2(wheel, folder / "vendor" / wheel.name)
+    uv(["add", f"./vendor/{wheel.name}"], folder)
     lock = (folder / "uv.lock").read_text()
     assert 'name = "seeddump"' in lock and re.search(r'name = "django"\nversion = "6\.', lock)
+    assert f'path = "vendor/{wheel.name}"' in lock and str(tmp_path) not in lock, lock
 
     manage = ["run", "python", "manage.py"]
     uv([*manage, "migrate", "-v0"], folder)
@@ -151,6 +156,13 @@ def test_uv_adds_the_wheel_to_a_django_6_project_with_a_lock_file(
     assert "Traceback" not in restored.stderr
     with as_the_project(postgres.connect(connections["system"].settings_dict, name)) as conn:
         assert conn.execute("SELECT count(*) FROM auth_user").fetchone() == (250,)
+
+    # A teammate's clone of the repository, elsewhere: the lock file as it is installs there.
+    clone = tmp_path / "teammate"
+    shutil.copytree(folder, clone, ignore=shutil.ignore_patterns(".venv", "seeds", "__pycache__"))
+    uv(["sync", "--locked"], clone)
+    where = uv(["run", "--locked", "python", "-c", "import seeddump; print(seeddump.__file__)"], clone)
+    assert where.stdout.strip().startswith(str(clone / ".venv")), where.stdout
 
     # A project pinned below what seeddump needs: uv refuses instead of moving the pin.
     pinned = tmp_path / "oldproject"
