@@ -68,7 +68,7 @@ for suite in trixie forky sid; do
 done
 if [ -z "$fetched" ]; then
   say "Debian's mirror serves no source package python$version (trixie, forky, sid); install Python $version" \
-    "another way and pass it as SEEDDUMP_TEST_PYTHON"
+    "another way (python$version on PATH, or in $cache/$version/bin)"
   exit 1
 fi
 tarball=$(ls "$work"/python"$version"_*.orig.tar.* | head -1)
