@@ -104,6 +104,8 @@ def into_new(
     with postgres.connect(settings_dict, database) as conn:
         if dump_code.needed:
             databases.end_restore(conn, owner)
+            if dump_code.role is not None:  # before anything copies the database
+                conn.execute(dump_code.give_away())
             conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
         counts = postgres.count_rows(conn)
     check_counts(metadata.record_counts, counts, unchanged="The database was left unchanged")
@@ -284,6 +286,49 @@ $seeddump$;
 """
 
 
+# The in-place load replaces the database on psql's own connection, not on the one that holds the target's
+# advisory lock (``restore.target_lock``). So psql checks, first in its transaction and again right before
+# COMMIT, that the lock is still held by that session: if it ended (terminated, a network blip, the dump's own
+# code ending it), another restore may hold the lock now, and the transaction fails and is rolled back.
+# (psql cannot take the lock itself: that session holds it, and a lock handed over would go to a restore
+# already waiting for it first.)
+_HOLDING_THE_LOCK = r"""
+DO $seeddump$
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_catalog.pg_locks
+        WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'
+          AND pid = %(pid)s AND classid = %(classid)s AND objid = %(objid)s AND objsubid = 2
+    ) THEN
+        RAISE EXCEPTION 'seeddump lock: %(when)s';
+    END IF;
+END
+$seeddump$;
+"""
+
+
+def _target_lock(admin: psycopg.Connection, database: str) -> tuple[int, int, int]:
+    """(pid, classid, objid) of the exclusive advisory lock ``admin``'s session holds on ``database``."""
+    row = admin.execute(
+        """
+        SELECT pid, classid::int8, objid::int8 FROM pg_catalog.pg_locks
+        WHERE pid = pg_catalog.pg_backend_pid() AND locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'
+          AND objid = (pg_catalog.hashtext(%s))::int::oid AND objsubid = 2
+        """,
+        (database,),
+    ).fetchone()
+    if row is None:
+        raise SeeddumpError(
+            f"The in-place restore of '{database}' needs the lock of '{database}', and does not hold it."
+        )
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def _holding_the_lock(lock: tuple[int, int, int], when: str) -> str:
+    pid, classid, objid = lock
+    return _HOLDING_THE_LOCK % {"pid": pid, "classid": classid, "objid": objid, "when": when}
+
+
 def in_place(
     admin: psycopg.Connection,
     archive: dumpfiles.OpenedDump,
@@ -306,14 +351,18 @@ def in_place(
             sql.Literal(f"{conf.LOCK_TIMEOUT}s").as_string(admin)
         )
     )
-    epilogue = _CHECK_COUNTS % {
-        "expected": sql.Literal(json.dumps(metadata.record_counts)).as_string(admin),
-        "tables": postgres.TABLES_SQL,
-    }
+    lock = _target_lock(admin, database)
     with extensions.kept_in_place(
         pg_restore, archive.path, archive.fds, settings_dict, database, owner, metadata.extensions
     ) as kept:
         keep = sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(sql.Literal(name) for name in kept.keep))
+        login = dump_code.login()
+        epilogue = _CHECK_COUNTS % {
+            "expected": sql.Literal(json.dumps(metadata.record_counts)).as_string(admin),
+            "tables": postgres.TABLES_SQL,
+        }
+        if dump_code.role is not None:  # as the login itself, which may give away what it owns
+            epilogue += "\nSET ROLE NONE;\n" + dump_code.give_away().as_string(admin)
         progress(f"Restoring {archive.name.name} into '{database}' in place, in one transaction, as '{owner}'")
         try:
             postgres.restore_in_transaction(
@@ -321,9 +370,9 @@ def in_place(
                 psql,
                 archive.path,
                 session,
-                _EMPTY_DATABASE % {"keep": keep.as_string(admin)},
-                epilogue,
-                dump_code.login(),
+                _holding_the_lock(lock, "before") + _EMPTY_DATABASE % {"keep": keep.as_string(admin)},
+                epilogue + _holding_the_lock(lock, "after"),
+                login,
                 database,
                 pass_fds=archive.fds,
                 restore_args=kept.restore_args,
@@ -334,6 +383,15 @@ def in_place(
                     "The restored data does not match the dump's metadata: "
                     f"{exc.reason.removeprefix('seeddump counts: ')}. The database was left unchanged; "
                     "regenerate the dump."
+                ) from None
+            if exc.reason.startswith("seeddump lock: "):
+                when = exc.reason.removeprefix("seeddump lock: ")
+                raise SeeddumpError(
+                    f"The in-place restore of '{database}' was "
+                    + ("stopped before it began" if when.startswith("before") else "rolled back")
+                    + f", leaving it unchanged: seeddump's session holding the lock of '{database}' (server "
+                    f"process {lock[0]}) ended, so another restore may be running. Run restoredump again when it "
+                    "has finished."
                 ) from None
             hint = _hint(exc.reason, metadata, postgres.server_major(admin))
             raise SeeddumpError(

@@ -8,9 +8,17 @@ of the role that logged in. So when seeddump connects as any role other than the
 (a superuser, or a role that is a member of the owner), every session that runs a restored database's code
 logs in as a role made for that restore: ``seeddump_sandbox_<hex>``, LOGIN, a member of the owner and
 nothing else, with a random password (sent to the server as a SCRAM verifier, handed to libpq in the
-environment, never in an argv, a log line or a message), valid for a few hours, dropped afterwards (its
-leftovers, once expired, by the next restore). Whatever the dump's code does, it has the owner's rights at
-most.
+environment, never in an argv, a log line or a message), valid for an hour at a time (each use renews it),
+dropped afterwards. Whatever the dump's code does, it has the owner's rights at most.
+
+A restore that is killed, loses its connection or sees the server stop leaves its role behind: every later
+``Sandbox`` (each restore, its background process) and ``snapshots --prune`` drop such leftovers
+(``drop_stale``). Only seeddump's own: the role's comment, set in the transaction that made it, names the
+role that made it and that role's server process (pid and start time); a leftover is one this connecting role
+made (its membership in the owner was granted by this role, which a look-alike made by another role cannot
+show), shaped as seeddump makes them, whose making process is gone. What the dump's code made as the role
+itself (``SET ROLE NONE``, then ``CREATE``) is given to the owner first (``REASSIGN OWNED`` in each database
+where it owns something), so that the role can go.
 
 Where that cannot be had (the connecting role may not create roles, or the server does not let the new role
 log in), the restore is refused before anything of the dump runs, in one line naming the ways out: connect
@@ -23,6 +31,7 @@ Counting a restored database's rows runs none of its code (``postgres.count_rows
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
@@ -36,7 +45,11 @@ from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
 PREFIX = "seeddump_sandbox_"
-LIFETIME = timedelta(hours=12)  # a login that outlives a killed restore expires by itself
+# Long enough for what opens sessions after a login() (pg_restore's parallel workers connect after its first
+# section); each login() renews it. A login that outlives a killed restore expires by itself.
+LIFETIME = timedelta(hours=1)
+LABEL = "seeddump sandbox "  # the comment: this, then JSON naming who made the role (see ``_label``)
+_LEGACY_LABEL = "seeddump: a restore's dump code runs as this member of "  # before the label named its maker
 
 
 class Refused(SeeddumpError):
@@ -65,6 +78,8 @@ class Sandbox:
         throwaway role can be had). Every session made with them acts as the owner (``role`` at start-up)."""
         if self._settings is None:
             self._settings = self._make()
+        elif self.role is not None:
+            _renew(self.admin, self.role)
         return self._settings
 
     @property
@@ -78,29 +93,40 @@ class Sandbox:
         as_owner = _acting_as(self.settings_dict, self.owner if self.needed else None)
         if not self.needed:
             return as_owner
-        drop_expired(self.admin)
         try:
             self.role, password = _create(self.admin, self.owner)
             login = {**as_owner, "USER": self.role, "PASSWORD": password}
             _check_login(login, self.user, self.owner)
         except Refused:
             if self.role is not None:
-                drop(self.admin, self.role)
+                drop(self.admin, self.role, self.settings_dict, self.owner)
                 self.role = None
             if self.trusted:
                 return as_owner  # SET ROLE only: the dump is trusted not to RESET it
             raise
         return login
 
+    def give_away(self) -> sql.Composed:
+        """SQL that gives the owner what the dump's code made as the throwaway role itself (``SET ROLE NONE``,
+        then ``CREATE``) in the database it runs in, and revokes what was granted to that role: run where the
+        code ran, before anything copies the database (a snapshot, a ready copy, an undo copy closed to
+        connections, where the role could then never be dropped). Empty when there is no such role."""
+        if self.role is None:
+            return sql.Composed([])
+        return _give_away_statements(self.role, self.owner)
+
     def __enter__(self) -> Sandbox:
+        # Every restore cleans up after the ones that were killed; never in its way.
+        with contextlib.suppress(psycopg.Error, SeeddumpError):
+            drop_stale(self.admin, self.settings_dict)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         role, self.role, self._settings = self.role, None, None
         if role is not None:
-            # Never in the way of what the block raised (a lost connection, say): an undropped role expires.
-            with contextlib.suppress(psycopg.Error):
-                drop(self.admin, role)
+            # Never in the way of what the block raised (a lost connection, say): the next restore drops it.
+            with contextlib.suppress(psycopg.Error, SeeddumpError):
+                drop(self.admin, role, self.settings_dict, self.owner)
 
 
 def session_user(admin: psycopg.Connection) -> str:
@@ -142,15 +168,37 @@ def _create(admin: psycopg.Connection, owner: str) -> tuple[str, str]:
         with admin.transaction():
             admin.execute(statement)
             admin.execute(
-                sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                    sql.Identifier(name), sql.Literal(f"seeddump: a restore's dump code runs as this member of {owner}")
-                )
+                sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(name), sql.Literal(_label(admin, owner)))
             )
+            if not _is_superuser(admin):
+                # So that this role may give away what the dump's code made as the throwaway one (REASSIGN OWNED
+                # needs the rights of both): the throwaway role gets nothing from this.
+                admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(name), sql.Identifier(user)))
     except psycopg.errors.InsufficientPrivilege:
         raise _refusal(
             user, owner, f"it may not create such a role (it needs CREATEROLE and the right to grant '{owner}')"
         ) from None
     return name, password
+
+
+def _label(admin: psycopg.Connection, owner: str) -> str:
+    """The role's comment: who made it, from which server process (pid and start time, so that a reused pid is
+    not taken for it), for which owner. ``drop_stale`` reads it back."""
+    (pid, started) = admin.execute(
+        "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+    ).fetchone()  # type: ignore[misc]
+    maker = {"madeBy": session_user(admin), "pid": pid, "started": started.isoformat(), "owner": owner}
+    return LABEL + json.dumps(maker)
+
+
+def _is_superuser(admin: psycopg.Connection) -> bool:
+    (superuser,) = admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()  # type: ignore[misc]
+    return bool(superuser)
+
+
+def _renew(admin: psycopg.Connection, role: str) -> None:
+    until = (datetime.now(timezone.utc) + LIFETIME).isoformat()
+    admin.execute(sql.SQL("ALTER ROLE {} VALID UNTIL {}").format(sql.Identifier(role), sql.Literal(until)))
 
 
 def _check_login(login: Mapping[str, Any], user: str, owner: str) -> None:
@@ -162,26 +210,106 @@ def _check_login(login: Mapping[str, Any], user: str, owner: str) -> None:
         raise _refusal(user, owner, f"the server does not let it log in ({reason})") from None
 
 
-def drop(admin: psycopg.Connection, role: str) -> None:
-    """Ends the role's sessions and drops it; what it owns anywhere it could create things stays with the
-    owner (REASSIGN happens per database, so a role that owns something elsewhere is left to expire)."""
+def drop(admin: psycopg.Connection, role: str, settings_dict: Mapping[str, Any], owner: str | None) -> bool:
+    """Ends the role's sessions and drops it. What the dump's code made as the role itself goes to ``owner``
+    first (REASSIGN OWNED, then DROP OWNED for its privileges, in each database where it has something). True
+    when it is gone; False when something of it is where this role may not reach (a database that allows no
+    connections): then it can no longer log in, and a later restore tries again."""
     admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
     try:
         admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        return True
     except psycopg.errors.DependentObjectsStillExist:
-        admin.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        pass
+    if owner:
+        with contextlib.suppress(psycopg.Error):  # not this role's to give away: it is left, unable to log in
+            _give_away(admin, role, settings_dict, owner)
+    try:
+        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        return True
+    except psycopg.errors.DependentObjectsStillExist:
+        admin.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(sql.Identifier(role)))
+        return False
 
 
-def drop_expired(admin: psycopg.Connection) -> None:
-    """Drops throwaway roles whose login has expired (a killed restore's): nobody can log in as them anyway."""
+def _give_away(admin: psycopg.Connection, role: str, settings_dict: Mapping[str, Any], owner: str) -> None:
+    """REASSIGN OWNED BY ``role`` TO ``owner`` and DROP OWNED BY ``role`` in every database where the role owns
+    something or holds a privilege (pg_shdepend; shared objects' are handled in the maintenance database)."""
     rows = admin.execute(
-        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s) AND rolvaliduntil < now()", (PREFIX,)
+        """
+        SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid
+        WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s)
+        """,
+        (role,),
     ).fetchall()
-    for (role,) in rows:
+    statements = _give_away_statements(role, owner)
+    admin.execute(statements)
+    for (database,) in rows:
+        if database == admin.info.dbname:
+            continue
         try:
-            drop(admin, role)
-        except psycopg.Error:
-            continue  # another project's, which this role may not drop
+            with postgres.connect(settings_dict, database, wait=0) as conn:
+                conn.execute(statements)
+        except (psycopg.Error, SeeddumpError):
+            continue  # a database closed for connections (a kept undo copy): the role waits for a later try
+
+
+def _give_away_statements(role: str, owner: str) -> sql.Composed:
+    return sql.SQL("REASSIGN OWNED BY {role} TO {owner};\nDROP OWNED BY {role};\n").format(
+        role=sql.Identifier(role), owner=sql.Identifier(owner)
+    )
+
+
+def drop_stale(admin: psycopg.Connection, settings_dict: Mapping[str, Any]) -> list[str]:
+    """Drops the throwaway roles this connecting role made for restores that are over without having dropped
+    them (killed, disconnected, the server stopped): see the module docstring for how they are told from
+    anyone else's. Returns the names dropped; one that cannot be dropped yet is left (it cannot log in)."""
+    user = session_user(admin)
+    superuser = _is_superuser(admin)
+    rows = admin.execute(
+        """
+        SELECT r.rolname, coalesce(shobj_description(r.oid, 'pg_authid'), ''), r.rolvaliduntil < now(),
+               r.rolsuper OR r.rolcreatedb OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls,
+               array(SELECT m.roleid::regrole::text FROM pg_auth_members m WHERE m.member = r.oid),
+               array(SELECT m.grantor::regrole::text FROM pg_auth_members m WHERE m.member = r.oid)
+        FROM pg_roles r WHERE starts_with(r.rolname, %s)
+        """,
+        (PREFIX,),
+    ).fetchall()
+    # Who may have granted the membership: this role, or, when it is a superuser, the bootstrap superuser (in
+    # whose name PostgreSQL 16 and later record a superuser's grants).
+    (bootstrap,) = admin.execute("SELECT 10::regrole::text").fetchone()  # type: ignore[misc]
+    grantors = {user, bootstrap} if superuser else {user}
+    dropped = []
+    for role, comment, expired, privileged, member_of, granted_by in rows:
+        if privileged or len(member_of) != 1 or not set(granted_by) <= grantors:
+            continue  # not shaped as seeddump makes them
+        owner = member_of[0]
+        if comment.startswith(LABEL):
+            try:
+                maker = json.loads(comment.removeprefix(LABEL))
+                made_by, pid, started, labelled_owner = maker["madeBy"], maker["pid"], maker["started"], maker["owner"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if made_by != user or labelled_owner != owner or _alive(admin, pid, started):
+                continue
+        elif not (comment == _LEGACY_LABEL + owner and expired):
+            continue  # another program's, or made by an older seeddump and maybe still in use
+        with contextlib.suppress(psycopg.Error):
+            if drop(admin, role, settings_dict, owner):
+                dropped.append(role)
+    return dropped
+
+
+def _alive(admin: psycopg.Connection, pid: object, started: object) -> bool:
+    try:
+        (alive,) = admin.execute(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s AND backend_start = %s::timestamptz)",
+            (int(pid), str(started)),  # type: ignore[call-overload]
+        ).fetchone()  # type: ignore[misc]
+    except (psycopg.errors.DataException, ValueError, TypeError):
+        return True  # an unreadable label: leave the role alone
+    return bool(alive)
 
 
 def is_sandbox(role: str) -> bool:

@@ -8,7 +8,7 @@ from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
-from seeddump import background, databases, footprint, postgres, serverdisk, snapshots, undo
+from seeddump import background, databases, finishing, footprint, postgres, sandbox, serverdisk, snapshots, undo
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -64,6 +64,7 @@ class Command(BaseCommand):
                     else:
                         with snapshots.snapshot_lock(admin):
                             dropped = snapshots.drop_all(admin) if options["drop_all"] else snapshots.prune(admin)
+                    dropped += sandbox.drop_stale(admin, settings_dict)  # killed restores' throwaway roles
                     left: list[str] = []
                     if options["drop_all"]:
                         dropped += undo.drop(admin, target)
@@ -137,10 +138,11 @@ class Command(BaseCommand):
 
     def _others(self, seen: footprint.Footprint, listed: bool) -> None:
         """Other projects' and teams' seeddump databases: theirs to keep or drop; one line unless --others."""
-        if not seen.elsewhere:
+        elsewhere = _copies_of_others(seen)
+        if not elsewhere:
             return
         if listed:
-            for database in seen.elsewhere:
+            for database in elsewhere:
                 self.stdout.write(
                     f"{database.name}  {database.size_bytes / 1e6:8.1f} MB  owner '{database.owner}'"
                     + (
@@ -151,9 +153,44 @@ class Command(BaseCommand):
                 )
             return
         self.stdout.write(
-            f"Also on this server: {len(seen.elsewhere)} seeddump database(s) of other projects or teams "
-            f"({footprint.megabytes(seen.elsewhere)}), theirs to keep or drop; --others lists them."
+            f"Also on this server: {len(elsewhere)} seeddump database(s) of other projects or teams "
+            f"({footprint.megabytes(elsewhere)}), theirs to keep or drop; --others lists them."
         )
+
+
+def _kind_prefix(prefix_of_a_target: str) -> str:
+    """``seeddump_tmp_`` of ``seeddump_tmp_<tag>_``: the start of the names of that kind, whatever the target."""
+    return prefix_of_a_target.removesuffix(f"{finishing.tag('')}_")
+
+
+# The names seeddump gives the databases it makes besides a target: cache copies, undo copies, a restore's
+# scratch and replaced databases, the trial clone that tells whether a disk clones.
+_COPY_PREFIXES = (
+    snapshots.PREFIX,
+    snapshots.READY_PREFIX,
+    snapshots.BUILD_PREFIX,
+    snapshots.EMPTY_PREFIX,
+    undo.PREFIX,
+    _kind_prefix(finishing.scratch_prefix("")),
+    _kind_prefix(finishing.retired_prefix("")),
+    serverdisk.TRIAL_PREFIX,
+)
+
+
+def _copies_of_others(seen: footprint.Footprint) -> list[databases.Database]:
+    """Of the databases named seeddump_* that are not this project's copies, those seeddump made for another
+    project or team: named as it names its copies, or labelled by it (a kept smoke-test database). A database
+    merely called seeddump_* is nobody's copy: this project's own (seeddump_demo) or another's. Neither are this
+    target's scratch and replaced databases (a restore running, or left by one killed)."""
+    target = seen.target
+    own = (finishing.scratch_prefix(target), finishing.retired_prefix(target)) if target else ()
+    return [
+        database
+        for database in seen.elsewhere
+        if database.name != target
+        and not database.name.startswith(own)
+        and (database.name.startswith(_COPY_PREFIXES) or "seeddump" in database.label)
+    ]
 
 
 def _disk_line(admin: psycopg.Connection) -> str:
