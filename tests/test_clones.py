@@ -15,7 +15,7 @@ import pytest
 from django.db import connections
 
 from seeddump import databases, dumpfiles, postgres, serverdisk, snapshots
-from tests.conftest import copy_dump, manage_env, run_bounded, wait_for_exit
+from tests.conftest import as_the_project, copy_dump, manage_env, run_bounded, wait_for_exit
 from tests.xfs import XfsServer, xfs_server
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -67,7 +67,7 @@ def restoredump(xfs: XfsServer, dumps_dir: Path, spy_log: Path, *args: str, **en
 
 
 def connect(xfs: XfsServer, name: str = "postgres") -> psycopg.Connection:
-    return postgres.connect(xfs.settings_dict(), name)
+    return as_the_project(postgres.connect(xfs.settings_dict(), name))
 
 
 def files_of(xfs: XfsServer, admin: psycopg.Connection, name: str) -> list[Path]:

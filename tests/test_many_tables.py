@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from seeddump import dumpfiles, postgres
-from tests.conftest import manage
+from tests.conftest import as_the_project, manage
 from tests.xfs import XfsServer, xfs_server
 
 TABLES = 400
@@ -40,7 +40,7 @@ def small_locks_server() -> Iterator[XfsServer]:
 
 
 def connect(server: XfsServer, name: str = "postgres") -> psycopg.Connection:
-    return postgres.connect(server.settings_dict(), name)
+    return as_the_project(postgres.connect(server.settings_dict(), name))
 
 
 def run(server: XfsServer, dumps_dir: Path, database: str, *args: str):
