@@ -45,8 +45,10 @@ Progress = Callable[[str], None]
 _CHUNK = 1024 * 1024
 _COMPRESSLEVEL = 1  # media are mostly images and documents, already compressed: level 1 costs least
 _MAX_NAME = 4096
-# Free space kept beside MEDIA_ROOT after unpacking, on top of what the archive holds.
+# Free space kept beside MEDIA_ROOT after unpacking, on top of what the archive holds: 64 MB, or a twentieth
+# of a smaller filesystem (a small volume is not refused for a margin larger than itself).
 SPACE_MARGIN = 64 * 1024 * 1024
+SPACE_MARGIN_SHARE = 20
 
 
 def _quiet(message: str) -> None:
@@ -351,16 +353,26 @@ def ours_inside(root: Path) -> tuple[Path, ...]:
 
 
 def check_space(root: Path, info: MediaInfo) -> None:
-    """Refuses before anything is touched when unpacking the archive beside MEDIA_ROOT would fill the disk."""
+    """Refuses before anything is touched when unpacking the archive beside MEDIA_ROOT would fill the disk:
+    the files (each rounded up to the filesystem's block) and a margin kept free (``space_margin``)."""
     root = _resolved(root)
     where = root if is_mount_point(root) else root.parent
     folder = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
-    free = shutil.disk_usage(folder).free
-    if free < info.bytes + SPACE_MARGIN:
+    disk = os.statvfs(folder)
+    free, block = disk.f_bavail * disk.f_frsize, disk.f_frsize
+    files = info.bytes + info.files * block  # at most one partly used block a file
+    margin = space_margin(disk.f_blocks * disk.f_frsize)
+    if free < files + margin:
         raise SeeddumpError(
-            f"Not enough space beside MEDIA_ROOT ({root}) to unpack the dump's media: {info.bytes / 1e6:.1f} MB "
-            f"needed, {free / 1e6:.1f} MB free. Free some space, or restore the database alone with --no-media."
+            f"Not enough space beside MEDIA_ROOT ({root}) to unpack the dump's media: {(files + margin) / 1e6:.1f} "
+            f"MB needed ({files / 1e6:.1f} MB for its {info.files} files and {margin / 1e6:.1f} MB kept free), "
+            f"{free / 1e6:.1f} MB free. Free some space, or restore the database alone with --no-media."
         )
+
+
+def space_margin(filesystem_bytes: int) -> int:
+    """What ``check_space`` keeps free on a filesystem of ``filesystem_bytes``."""
+    return min(SPACE_MARGIN, filesystem_bytes // SPACE_MARGIN_SHARE)
 
 
 def unpack(

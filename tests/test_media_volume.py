@@ -6,6 +6,7 @@ files is finished by the next run, and generatedump never archives seeddump's ow
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import CommandError
 from django.db import connections
 
 from project.reality.models import Team
@@ -36,17 +38,31 @@ media_dump = media_dump_fixture  # a fixture of test_media's, used here by name
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
-@pytest.fixture
-def volume(media_root: Path) -> Iterator[Path]:
-    """MEDIA_ROOT, a tmpfs mounted for the test."""
+@contextlib.contextmanager
+def mounted_tmpfs(media_root: Path, size: str) -> Iterator[Path]:
+    """MEDIA_ROOT, a tmpfs of ``size`` mounted there until the block ends."""
     if os.geteuid() != 0:
         unavailable(f"mounting a tmpfs as MEDIA_ROOT needs root (this runs as uid {os.geteuid()})")
     media_root.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(media_root)], check=True, timeout=60)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(media_root)], check=True, timeout=60)
     try:
         yield media_root
     finally:
         subprocess.run(["umount", "-l", str(media_root)], check=True, timeout=60)
+
+
+@pytest.fixture
+def volume(media_root: Path) -> Iterator[Path]:
+    """MEDIA_ROOT, a tmpfs mounted for the test."""
+    with mounted_tmpfs(media_root, "256m") as mounted:
+        yield mounted
+
+
+@pytest.fixture
+def small_volume(media_root: Path) -> Iterator[Path]:
+    """MEDIA_ROOT, a 16 MB tmpfs: smaller than the 64 MB seeddump keeps free on a large disk."""
+    with mounted_tmpfs(media_root, "16m") as mounted:
+        yield mounted
 
 
 @pytest.fixture
@@ -138,3 +154,28 @@ def test_a_kill_while_the_files_move_is_finished_and_undone_whole(
     assert f"Finished swapping the media of an interrupted restore into {volume}" in out
     assert demo_snapshot(alias) == my_files["rows"]
     assert files_of(volume) == my_files["files"]
+
+
+def test_a_small_volume_takes_the_media_it_has_room_for(alias: str, media_dump: MediaDump, small_volume: Path) -> None:
+    out = run_command("restoredump", "dev", database=alias, interactive=False, verbosity=2).out
+
+    assert f"Swapped the restored media into {small_volume}" in out
+    assert visible(small_volume) == media_dump.files
+
+
+def test_a_full_volume_is_refused_saying_what_is_needed(alias: str, media_dump: MediaDump, small_volume: Path) -> None:
+    disk = os.statvfs(small_volume)
+    margin = media.space_margin(disk.f_blocks * disk.f_frsize)
+    assert margin < disk.f_blocks * disk.f_frsize / 10  # proportional: a 16 MB volume keeps well under 64 MB free
+    with (small_volume / "filler").open("wb") as filler:  # leaves half the margin free
+        filler.write(bytes(disk.f_bavail * disk.f_frsize - margin // 2))
+    before = {"rows": demo_snapshot(alias), "files": files_of(small_volume)}
+
+    with pytest.raises(CommandError) as refused:
+        run_command("restoredump", "dev", database=alias, interactive=False)
+
+    message = str(refused.value)
+    needed = float(message.split(" MB needed")[0].rsplit(" ", 1)[1])
+    assert f"{margin / 1e6:.1f} MB kept free)" in message
+    assert needed >= round(margin / 1e6, 1) and "MB free. Free some space" in message
+    assert {"rows": demo_snapshot(alias), "files": files_of(small_volume)} == before
