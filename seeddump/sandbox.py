@@ -271,7 +271,8 @@ def drop_stale(admin: psycopg.Connection, settings_dict: Mapping[str, Any]) -> l
         SELECT r.rolname, coalesce(shobj_description(r.oid, 'pg_authid'), ''), r.rolvaliduntil < now(),
                r.rolsuper OR r.rolcreatedb OR r.rolcreaterole OR r.rolreplication OR r.rolbypassrls,
                array(SELECT m.roleid::regrole::text FROM pg_auth_members m WHERE m.member = r.oid),
-               array(SELECT m.grantor::regrole::text FROM pg_auth_members m WHERE m.member = r.oid)
+               array(SELECT m.grantor::regrole::text FROM pg_auth_members m WHERE m.member = r.oid),
+               pg_has_role(r.oid, 'MEMBER')
         FROM pg_roles r WHERE starts_with(r.rolname, %s)
         """,
         (PREFIX,),
@@ -281,19 +282,19 @@ def drop_stale(admin: psycopg.Connection, settings_dict: Mapping[str, Any]) -> l
     (bootstrap,) = admin.execute("SELECT 10::regrole::text").fetchone()  # type: ignore[misc]
     grantors = {user, bootstrap} if superuser else {user}
     dropped = []
-    for role, comment, expired, privileged, member_of, granted_by in rows:
-        if privileged or len(member_of) != 1 or not set(granted_by) <= grantors:
-            continue  # not shaped as seeddump makes them
-        owner = member_of[0]
+    for role, comment, expired, privileged, member_of, granted_by, ours in rows:
+        if privileged or len(member_of) > 1 or not set(granted_by) <= grantors or not (member_of or ours):
+            continue  # not shaped as seeddump makes them (a member of nothing: its owner was dropped since)
+        owner = member_of[0] if member_of else None
         if comment.startswith(LABEL):
             try:
                 maker = json.loads(comment.removeprefix(LABEL))
                 made_by, pid, started, labelled_owner = maker["madeBy"], maker["pid"], maker["started"], maker["owner"]
             except (ValueError, KeyError, TypeError):
                 continue
-            if made_by != user or labelled_owner != owner or _alive(admin, pid, started):
+            if made_by != user or labelled_owner != (owner or labelled_owner) or _alive(admin, pid, started):
                 continue
-        elif not (comment == _LEGACY_LABEL + owner and expired):
+        elif not (owner and comment == _LEGACY_LABEL + owner and expired):
             continue  # another program's, or made by an older seeddump and maybe still in use
         with contextlib.suppress(psycopg.Error):
             if drop(admin, role, settings_dict, owner):

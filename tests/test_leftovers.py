@@ -147,10 +147,11 @@ def test_snapshots_prune_drops_a_killed_restores_role(server: Server, seeded_dum
     left = killed_restore(server, dumps_dir, target, "--in-place")
 
     env = {"DATABASE_URL": database_url(server.alias, target, admin_user)}
+    there = left["name"] in roles_left(server)  # any restore on the server (another test's) may drop it first
     pruned = manage("snapshots", "--prune", alias=server.alias, dumps_dir=dumps_dir, env=env)
 
     assert pruned.returncode == 0, pruned.stderr
-    assert f"Dropped {left['name']}" in pruned.stdout.splitlines()
+    assert f"Dropped {left['name']}" in pruned.stdout.splitlines() or not there
     assert roles_left(server) == []
     assert owners_of_made_functions(server, target) == {app}
 
