@@ -56,14 +56,10 @@ def finish_later(followup: finishing.Followup, progress: Callable[[str], None]) 
         pid = None
     if pid is None:  # or no settings module a new process could load
         settings_dict = {**postgres.settings_for(followup.using), "NAME": followup.database}
-        try:
-            with postgres.user_errors(settings_dict):
-                finishing.finish(followup, settings_dict, progress)
-        except KeyboardInterrupt:
-            raise SeeddumpError(
-                f"Interrupted after the restored database was put in place: '{followup.database}' holds the "
-                "dump; the replaced database is dropped by the next restore."
-            ) from None
+        # An interruption goes through as such: the caller (after the swap, ``restore.after_swap``) says what
+        # the target holds and where the replaced database is, which only it knows.
+        with postgres.user_errors(settings_dict):
+            finishing.finish(followup, settings_dict, progress)
     return pid
 
 

@@ -310,20 +310,45 @@ def exists(admin: psycopg.Connection, name: str) -> bool:
     return bool(found)
 
 
-def schema_oids(settings_dict: Mapping[str, Any], name: str) -> list[int]:
-    """The oids of the database's own schemas (not the system's), in order; empty when there is no such
-    database. Reading them runs none of its code."""
+# A sample of what an in-place restore certainly drops: the database's own relations that belong to no
+# extension, and its schemas that hold none (a schema holding the dump's extension is kept, with its oid).
+_DROPPED_IN_PLACE = r"""
+SELECT oid FROM (
+    SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
+      AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+      AND NOT EXISTS (
+          SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
+      )
+    UNION ALL
+    SELECT n.oid FROM pg_namespace n
+    WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
+      AND NOT EXISTS (SELECT 1 FROM pg_extension e WHERE e.extnamespace = n.oid)
+) own ORDER BY oid LIMIT 64
+"""
+
+
+def own_objects(settings_dict: Mapping[str, Any], name: str) -> list[int] | None:
+    """Oids of up to 64 of the database's own objects that an in-place restore drops (relations that belong
+    to no extension, schemas that hold none), in order; None when it cannot be read (no such database).
+    Objects keep their oid for life and a new one never gets an old one's: once none of those listed before
+    an in-place restore is left, its transaction committed. Reading them runs none of the database's code."""
     if not name:
-        return []
+        return None
     try:
         with postgres.connect(settings_dict, name) as conn:
-            rows = conn.execute(
-                "SELECT oid FROM pg_namespace WHERE nspname <> 'information_schema' AND nspname NOT LIKE 'pg\\_%' "
-                "ORDER BY oid"
-            ).fetchall()
+            rows = conn.execute(_DROPPED_IN_PLACE).fetchall()
     except SeeddumpError:
-        return []
+        return None
     return [int(oid) for (oid,) in rows]
+
+
+def end_sessions_and_wait(admin: psycopg.Connection, name: str, seconds: int = 30) -> None:
+    """Ends every other session on ``name`` it may end and waits (up to ``seconds`` each) until they are gone:
+    after that, whatever transaction one of them had open is committed or rolled back for good."""
+    for pid, _user, _application, _address in _sessions(admin, name):
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            admin.execute("SELECT pg_terminate_backend(%s, %s)", (pid, seconds * 1000))
 
 
 def size_of(admin: psycopg.Connection, name: str) -> int:

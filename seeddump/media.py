@@ -33,6 +33,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -587,6 +588,33 @@ def undo_folder(root: Path, tag: str) -> Path:
     """Where the media folder a restore replaced is kept for an undo: beside MEDIA_ROOT (inside it when it is a
     mount point), one per database."""
     return _place(root, f"undo.{tag}")
+
+
+def kept_aside(root: Path) -> Path:
+    """Where what MEDIA_ROOT holds goes when a restore replaces it with no database to keep it with (the target
+    database did not exist yet: no undo can put it back): a folder named by the time, which no restore ever
+    removes; the restore says where it is."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return _place(root, f"kept.{stamp}.{secrets.token_hex(2)}")
+
+
+def kept_aside_folders(root: Path) -> list[Path]:
+    """The folders ``kept_aside`` made for MEDIA_ROOT, oldest first."""
+    place = _place(root, "kept.")
+    try:
+        return sorted(p for p in place.parent.iterdir() if p.name.startswith(place.name) and p.is_dir())
+    except OSError:
+        return []
+
+
+def holds_files(root: Path) -> bool:
+    """Whether MEDIA_ROOT holds anything (but our own folders, when it is a mount point)."""
+    root = _resolved(root)
+    try:
+        with os.scandir(root) as listing:
+            return any(not entry.name.startswith(_OURS_INSIDE) for entry in listing)
+    except OSError:
+        return False
 
 
 def leftover(root: Path) -> Path:

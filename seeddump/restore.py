@@ -14,6 +14,7 @@ create databases.
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 import signal
 import threading
@@ -300,15 +301,96 @@ def restore(plan: RestorePlan, options: RestoreOptions | None = None, *, progres
     media_root = options.media_root
     if plan.media_archive is not None and media_root is None and options.record:
         media_root = media.media_root()
-    with postgres.user_errors(settings_dict), _MediaSwap(plan, media_root, progress) as media_swap:
+    journal = _Journal(_target_of(plan.using, settings_dict), plan.dump_path.name, settings_dict)
+    with journal.guard(), postgres.user_errors(settings_dict), _MediaSwap(plan, media_root, progress) as media_swap:
         if options.in_place:
-            return _restore_in_place(plan, settings_dict, options, media_swap, progress)
-        result = _restore(plan, settings_dict, options, media_swap, progress)
+            return _restore_in_place(plan, settings_dict, options, media_swap, journal, progress)
+        result = _restore(plan, settings_dict, options, media_swap, journal, progress)
         if result.followup is not None and not options.defer:
             with after_swap(result.database, plan.dump_path.name, result.undo_copy, settings_dict):
                 finishing.finish(result.followup, settings_dict, progress)
             result = replace(result, followup=None)
     return result
+
+
+@dataclass
+class _Journal:
+    """What a restore (or undo) did that the server records, so that whatever stops it (Ctrl-C, SIGTERM, a
+    failure) is judged by what the server holds, not by where Python was: the point of no return is the swap's
+    commit (the target is then the database whose oid was the scratch's), or in place the transaction's (none
+    of the target's objects listed before it is left, see ``undo.committed_in_place``). Past it, the one line
+    says what the target holds and where the replaced database is (``UnfinishedAfterSwap``, exit status 3),
+    and nothing that the next run needs to finish the job (the undo copy, the unpacked media) is undone."""
+
+    target: str
+    holds: str  # what the target holds once the point of no return is passed
+    settings_dict: Mapping[str, Any]
+    restored_oid: int | None = None  # the database swapped in: set just before the swap
+    in_place: bool = False
+    before: list[int] | None = None  # in place: the target's own objects before the load
+    pending: str | None = None  # in place: the copy made for the undo
+    loading: bool = False  # in place: psql may still be at work on the target
+    undoing: bool = False  # an undo: the database it replaces is the undone restore's, dropped
+    # What Python saw (the point of no return passed; the copy kept): said when the server cannot answer.
+    seen: bool = False
+    kept_as: str | None = None
+    verdict: bool | None = None
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Around everything a run does: past the point of no return, what stops it is said as such."""
+        try:
+            yield
+        except UnfinishedAfterSwap:
+            raise
+        except (KeyboardInterrupt, Exception) as exc:
+            self.judge(exc)
+            raise
+
+    def judge(self, exc: BaseException) -> None:
+        """Raises ``UnfinishedAfterSwap`` for ``exc`` when the server says the point of no return is passed;
+        returns when it is not (the caller then undoes what the run did, and raises ``exc``)."""
+        near = self.seen or (self.loading if self.in_place else self.restored_oid is not None)
+        if self.verdict is None and not near:
+            self.verdict = False  # it never reached the swap or the load: nothing on the server to read
+        if self.verdict is False:
+            return
+        try:
+            with postgres.connect_maintenance(self.settings_dict) as admin:
+                if self.verdict is None:
+                    self.verdict = self._passed(admin)
+                if not self.verdict:
+                    return
+                where = self._where(admin)
+        except (psycopg.Error, SeeddumpError, KeyboardInterrupt):  # the server cannot tell: what Python saw
+            if not self.seen:
+                return
+            where = f"kept for an undo as {self.kept_as}" if self.kept_as else "as the run left it"
+        raise _unfinished(self.target, self.holds, where, _what_stopped(exc, self.settings_dict)) from None
+
+    def _passed(self, admin: psycopg.Connection) -> bool:
+        if not self.in_place:
+            return self.restored_oid is not None and databases.oid_of(admin, self.target) == self.restored_oid
+        if self.before is None:
+            return self.seen
+        if self.loading:  # psql commits or rolls back for good once its session is gone
+            databases.end_sessions_and_wait(admin, self.target)
+        now = databases.own_objects(self.settings_dict, self.target)
+        return undo.committed_in_place({"objectsBefore": self.before}, now)
+
+    def _where(self, admin: psycopg.Connection) -> str:
+        """Where the replaced database is, as the server has it; in place, the copy made beforehand is kept now."""
+        if self.undoing:
+            return "dropped by the next restore"
+        objects = functools.partial(databases.own_objects, self.settings_dict, self.target)
+        kept = {copy.name for copy in undo.list_copies(admin, self.target, sizes=False)}
+        if self.pending is not None and self.pending not in kept and databases.is_ours(admin, self.pending):
+            for name in undo.keep_in_place(admin, self.target, self.pending, after=objects()):
+                databases.drop(admin, name)
+        copy = undo.find(admin, self.target, objects)
+        if copy is not None:
+            return f"kept for an undo as {copy.name}"
+        return "not kept for an undo" if self.in_place else "dropped by the next restore"
 
 
 @contextlib.contextmanager
@@ -321,16 +403,23 @@ def after_swap(target: str, holds: str, kept: str | None, settings_dict: Mapping
     except UnfinishedAfterSwap:
         raise
     except (KeyboardInterrupt, Exception) as exc:
-        if isinstance(exc, KeyboardInterrupt):
-            what = "interrupted"
-        else:
-            text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
-            what = postgres.scrub(text, settings_dict)
+        what = _what_stopped(exc, settings_dict)
         where = f"kept for an undo as {kept}" if kept else "dropped by the next restore"
-        raise UnfinishedAfterSwap(
-            f"'{target}' now holds {holds}; the database it replaced is {where}. What comes after the swap did not "
-            f"finish ({what}); the next restoredump (or restoredump --undo) finishes it."
-        ) from None
+        raise _unfinished(target, holds, where, what) from None
+
+
+def _what_stopped(exc: BaseException, settings_dict: Mapping[str, Any]) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+    return postgres.scrub(text, settings_dict)
+
+
+def _unfinished(target: str, holds: str, where: str, what: str) -> UnfinishedAfterSwap:
+    return UnfinishedAfterSwap(
+        f"'{target}' now holds {holds}; the database it replaced is {where}. What comes after the swap did not "
+        f"finish ({what}); the next restoredump (or restoredump --undo) finishes it."
+    )
 
 
 def _target_of(using: str, settings_dict: Mapping[str, Any]) -> str:
@@ -369,62 +458,64 @@ def undo_last(
     ``environment``, when given, must be the one whose restore is undone."""
     started = time.monotonic()
     settings_dict = postgres.settings_for(using)
-    with postgres.user_errors(settings_dict):
-        target = _target_of(using, settings_dict)
-        with postgres.connect_maintenance(settings_dict) as admin, target_lock(admin, target, progress):
-            _finish_interrupted(admin, target, settings_dict, progress)
-            copy = undo.find(admin, target)
-            if copy is None:
-                raise SeeddumpError(
-                    f"Nothing to undo for '{target}': no database replaced by a restore is kept (the last restore "
-                    "was already undone, kept nothing because SEEDDUMP_UNDO is off or it restored in place "
-                    "without CREATEDB, or there was no database before it)."
-                )
-            if environment is not None and copy.environment != environment:
-                raise SeeddumpError(
-                    f"The last restore of '{target}' was of a '{copy.environment}' dump, not '{environment}': "
-                    f"undoing it would bring back {copy.describe()}. Run: python manage.py restoredump --undo"
-                )
-            databases.check_may_create(admin, target)
-            # The database comes back as it was, with the owner it had (not the undone restore's).
-            owner = databases.restore_owner(admin, target, copy.owner or configured_owner(settings_dict))
-            tag = finishing.tag(target)
-            root = media.media_root() if copy.media is not None and with_media else None
-            kept_media = media.kept_for_undo(root, tag) if root is not None and copy.media == "kept" else None
-            if root is not None and copy.media == "kept" and kept_media is None:
-                raise SeeddumpError(
-                    f"The media folder kept for this undo ({media.undo_folder(root, tag)}) is gone; nothing was "
-                    "changed. Undo the database alone with: python manage.py restoredump --undo --no-media"
-                )
-            postgres.close_django_connection(using)
-            exchange = None
-            if root is not None and kept_media is not None:
-                exchange = media.Exchange.plan(root, kept_media, media.leftover(root))
-            label = {"seeddump": "retired", "database": target}
+    target = _target_of(using, settings_dict)
+    journal = _Journal(target, "what it held before the last restore", settings_dict, undoing=True)
+    with (
+        journal.guard(),
+        postgres.user_errors(settings_dict),
+        postgres.connect_maintenance(settings_dict) as admin,
+        target_lock(admin, target, progress),
+    ):
+        _finish_interrupted(admin, target, settings_dict, progress)
+        copy = undo.find(admin, target, functools.partial(databases.own_objects, settings_dict, target))
+        if copy is None:
+            raise SeeddumpError(_nothing_to_undo(admin, target, with_media))
+        if environment is not None and copy.environment != environment:
+            raise SeeddumpError(
+                f"The last restore of '{target}' was of a '{copy.environment}' dump, not '{environment}': "
+                f"undoing it would bring back {copy.describe()}. Run: python manage.py restoredump --undo"
+            )
+        databases.check_may_create(admin, target)
+        # The database comes back as it was, with the owner it had (not the undone restore's).
+        owner = databases.restore_owner(admin, target, copy.owner or configured_owner(settings_dict))
+        tag = finishing.tag(target)
+        root = media.media_root() if copy.media is not None and with_media else None
+        kept_media = media.kept_for_undo(root, tag) if root is not None and copy.media == "kept" else None
+        if root is not None and copy.media == "kept" and kept_media is None:
+            raise SeeddumpError(
+                f"The media folder kept for this undo ({media.undo_folder(root, tag)}) is gone; nothing was "
+                "changed. Undo the database alone with: python manage.py restoredump --undo --no-media"
+            )
+        postgres.close_django_connection(using)
+        exchange = None
+        if root is not None and kept_media is not None:
+            exchange = media.Exchange.plan(root, kept_media, media.leftover(root))
+        label = {"seeddump": "retired", "database": target}
+        if exchange is not None:
+            label["mediaExchange"] = exchange.as_label()  # type: ignore[assignment]
+        fate = databases.Replaced(finishing.retired_prefix(target) + secrets.token_hex(4), label)
+        progress(f"Swapping {copy.name} back in for '{target}'")
+        journal.holds = f"what it held before {copy.replaced_by or 'the last restore'}"
+        journal.restored_oid = databases.oid_of(admin, copy.name)
+        swapped = databases.swap(admin, target, copy.name, fate, owner)
+        journal.seen = True
+        with after_swap(target, f"what it held before {copy.replaced_by or 'the last restore'}", None, settings_dict):
+            signals.database_swapped.send(sender=using, database=target, replaced=fate.name)
+            replaced_media: list[Path] = []
             if exchange is not None:
-                label["mediaExchange"] = exchange.as_label()  # type: ignore[assignment]
-            fate = databases.Replaced(finishing.retired_prefix(target) + secrets.token_hex(4), label)
-            progress(f"Swapping {copy.name} back in for '{target}'")
-            swapped = databases.swap(admin, target, copy.name, fate, owner)
-            with after_swap(
-                target, f"what it held before {copy.replaced_by or 'the last restore'}", None, settings_dict
-            ):
-                signals.database_swapped.send(sender=using, database=target, replaced=fate.name)
-                replaced_media: list[Path] = []
-                if exchange is not None:
-                    replaced_media += undo.settle_media(admin, fate.name, exchange)
-                    replaced_media.append(exchange.outgoing)
-                elif root is not None and copy.media == "absent":
-                    put_aside = media.set_aside(root)
-                    replaced_media += [put_aside] if put_aside is not None else []
-                elif copy.media == "kept":  # --no-media: the kept folder no longer undoes anything
-                    with contextlib.suppress(SeeddumpError):
-                        left = media.retire_undo(media.media_root(), tag)
-                        replaced_media += [left] if left is not None else []
-                progress(f"Dropping the undone restore's database {fate.name}")
-                databases.drop(admin, fate.name)
-                for folder in replaced_media:
-                    media.drop(folder)
+                replaced_media += undo.settle_media(admin, fate.name, exchange)
+                replaced_media.append(exchange.outgoing)
+            elif root is not None and copy.media == "absent":
+                put_aside = media.set_aside(root)
+                replaced_media += [put_aside] if put_aside is not None else []
+            elif copy.media == "kept":  # --no-media: the kept folder no longer undoes anything
+                with contextlib.suppress(SeeddumpError):
+                    left = media.retire_undo(media.media_root(), tag)
+                    replaced_media += [left] if left is not None else []
+            progress(f"Dropping the undone restore's database {fate.name}")
+            databases.drop(admin, fate.name)
+            for folder in replaced_media:
+                media.drop(folder)
     return UndoResult(
         database=target,
         copy=copy,
@@ -434,11 +525,39 @@ def undo_last(
     )
 
 
+def _nothing_to_undo(admin: psycopg.Connection, target: str, with_media: bool) -> str:
+    """Why there is nothing to undo, as the server (and the media folder) has it."""
+    line = f"Nothing to undo for '{target}': "
+    stale = undo.list_copies(admin, target, sizes=False)
+    if stale:
+        other = undo.last_restored_by(admin, target)
+        by = (
+            f"a restore by role '{other}', which keeps its own copy: run restoredump --undo as '{other}'"
+            if other
+            else ("a restore that kept no copy, or a database made again by hand")
+        )
+        line += (
+            f"the copy this role keeps ({stale[0].name}) undoes an earlier restore, and '{target}' was replaced "
+            f"since by {by}. Putting it back would skip that change; nothing was changed."
+        )
+    else:
+        line += (
+            "no database replaced by a restore is kept (the last restore was already undone, kept nothing because "
+            "SEEDDUMP_UNDO is off or it restored in place without CREATEDB, or there was no database before it)."
+        )
+    with contextlib.suppress(SeeddumpError):
+        kept_aside = media.kept_aside_folders(media.media_root()) if with_media else []
+        if kept_aside:
+            line += f" The files MEDIA_ROOT held when there was no database yet are in {kept_aside[-1]}."
+    return line
+
+
 def _restore(
     plan: RestorePlan,
     settings_dict: Mapping[str, Any],
     options: RestoreOptions,
     media_swap: _MediaSwap,
+    journal: _Journal,
     progress: Progress,
 ) -> RestoreResult:
     started = time.monotonic()
@@ -509,12 +628,15 @@ def _restore(
                 )
             media_swap.wait()  # unpacked beside the media folder while the database was restored
             postgres.close_django_connection(plan.using)
-            exchange = media_swap.exchange(target, keep=record and conf.UNDO)
-            fate = _fate_of_replaced(admin, plan, target, record, exchange, media_swap)
+            exchange = media_swap.exchange(target, keep=record and conf.UNDO, replaces=exists)
+            journal.restored_oid = databases.oid_of(admin, scratch)
+            fate = _fate_of_replaced(admin, plan, target, record, exchange, media_swap, journal.restored_oid)
             progress(f"Swapping the restored database in for '{target}'")
             settings_before = current.settings if current is not None else None
             swapped = databases.swap(admin, target, scratch, fate, owner, settings_before)
-        except BaseException:
+            journal.seen, journal.kept_as = True, fate.name if exists and fate.closed else None
+        except BaseException as exc:
+            journal.judge(exc)  # past the swap's commit, nothing below is undone
             media_swap.abandon()
             if claimed is not None and not changed and snapshots.unclaim_ready(admin, claimed, scratch):
                 progress(f"Kept the ready copy {claimed.name} for the next restore")
@@ -543,6 +665,10 @@ def _restore(
                 )
     retired = tuple(new for _, new in fate.aside) + ((fate.name,) if swapped.replaced and not kept else ())
     undo_note = "SEEDDUMP_UNDO is off" if record and swapped.replaced and not conf.UNDO else None
+    if media_swap.kept_aside is not None:
+        undo_note = (
+            f"there was no database '{target}' before it; the files MEDIA_ROOT held are kept in {media_swap.kept_aside}"
+        )
     counts = metadata.record_counts
     # The admin's records go where the restored database has their table (from the dump, or made by a
     # migration before the swap): elsewhere, finishing needs none of Django's apps (``seeddump.cli``).
@@ -590,6 +716,7 @@ def _fate_of_replaced(
     keep: bool,
     exchange: media.Exchange | None,
     media_swap: _MediaSwap,
+    restored_oid: int | None = None,
 ) -> databases.Replaced:
     return undo.replaced_fate(
         admin,
@@ -599,6 +726,7 @@ def _fate_of_replaced(
         environment=plan.environment,
         media_exchange=exchange,
         media_swapped=media_swap.root is not None,
+        restored_oid=restored_oid,
     )
 
 
@@ -606,9 +734,11 @@ def _finish_interrupted(
     admin: psycopg.Connection, target: str, settings_dict: Mapping[str, Any], progress: Progress
 ) -> None:
     """What an interrupted restore or undo of ``target`` left after its point of no return (keeping an in-place
-    restore's copy, the media), done now; call it holding the target's lock, before anything else."""
+    restore's copy, the media), done now, and what one left before it (an in-place restore's copy that never
+    got its label or whose transaction did not commit) dropped; call it holding the target's lock, before
+    anything else. Every path (cold, in place, undo) starts here."""
     try:
-        done = undo.settle(admin, target, lambda: databases.schema_oids(settings_dict, target))
+        done = undo.settle(admin, target, functools.partial(databases.own_objects, settings_dict, target))
     except SeeddumpError as exc:
         raise SeeddumpError(
             f"The last restore (or undo) of '{target}' stopped after its swap, and its media still cannot be put in "
@@ -616,6 +746,8 @@ def _finish_interrupted(
         ) from None
     for line in done:
         progress(line)
+    for name in undo.drop_abandoned(admin, target):
+        progress(f"Dropped {name}, left over by an interrupted restore")
 
 
 def _restore_in_place(
@@ -623,6 +755,7 @@ def _restore_in_place(
     settings_dict: Mapping[str, Any],
     options: RestoreOptions,
     media_swap: _MediaSwap,
+    journal: _Journal,
     progress: Progress,
 ) -> RestoreResult:
     started = time.monotonic()
@@ -641,19 +774,22 @@ def _restore_in_place(
         dump_code.owner = databases.restore_owner(admin, target, configured_owner(settings_dict))
         _finish_interrupted(admin, target, settings_dict, progress)
         carried = records.restore_times(settings_dict, target) if record else {}
-        for name in finishing.drop_leftovers(admin, target, scratch=False) + undo.drop_pending(admin, target):
+        for name in finishing.drop_leftovers(admin, target, scratch=False):
             progress(f"Dropped {name}, left over by an interrupted restore")
         media_swap.start()
         media_swap.wait()  # before the transaction: a failure to unpack leaves the database as it was
         postgres.close_django_connection(plan.using)
         pending, why_not, exchange = None, None, None
+        journal.in_place = True
+        journal.before = databases.own_objects(settings_dict, target)  # what the transaction drops
         if record:
             # Everything the undo copy needs is decided before the transaction and written on the copy, so
             # that a run stopped right after the commit is finished by the next (``undo.settle``).
             undo_possible = conf.UNDO and databases.may_create(admin)
             exchange = media_swap.exchange(target, keep=undo_possible)
             fate = _fate_of_replaced(admin, plan, target, True, exchange, media_swap)
-            pending, why_not = _copy_for_undo(admin, target, fate.label, settings_dict, progress)
+            pending, why_not = _copy_for_undo(admin, target, fate.label, journal.before, progress)
+            journal.pending = pending
         elif media_swap.root is not None:
             exchange = media_swap.exchange(target, keep=False)
         if record and pending is None:  # an earlier restore's copy would undo the wrong change after this one
@@ -661,8 +797,11 @@ def _restore_in_place(
                 progress(f"Dropped {name}: it undoes an earlier restore, and this one keeps no copy")
         before = databases.identity_of(admin, target)
         try:
+            journal.loading = True
             load.in_place(admin, plan.archive(), plan.metadata, settings_dict, target, dump_code, progress)
-        except BaseException:
+            journal.loading, journal.seen, journal.kept_as = False, True, pending
+        except BaseException as exc:
+            journal.judge(exc)  # committed: the copy is kept for the undo, and said
             media_swap.abandon()
             if pending is not None:
                 with contextlib.suppress(psycopg.Error):
@@ -676,7 +815,8 @@ def _restore_in_place(
         with after_swap(target, plan.dump_path.name, pending, settings_dict):
             aside: tuple[str, ...] = ()
             if pending is not None:
-                aside = undo.keep_in_place(admin, target, pending)
+                made = databases.own_objects(settings_dict, target)
+                aside = undo.keep_in_place(admin, target, pending, after=made)
                 progress(f"Kept the replaced database as {pending} for an undo")
             signals.database_swapped.send(sender=plan.using, database=target, replaced=pending)
             retired_media = media_swap.complete(admin, pending, exchange)
@@ -711,7 +851,7 @@ def _copy_for_undo(
     admin: psycopg.Connection,
     target: str,
     label: Mapping[str, object],
-    settings_dict: Mapping[str, Any],
+    objects: list[int] | None,
     progress: Progress,
 ) -> tuple[str | None, str | None]:
     """In place, the database is changed rather than replaced: a copy of it (labelled pending with ``label``,
@@ -722,8 +862,7 @@ def _copy_for_undo(
         return None, "this role may not create databases, so an in-place restore cannot copy it first"
     for _attempt in range(3):
         try:
-            schemas = databases.schema_oids(settings_dict, target)
-            pending = undo.make_pending(admin, target, label=label, schemas=schemas)
+            pending = undo.make_pending(admin, target, label=label, objects=objects)
         except psycopg.errors.ObjectInUse:  # a new session came between ending them and the copy
             continue
         progress(f"Copied '{target}' to {pending} for an undo")
@@ -745,6 +884,7 @@ class _MediaSwap:
         self.thread: threading.Thread | None = None
         self.cancelled = threading.Event()
         self.planned: media.Exchange | None = None
+        self.kept_aside: Path | None = None  # where the files MEDIA_ROOT held went, kept with no database
 
     def __enter__(self) -> _MediaSwap:
         if self.root is not None and self.info is not None:
@@ -774,12 +914,19 @@ class _MediaSwap:
         if self.failure is not None:
             raise self.failure
 
-    def exchange(self, target: str, *, keep: bool) -> media.Exchange | None:
+    def exchange(self, target: str, *, keep: bool, replaces: bool = True) -> media.Exchange | None:
         """The exchange that puts the unpacked media in place, planned (not done) for the swap to record: what
-        MEDIA_ROOT holds goes to the folder kept for an undo (``keep``), else to one to drop."""
+        MEDIA_ROOT holds goes to the folder kept for an undo (``keep``), else to one to drop. Without a
+        database to replace (``replaces``), no undo can put the files back and nothing records them: they go
+        to a folder no restore removes (``media.kept_aside``, said in ``kept_aside``)."""
         if self.root is None or self.unpacked is None:
             return None
-        outgoing = media.undo_folder(self.root, finishing.tag(target)) if keep else media.leftover(self.root)
+        if not replaces and media.holds_files(self.root):
+            self.kept_aside = outgoing = media.kept_aside(self.root)
+        elif keep:
+            outgoing = media.undo_folder(self.root, finishing.tag(target))
+        else:
+            outgoing = media.leftover(self.root)
         self.planned = media.Exchange.plan(self.root, self.unpacked, outgoing)
         return self.planned
 
@@ -797,6 +944,10 @@ class _MediaSwap:
         self.unpacked = None  # from now on, the exchange's (finished by the next run if this one stops)
         aside = undo.settle_media(admin, replaced, exchange) if replaced else exchange.complete()
         self.progress(f"Swapped the restored media into {self.root}")
+        if self.kept_aside is not None:
+            self.progress(
+                f"Kept the files {self.root} held in {self.kept_aside}: there was no database to keep them with"
+            )
         outgoing = [exchange.outgoing] if "seeddump-old" in exchange.outgoing.name else []
         return (*aside, *outgoing)
 
