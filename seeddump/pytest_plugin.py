@@ -49,10 +49,17 @@ class _Seeding:
         self.missing: dict[str, str] = {}  # environment: why its seeded tests skip (or fail)
         self.pulled: set[str] = set()  # environments whose shared dump this session already asked for
 
+    # As pytest-django treats its own test database: --create-db rebuilds it at the start of the session,
+    # --reuse-db keeps it at the end (with both: recreated now, reused next time).
     @property
     def reuse(self) -> bool:
-        option = self.config.option
-        return bool(getattr(option, "reuse_db", False)) and not bool(getattr(option, "create_db", False))
+        """An existing seeded database may be kept (if it still holds the seed) instead of rebuilt."""
+        return self.keep and not bool(getattr(self.config.option, "create_db", False))
+
+    @property
+    def keep(self) -> bool:
+        """The seeded databases outlive the session, for the next --reuse-db session."""
+        return bool(getattr(self.config.option, "reuse_db", False))
 
     def ready(self, request: pytest.FixtureRequest, environment: str) -> dict[str, str]:
         from seeddump import testdatabases
@@ -93,6 +100,12 @@ class _Seeding:
             self.built.append(seeded.describe())
             for note in seeded.notes:
                 _add_note(self.notes, f"seeddump: {note}")
+            if seeded.media and self.config.get_verbosity() > 0:
+                _add_note(
+                    self.notes,
+                    f"seeddump: the {environment} dump's media ({seeded.media}) are not restored for the tests: "
+                    "a seeded test database gets the dump's rows, never its files.",
+                )
             if seeded.status.stale:
                 note = seeded.status.message()
                 if seeded.migrated:
@@ -111,7 +124,7 @@ class _Seeding:
     def finish(self) -> None:
         from seeddump import testdatabases
 
-        if not self.reuse:
+        if not self.keep:
             for alias, name in sorted(self.made):
                 testdatabases.drop(alias, name)
 

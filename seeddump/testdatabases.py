@@ -52,6 +52,7 @@ class Seeded:
     source: str  # how it was made: "pg_restore", "snapshot" (a copy of the cached one), or "kept"
     seconds: float
     notes: tuple[str, ...] = ()  # worth telling at the end of the session (which dump was chosen, and why)
+    media: str = ""  # the dump's media, which a seeded test database never gets ("24 file(s), 7.6 kB")
 
     def describe(self) -> str:
         if self.reused:
@@ -106,6 +107,7 @@ def build(environment: str, alias: str, *, reuse: bool, progress: Progress = _qu
     # Test databases get no media.
     plan = restore.plan_restore(environment, using=alias, with_media=False, shared_storage="offline")
     checksum = plan.metadata.checksum
+    notes = _without_media_note(plan)
     # One build per dump at a time: the first xdist worker restores and caches the snapshot, the others
     # wait, then copy the snapshot instead of each running pg_restore.
     lock = f"seeded test databases of {plan.dump_path.name}"
@@ -136,7 +138,16 @@ def build(environment: str, alias: str, *, reuse: bool, progress: Progress = _qu
                 counts = postgres.count_rows(conn)
             databases.label(admin, name, _label(checksum, counts))
     elapsed = time.monotonic() - started
-    return Seeded(alias, name, plan.status, reused, migrated, source, elapsed, notes=plan.notes)
+    media = plan.metadata.media.describe() if plan.metadata.media is not None else ""
+    return Seeded(alias, name, plan.status, reused, migrated, source, elapsed, notes=notes, media=media)
+
+
+def _without_media_note(plan: restore.RestorePlan) -> tuple[str, ...]:
+    """The plan's notes but restoredump's "media ... are not restored: --no-media.": nobody passed --no-media
+    here; a seeded test database never gets the dump's media (``Seeded.media`` says what it has)."""
+    if plan.metadata.media is None:
+        return plan.notes
+    return tuple(note for note in plan.notes if not note.startswith("The dump's media ("))
 
 
 def forget(alias: str, name: str) -> None:

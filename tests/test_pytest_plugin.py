@@ -204,6 +204,51 @@ def test_reuse_db_trusts_only_a_database_that_still_holds_the_seed(inner, alias:
 
 
 @pytest.mark.parametrize("alias", ["default"])
+def test_reuse_db_with_create_db_rebuilds_the_seeded_database_and_keeps_it(inner, alias: str) -> None:
+    """As pytest-django treats its own test database: --create-db rebuilds it at the start of the session,
+    --reuse-db keeps it at the end; the next --reuse-db session uses it."""
+    pytester, _ = inner
+    one = ("test_inner.py", "-k", "test_marked_sees")
+    run_inner(pytester, "--reuse-db", *one).assert_outcomes(passed=1, deselected=5)
+
+    recreated = run_inner(pytester, "--reuse-db", "--create-db", *one)
+    recreated.assert_outcomes(passed=1, deselected=5)
+    recreated.stdout.fnmatch_lines([f"seeddump: {_seeded(alias)} from the dev dump *"])  # though it held the seed
+    assert _seeded(alias) in database_names(alias)
+
+    reused = run_inner(pytester, "--reuse-db", *one)
+    reused.assert_outcomes(passed=1, deselected=5)
+    reused.stdout.fnmatch_lines([f"seeddump: {_seeded(alias)} kept from the last session*"])
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_a_dump_with_media_is_not_said_to_be_restored_with_no_media(inner, alias: str, media_dumps) -> None:
+    """Nobody passed --no-media: a seeded test database simply never gets the dump's files. Said with -v only."""
+    pytester, dumps = inner
+    for path in dumps.iterdir():
+        path.unlink()
+    copy_dump(media_dumps[alias].path, dumps)
+    one = ("test_inner.py", "-k", "test_marked_sees")
+
+    quiet = run_inner(pytester, *one)
+    quiet.assert_outcomes(passed=1, deselected=5)
+    output = quiet.stdout.str() + quiet.stderr.str()
+    assert "--no-media" not in output, output
+    assert not [line for line in output.splitlines() if line.startswith("seeddump") and "media" in line], output
+
+    verbose = run_inner(pytester, "-v", *one)
+    verbose.assert_outcomes(passed=1, deselected=5)
+    output = verbose.stdout.str()
+    assert "--no-media" not in output, output
+    verbose.stdout.fnmatch_lines(
+        [
+            "seeddump: the dev dump's media (* file(s), *) are not restored for the tests: a seeded test database "
+            "gets the dump's rows, never its files."
+        ]
+    )
+
+
+@pytest.mark.parametrize("alias", ["default"])
 def test_xdist_workers_copy_one_snapshot(inner, alias: str) -> None:
     pytester, _ = inner
     result = run_inner(pytester, "-n", "2", "--create-db")

@@ -309,11 +309,6 @@ def test_the_projects_seeded_pytest_tests(project: Project) -> None:
     assert "5 passed" in reused and seeded_lines(project, reused, "kept from the last session ("), reused
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="seeddump's plugin drops its seeded databases at the end of a --reuse-db --create-db session, which "
-    "pytest-django keeps (recreated now, reused next time)",
-)
 def test_reuse_db_with_create_db_keeps_the_seeded_databases_as_pytest_django_keeps_its_own(project: Project) -> None:
     if project.kind.scheme != "postgis":
         pytest.skip("the plugin's own behaviour, the same for any project: shown on the quicker one")
