@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import shutil
 from pathlib import Path
 
@@ -9,10 +10,11 @@ import psycopg
 import pytest
 from django.core.management import CommandError
 from django.db import connections
+from psycopg import sql
 
 from project.reality.models import Team
-from seeddump import postgres, snapshots
-from tests.conftest import copy_dump, database_names, demo_snapshot, run_command
+from seeddump import postgres, snapshots, undo
+from tests.conftest import copy_dump, database_names, database_url, demo_snapshot, manage, run_command
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -140,3 +142,24 @@ def test_prune_all_folders_drops_what_vanished_folders_left(
 def test_all_folders_does_not_go_with_drop_all(alias: str, dumps_dir: Path) -> None:
     with pytest.raises(CommandError, match="--all-folders goes with --prune or a listing"):
         run_command("snapshots", database=alias, drop_all=True, all_folders=True)
+
+
+def test_a_database_merely_called_seeddump_is_no_other_projects_copy(alias: str, dumps_dir: Path) -> None:
+    """A project whose own database is called seeddump_* (the demo's is seeddump_demo), and another project's
+    database of such a name, are nobody's copies; another project's undo copy is."""
+    tag = secrets.token_hex(3)
+    own, shop = f"seeddump_demo_{tag}", f"seeddump_shop_{tag}"
+    copy = undo.prefix(f"another_project_{tag}") + "0badc0de"
+    with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
+        for name in (own, shop, copy):
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        env = {"DATABASE_URL": database_url(alias, own)}
+        listed = manage("snapshots", "--others", alias=alias, dumps_dir=dumps_dir, env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert copy in listed.stdout, listed.stdout
+        assert own not in listed.stdout and shop not in listed.stdout, listed.stdout
+    finally:
+        with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
+            for name in (own, shop, copy):
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
