@@ -110,13 +110,14 @@ def list_entries(
 @dataclass(frozen=True)
 class Pruned:
     name: str
-    snapshot: str | None
+    copies: tuple[str, ...] = ()  # its snapshots and ready copies on the server that this role made
 
 
 def prune(environment: str, keep: int, *, dry_run: bool = False, using: str = "default") -> list[Pruned]:
     """Deletes all but the newest ``keep`` local dumps of ``environment`` (never the latest).
 
-    With each dump go its metadata, its media archive, its cached snapshot and its admin record.
+    With each dump go its metadata, its media archive, its admin record and the copies of it that the
+    connecting role keeps on the server (snapshots, ready copies; another role's are left to that role).
     """
     dumpfiles.validate_environment(environment)
     if keep < 1:
@@ -131,15 +132,13 @@ def prune(environment: str, keep: int, *, dry_run: bool = False, using: str = "d
     settings_dict = postgres.settings_for(using)
     pruned = []
     with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
-        cached = {s.dump_file: s.name for s in snapshots.list_snapshots(admin)}
         for path in doomed:
-            snapshot = cached.get(path.name)
-            pruned.append(Pruned(path.name, snapshot))
             if dry_run:
+                pruned.append(Pruned(path.name, tuple(c.name for c in snapshots.copies_of(admin, path.name))))
                 continue
-            if snapshot:
-                with snapshots.snapshot_lock(admin):
-                    snapshots.drop(admin, snapshot)
+            # Under the cache's lock: no restore claims a ready copy, nor builds a snapshot, meanwhile.
+            with snapshots.snapshot_lock(admin):
+                pruned.append(Pruned(path.name, tuple(snapshots.drop_copies_of(admin, path.name))))
             path.unlink()
             for companion in dumpfiles.companions(path):
                 companion.unlink(missing_ok=True)

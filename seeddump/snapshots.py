@@ -367,6 +367,23 @@ def drop_all(admin: psycopg.Connection, directory: Path | None = None) -> list[s
     return dropped
 
 
+def copies_of(admin: psycopg.Connection, dump_file: str, directory: Path | None = None) -> list[Snapshot]:
+    """Our snapshots and ready copies of the dump ``dump_file`` in this dumps folder, whatever their key (one
+    per role, owner and locale that restored it); another role's are never ours to drop."""
+    return [
+        copy
+        for kind in (READY_PREFIX, PREFIX)
+        for copy in list_snapshots(admin, directory, kind, sizes=False)
+        if copy.dump_file == dump_file
+    ]
+
+
+def drop_copies_of(admin: psycopg.Connection, dump_file: str, directory: Path | None = None) -> list[str]:
+    """Drops ``copies_of`` the dump (``prunedumps``: its file goes). Call it holding ``snapshot_lock``.
+    Returns the dropped names."""
+    return [copy.name for copy in copies_of(admin, dump_file, directory) if databases.drop(admin, copy.name)]
+
+
 def prune_all_folders(admin: psycopg.Connection) -> list[str]:
     """``prune`` for every dumps folder whose copies (ours) are on this server, as their labels record it,
     each under its folder's lock.

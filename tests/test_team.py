@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError
+from django.db import connections
 
 from project.reality.models import Team
-from seeddump import dumpfiles
+from seeddump import dumpfiles, postgres, snapshots
 from seeddump.models import DumpRecord
-from tests.conftest import database_names, run_command
+from tests.conftest import database_names, run_command, wait_for_exit
+from tests.test_identity import Server
+from tests.test_identity import server as server_fixture
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+server = server_fixture
 
 
 def filesystem_storage(location: Path) -> dict:
@@ -179,6 +183,57 @@ def test_prunedumps_keeps_exactly_n_and_the_latest(alias: str, dumps_dir: Path, 
     assert dumpfiles.list_dumps(dumps_dir, "dev") == [made[3]]
     assert not [n for n in database_names(alias) if n.startswith("seeddump_snap_") and made[0].name in n]
     assert set(DumpRecord.objects.using(alias).values_list("file_name", flat=True)) <= {made[3].name, made[2].name}
+
+
+def test_prunedumps_drops_this_roles_copies_of_the_dump_and_never_another_roles(
+    alias: str, dumps_dir: Path, settings, server: Server
+) -> None:
+    # Plain copies, finished in the background: a snapshot and a ready copy, whatever the server's disk.
+    settings.SEEDDUMP_CLONES = False
+    run_command("seed", "dev", scale=1, database=alias, verbosity=0)
+    settings.SEEDDUMP_VERSION = "b1"
+    old = generate(alias)
+    settings.SEEDDUMP_VERSION = "b2"
+    generate(alias)  # the latest
+    settings.SEEDDUMP_VERSION = "b1"
+    settings.SEEDDUMP_BACKGROUND = True
+    restored = run_command("restoredump", "dev", database=alias, interactive=False, json=True, dump=str(old)).out
+    wait_for_exit(json.loads(restored)["background"]["pid"])
+    target = connections[alias].settings_dict["NAME"]
+    metadata = dumpfiles.read_metadata(old)
+    ours = {kind: copies_of(alias, old, kind) for kind in (snapshots.PREFIX, snapshots.READY_PREFIX)}
+    assert all(len(copies) == 1 for copies in ours.values()), ours
+    # The same dump's ready copy made by another role (a restore as the app role): that role's to drop.
+    other = server.role("app", "LOGIN CREATEDB")
+    theirs = snapshots.ready_name(target, metadata.checksum, "0therkey")
+    label = {
+        "seeddump": "ready",
+        "checksum": metadata.checksum,
+        "dumpFile": old.name,
+        "database": target,
+        "key": "0therkey",
+        "folder": str(dumps_dir.resolve()),
+    }
+    server.execute("postgres", f'CREATE DATABASE "{theirs}"', role=other)
+    server.execute("postgres", f"COMMENT ON DATABASE \"{theirs}\" IS '{json.dumps(label)}'", role=other)
+
+    [snapshot], [ready] = ours.values()
+    dry = run_command("prunedumps", "dev", keep=1, dry_run=True, database=alias).out
+    assert {snapshot, ready} <= database_names(alias)
+
+    done = run_command("prunedumps", "dev", keep=1, database=alias).out
+    assert not old.exists()
+    assert not {snapshot, ready} & database_names(alias)  # not left for snapshots --prune
+    assert theirs in database_names(alias)
+    copies = f"and its snapshot {snapshot}, its ready copy {ready}"
+    assert dry.splitlines() == [f"Would remove {old.name} {copies}"]
+    assert done.splitlines() == [f"Removed {old.name} {copies}"]
+
+
+def copies_of(alias: str, dump: Path, kind: str) -> list[str]:
+    """The names of the copies of ``dump`` of one kind (snapshots, ready copies) this role keeps."""
+    with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
+        return [copy.name for copy in snapshots.list_snapshots(admin, kind=kind) if copy.dump_file == dump.name]
 
 
 def test_json_output_of_generate_and_restore(alias: str, dumps_dir: Path) -> None:

@@ -6,12 +6,15 @@ from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
-from seeddump import catalog
+from seeddump import catalog, snapshots
 from seeddump.exceptions import SeeddumpError
 
 
 class Command(BaseCommand):
-    help = "Deletes older local dumps of an environment (never the latest), with their metadata and snapshots."
+    help = (
+        "Deletes older local dumps of an environment (never the latest), with their metadata, media, admin records, "
+        "and the snapshots and ready copies of them this role keeps on the server."
+    )
     requires_system_checks = [Tags.compatibility]  # seeddump.E001: an older Django, said in one line
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -29,7 +32,13 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         verb = "Would remove" if options["dry_run"] else "Removed"
         for item in pruned:
-            extra = f" and its snapshot {item.snapshot}" if item.snapshot else ""
-            self.stdout.write(f"{verb} {item.name}{extra}")
+            self.stdout.write(f"{verb} {item.name}{_copies(item.copies)}")
         if not pruned:
             self.stdout.write(f"Nothing to remove: {options['environment']} has at most {options['keep']} dumps.")
+
+
+def _copies(names: tuple[str, ...]) -> str:
+    """`` and its snapshot seeddump_snap_…, its ready copy seeddump_ready_…`` (what this role kept of the dump)."""
+    kinds = ((snapshots.PREFIX, "snapshot"), (snapshots.READY_PREFIX, "ready copy"))
+    said = [f"its {what} {name}" for prefix, what in kinds for name in names if name.startswith(prefix)]
+    return f" and {', '.join(said)}" if said else ""
