@@ -7,6 +7,9 @@
 # seeds/scripts/python.sh from Debian's sources), /usr/bin, pythonX.Y on PATH, pyenv's versions.
 # A combination whose Python is missing is skipped with one line saying how to run it; under CI (CI set) it fails.
 # Extra arguments go to pytest, and then only the first combination runs.
+# The core runs go one after another in the background while the whole suite runs (the suite leaves a core
+# half idle, waiting on servers and processes; the runs share servers as two checkouts would): their output
+# follows the suite's, each run's in one piece.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cache=${SEEDDUMP_PYTHON_CACHE:-${HOME:-/root}/.cache/seeddump/python}
@@ -33,6 +36,8 @@ find_python() {
 
 failed=()
 skipped=()
+runs=()
+main=()
 first=1
 while read -r py django psycopg pg tests; do
   case "$py" in '' | '#'*) continue ;; esac
@@ -66,18 +71,60 @@ while read -r py django psycopg pg tests; do
   "$venv/bin/python" -c 'import sys, django, psycopg; print(f"test-versions: {sys.argv[1]} tests on Python '\
 '{sys.version.split()[0]}, Django {django.get_version()}, psycopg {psycopg.__version__}, embedded PostgreSQL '\
 '{sys.argv[2]}")' "$tests" "$pg"
+  # The embedded server is started here, one at a time: runs that start at once would race to start it.
+  PGSERVER_POSTGRES_VERSION=$pg "$venv/bin/python" -c 'import pathlib; from project import embedded; '\
+'embedded.database(embedded.data_dir(pathlib.Path.cwd()), "seeddump_demo")'
   args=(-p no:cacheprovider)
   if [ "$first" = 1 ] && [ "$#" -gt 0 ]; then
     args+=("$@")
   elif [ "$tests" = core ]; then
     args+=(-q "${CORE[@]}")
+  else
+    args+=(--durations=25)  # where the suite's time goes, for whoever makes it faster next
   fi
-  if ! PGSERVER_POSTGRES_VERSION=$pg "$venv/bin/python" -m pytest "${args[@]}"; then
-    failed+=("$label ($tests tests)")
+  if [ "$tests" = core ]; then
+    runs+=("$pg|$venv|$label|${args[*]}")
+  else
+    main=("$pg" "$venv" "$label" "${args[@]}")
   fi
   [ "$first" = 1 ] && [ "$#" -gt 0 ] && break
   first=0
 done <seeds/scripts/versions.txt
+
+run_core() {  # the core runs, one after another; each run's output and status in logs/
+  local entry pg venv label args index=0
+  for entry in "${runs[@]}"; do
+    IFS='|' read -r pg venv label args <<<"$entry"
+    index=$((index + 1))
+    echo "$label" >"$logs/$index.label"
+    # shellcheck disable=SC2086 # the arguments were joined with spaces and have none of their own
+    PGSERVER_POSTGRES_VERSION=$pg "$venv/bin/python" -m pytest $args >"$logs/$index.out" 2>&1
+    echo "$?" >"$logs/$index.status"
+  done
+}
+
+logs=$(mktemp -d)
+core_pid=
+if [ "${#runs[@]}" -gt 0 ]; then
+  run_core &
+  core_pid=$!
+fi
+if [ "${#main[@]}" -gt 0 ]; then
+  if ! PGSERVER_POSTGRES_VERSION=${main[0]} "${main[1]}/bin/python" -m pytest "${main[@]:3}"; then
+    failed+=("${main[2]} (all tests)")
+  fi
+fi
+if [ -n "$core_pid" ]; then
+  wait "$core_pid" || true
+  for status in "$logs"/*.status; do
+    index=$(basename "$status" .status)
+    label=$(cat "$logs/$index.label")
+    echo "test-versions: core tests on $label:"
+    cat "$logs/$index.out"
+    [ "$(cat "$status")" = 0 ] || failed+=("$label (core tests)")
+  done
+fi
+rm -rf "$logs"
 
 for entry in "${skipped[@]}"; do
   version=${entry%%|*}
