@@ -328,7 +328,8 @@ def _make(
             f"'{role}' is not one. Restore over a superuser connection, or have an administrator make a template "
             f"database that holds it (CREATE DATABASE template_{extension.name}; CREATE EXTENSION {extension.name} "
             f"there; ALTER DATABASE template_{extension.name} IS_TEMPLATE true) and set SEEDDUMP_TEMPLATE = "
-            f"'template_{extension.name}'; nothing was changed."
+            f"'template_{extension.name}' (or, where an administrator made it in the target database, restore with "
+            "--in-place, which keeps it); nothing was changed."
         ) from None
 
 

@@ -95,6 +95,7 @@ def test_as_the_app_role_a_template_holds_it_or_one_line_says_who_can(
     line = refused.stderr.strip().splitlines()[-1]
     assert "The dump needs the extension postgis, which only a superuser may create on this server" in line
     assert "SEEDDUMP_TEMPLATE" in line and "nothing was changed" in line and "Traceback" not in refused.stderr
+    assert "restore with --in-place, which keeps it" in line
     in_place = restoredump(server, dumps_dir, app, target, "--in-place", ok=False)
     assert in_place.returncode == 1
     [line] = in_place.stderr.strip().splitlines()
