@@ -17,7 +17,6 @@ import pytest
 from django.core.management import CommandError
 from django.db import connections
 
-from project.reality.models import Team
 from seeddump import databases, finishing, media, postgres, undo
 from tests.conftest import (
     REPO,
@@ -31,6 +30,7 @@ from tests.conftest import (
     run_bounded,
     run_command,
 )
+from tests.test_after_swap import my_work, team_names
 from tests.test_identity import Server, restoredump
 from tests.test_identity import server as server_fixture
 from tests.test_identity import team_names as team_names_in
@@ -38,15 +38,6 @@ from tests.test_identity import team_names as team_names_in
 server = server_fixture  # a fixture of test_identity's, used here by name
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
-
-
-def team_names(alias: str) -> list[str]:
-    return sorted(Team.objects.using(alias).values_list("name", flat=True))
-
-
-def my_work(alias: str, name: str) -> list[str]:
-    Team.objects.using(alias).create(name=name, created_at="2026-02-01T00:00:00Z")
-    return team_names(alias)
 
 
 def under_undo_names(alias: str) -> list[databases.Database]:
