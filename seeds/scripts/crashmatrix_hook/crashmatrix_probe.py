@@ -1,0 +1,253 @@
+"""Counts, in order, every state change a ``manage.py restoredump`` process makes, and applies a fault right
+after one of them (seeds/scripts/crashmatrix.py).
+
+A state change is:
+- ``sql``: a statement one of seeddump's own psycopg connections (``seeddump.postgres.Connection``) executes,
+  but for SELECT, SHOW and SET; and the COMMIT of every transaction such a connection commits;
+- ``file``: ``os.rename``, ``os.replace``, ``os.unlink``/``os.remove``, ``os.rmdir``, ``shutil.rmtree``, and
+  seeddump's ``renameat2`` (the media exchange);
+- ``exit``: a child process seen to exit (``subprocess.Popen.wait``/``poll``, which ``communicate`` and
+  ``subprocess.run`` call).
+
+Environment: CRASHMATRIX_LOG, the file each change is appended to (``N<TAB>kind<TAB>shape<TAB>where``);
+CRASHMATRIX_FAULT_AT=N and CRASHMATRIX_FAULT=kill|term|sessions: right after change N, SIGKILL or SIGTERM this
+process, or end every server session whose application_name starts with CRASHMATRIX_APPNAME (this restore's:
+its own, pg_restore's, psql's) over a connection of the probe's own. The line ``FAULT<TAB>N`` is written
+just before the fault, so the harness knows it was applied. ``PID<TAB>n`` lines name the server processes of
+seeddump's sessions."""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from typing import Any
+
+_LOG = os.environ.get("CRASHMATRIX_LOG", "")
+_FAULT_AT = int(os.environ.get("CRASHMATRIX_FAULT_AT") or 0)
+_FAULT = os.environ.get("CRASHMATRIX_FAULT", "")
+_APPNAME = os.environ.get("CRASHMATRIX_APPNAME", "")
+_READ_ONLY = {"SELECT", "SHOW", "SET"}
+_count = 0
+_busy = False  # the probe's own work (its log, the fault's connection) is never counted
+
+
+def _write(line: str) -> None:
+    with open(_LOG, "a", encoding="utf-8") as log:
+        log.write(line + "\n")
+
+
+def _where() -> str:
+    """The innermost seeddump function that made the change, and its caller."""
+    frame = sys._getframe(2)
+    found: list[str] = []
+    while frame is not None and len(found) < 2:
+        name = frame.f_code.co_filename
+        if "/seeddump/" in name and (found or not name.endswith("/seeddump/postgres.py")):
+            found.append(f"{os.path.basename(name)}:{frame.f_code.co_name}")
+        frame = frame.f_back
+    return " < ".join(found) or "?"
+
+
+def _shape(text: str) -> str:
+    """What the change is, without the names that differ from run to run (times, hashes, pids)."""
+    text = re.sub(r"\s+", " ", text).strip()
+    return re.sub(r"[0-9a-f]{6,}|\d+", "#", text)[:90]
+
+
+def changed(kind: str, detail: str) -> None:
+    global _count, _busy
+    _count += 1
+    _busy = True
+    try:
+        _write(f"{_count}\t{kind}\t{_shape(detail)}\t{_where()}")
+        if _count != _FAULT_AT:
+            return
+        _write(f"FAULT\t{_count}")
+        if _FAULT == "sessions":
+            _end_sessions()
+            return
+    finally:
+        _busy = False
+    os.kill(os.getpid(), signal.SIGKILL if _FAULT == "kill" else signal.SIGTERM)
+
+
+def _end_sessions() -> None:
+    import psycopg
+
+    params = {k: v for k, v in _connection_params.items() if k != "application_name"}
+    with psycopg.connect(**{**params, "dbname": os.environ.get("CRASHMATRIX_MAINTENANCE_DB", "postgres")}) as conn:
+        conn.autocommit = True
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name LIKE %s AND pid <> pg_backend_pid()",
+            (_APPNAME.replace("_", r"\_") + "%",),
+        )
+
+
+_connection_params: dict[str, Any] = {}
+
+
+def _statement(conn: Any, query: Any) -> str:
+    if isinstance(query, bytes):
+        return query.decode(errors="replace")
+    if isinstance(query, str):
+        return query
+    try:
+        return query.as_string(conn)
+    except Exception:  # only a label
+        return str(query)
+
+
+def _first_word(text: str) -> str:
+    text = re.sub(r"(--[^\n]*\n|/\*.*?\*/|\s|\()+", " ", text, flags=re.S).strip()
+    return text.split(" ", 1)[0].upper() if text else ""
+
+
+def _is_seeddumps(conn: Any) -> bool:
+    kind = type(conn)
+    return kind.__module__ == "seeddump.postgres" and kind.__name__ == "Connection"
+
+
+def _patch_psycopg() -> None:
+    import psycopg
+
+    execute, executemany = psycopg.Cursor.execute, psycopg.Cursor.executemany
+    connect = psycopg.Connection.connect.__func__  # type: ignore[attr-defined]
+    transaction_exit = psycopg.Transaction.__exit__
+    commit = psycopg.Connection.commit
+
+    def counted(cursor: Any, query: Any) -> None:
+        if _busy or not _is_seeddumps(cursor.connection):
+            return
+        text = _statement(cursor.connection, query)
+        if _first_word(text) not in _READ_ONLY:
+            changed("sql", text)
+
+    def execute_counted(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        done = execute(self, query, *args, **kwargs)
+        counted(self, query)
+        return done
+
+    def executemany_counted(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        done = executemany(self, query, *args, **kwargs)
+        counted(self, query)
+        return done
+
+    def connect_noted(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = connect(cls, *args, **kwargs)
+        if _is_seeddumps(conn):
+            if not _connection_params:
+                _connection_params.update(conn.info.get_parameters())
+                if conn.info.password:
+                    _connection_params["password"] = conn.info.password
+            _write(f"PID\t{conn.info.backend_pid}")
+        return conn
+
+    def transaction_exit_counted(self: Any, exc_type: Any, exc: Any, tb: Any) -> Any:
+        outer = self._outer_transaction
+        done = transaction_exit(self, exc_type, exc, tb)
+        if outer and exc_type is None and not _busy and _is_seeddumps(self.connection):
+            changed("sql", "COMMIT")
+        return done
+
+    def commit_counted(self: Any) -> None:
+        commit(self)
+        if not _busy and _is_seeddumps(self):
+            changed("sql", "COMMIT")
+
+    psycopg.Cursor.execute = execute_counted  # type: ignore[method-assign]
+    psycopg.Cursor.executemany = executemany_counted  # type: ignore[method-assign]
+    psycopg.Connection.connect = classmethod(connect_noted)  # type: ignore[method-assign,assignment]
+    psycopg.Transaction.__exit__ = transaction_exit_counted  # type: ignore[method-assign]
+    psycopg.Connection.commit = commit_counted  # type: ignore[method-assign]
+
+
+def _patch_files() -> None:
+    def counting(name: str, function: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            done = function(*args, **kwargs)
+            if not _busy:
+                changed("file", f"{name} {os.path.basename(str(args[0]))}" if args else name)
+            return done
+
+        return wrapped
+
+    for name in ("rename", "replace", "unlink", "remove", "rmdir"):
+        setattr(os, name, counting(f"os.{name}", getattr(os, name)))
+    shutil.rmtree = counting("shutil.rmtree", shutil.rmtree)  # type: ignore[assignment]
+    _after_import("seeddump.media", _patch_media)
+
+
+def _patch_media(module: Any) -> None:
+    renameat2 = module._renameat2
+
+    def counted(source: Any, destination: Any, flags: int) -> bool:
+        done = renameat2(source, destination, flags)
+        if done:
+            changed("file", f"renameat2 {flags} {os.path.basename(str(source))}")
+        return done
+
+    module._renameat2 = counted
+
+
+def _patch_processes() -> None:
+    wait, poll = subprocess.Popen.wait, subprocess.Popen.poll
+
+    def noted(process: Any, before: Any) -> None:
+        if before is None and process.returncode is not None and not _busy:
+            argv = process.args if isinstance(process.args, (list, tuple)) else [process.args]
+            changed("exit", f"{os.path.basename(str(argv[0]))} {process.returncode}")
+
+    def wait_counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        before = self.returncode
+        done = wait(self, *args, **kwargs)
+        noted(self, before)
+        return done
+
+    def poll_counted(self: Any) -> Any:
+        before = self.returncode
+        done = poll(self)
+        noted(self, before)
+        return done
+
+    subprocess.Popen.wait = wait_counted  # type: ignore[method-assign]
+    subprocess.Popen.poll = poll_counted  # type: ignore[method-assign]
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls ``patch(module)`` once ``name`` is imported."""
+
+    def __init__(self, name: str, patch: Any) -> None:
+        self.name, self.patch = name, patch
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module, patch = spec.loader.exec_module, self.patch
+
+        def exec_and_patch(module: Any) -> None:
+            exec_module(module)
+            patch(module)
+
+        spec.loader.exec_module = exec_and_patch  # type: ignore[method-assign]
+        return spec
+
+
+def _after_import(name: str, patch: Any) -> None:
+    sys.meta_path.insert(0, _AfterImport(name, patch))
+
+
+def install() -> None:
+    _patch_psycopg()
+    _patch_files()
+    _patch_processes()
