@@ -30,6 +30,8 @@ EXPECTED_BROKEN: dict[str, str] = {}
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
+# About 3.5 minutes alone on two cores, and CI runs the core tests beside it: bounded, but above the default.
+@pytest.mark.timeout(900)
 def test_every_change_of_the_cold_restore_survives_kill_and_sigterm(
     media_dumps: dict[str, MediaDump], tmp_path: Path
 ) -> None:
