@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connections
+from psycopg import sql
 
-from seeddump import sandbox
-from tests.conftest import database_url, manage
+from seeddump import postgres, sandbox, snapshots
+from tests.conftest import REPO, database_url, manage
 from tests.test_identity import Server, app_dump, restoredump, table_owners
 from tests.test_identity import server as server_fixture
 
@@ -209,3 +211,98 @@ def test_a_search_path_the_dump_plants_never_reaches_the_superuser(
     made = manage("generatedump", "dev", "--allow-empty", alias=server.alias, dumps_dir=dumps_dir, env=env)
     assert made.returncode == 0, made.stderr
     assert not marker.exists(), f"the dump's to_regclass ran as a superuser ({path})"
+
+
+# --- The pytest plugin's seeded test database and smoketest's database ----------------------------------------
+#
+# Both restore a dump into a database of their own beside the configured one (owned, as restoredump's would
+# be, by the configured database's owner) and migrate a stale dump there: the dump's code runs as the owner at
+# most in both steps.
+
+MIGRATION_TRIGGER = [
+    "CREATE FUNCTION on_migration() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "PERFORM public.escalate(1); RETURN NEW; END $$",
+    "CREATE TRIGGER watch AFTER INSERT ON django_migrations FOR EACH ROW EXECUTE FUNCTION on_migration()",
+    "DROP TABLE django_session",
+    "DELETE FROM django_migrations WHERE app = 'sessions'",
+]
+STEPS = {
+    "pg_restore": lambda marker: VECTORS["check constraint (pg_restore's COPY)"](marker),
+    "migrate": lambda marker: [escalating_function(marker), *MIGRATION_TRIGGER],
+}
+
+SEEDED_TEST = """
+import pytest
+from django.db import connection
+
+
+@pytest.mark.seeddump
+def test_seeded():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM django_migrations WHERE app = 'sessions'")
+        assert cursor.fetchone() == (1,)
+"""
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_the_pytest_plugins_seeded_database_runs_a_dumps_code_as_the_owner_at_most(
+    server: Server,
+    seeded_dump: Path,
+    dumps_dir: Path,
+    marker: Path,
+    step: str,
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
+) -> None:
+    """A project's test session connecting as a superuser to a database the app owns: the seeded test database
+    is restored (and a stale dump migrated) as a throwaway member of the app."""
+    admin_user = connections[server.alias].settings_dict["USER"]
+    app, _ = app_source(server, dumps_dir, marker, STEPS[step](marker))
+    target = server.database(app)
+    pytester.makepyfile(test_seeded=SEEDED_TEST)
+    pytester.makeini("[pytest]\nDJANGO_SETTINGS_MODULE = project.settings\n")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "project.settings")
+    monkeypatch.setenv("DATABASE_URL", database_url(server.alias, target, admin_user))
+    monkeypatch.setenv("SEEDDUMP_DIR", str(dumps_dir))
+    monkeypatch.setenv("SEEDDUMP_PG_BIN_DIRS", ",".join(str(p) for p in settings.SEEDDUMP_PG_BIN_DIRS))
+    try:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--create-db", "test_seeded.py")
+        result.assert_outcomes(passed=1)
+    finally:
+        with postgres.connect_maintenance(connections[server.alias].settings_dict) as admin:
+            snapshots.drop_all(admin, dumps_dir)
+            for (name,) in admin.execute(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (f"test_{target}",)
+            ):
+                admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    assert not marker.exists(), f"the dump's code ran as a superuser in the seeded test database's {step}"
+    assert roles_left(server) == []
+
+
+@pytest.mark.parametrize(
+    ("step", "overwrite"),
+    [("pg_restore", False), ("migrate", False), ("migrate", True)],
+    ids=["pg_restore", "migrate", "migrate --overwrite"],  # --overwrite's pg_restore is restoredump's own
+)
+def test_smoketest_runs_a_dumps_code_as_the_owner_at_most(
+    server: Server, seeded_dump: Path, dumps_dir: Path, marker: Path, step: str, overwrite: bool
+) -> None:
+    """smoketest connecting as a superuser to a database the app owns: its restore (into a database of its own,
+    or with --overwrite into the configured one) and its migrate run the dump's code as the app at most."""
+    admin_user = connections[server.alias].settings_dict["USER"]
+    app, _ = app_source(server, dumps_dir, marker, STEPS[step](marker))
+    target = server.database(app)
+    env = {"DATABASE_URL": database_url(server.alias, target, admin_user)}
+    args = [
+        "--skip-frontend",
+        "--log-file",
+        str(dumps_dir.parent / "smoke.log"),
+        *(["--overwrite"] if overwrite else []),
+    ]
+    done = manage("smoketest", *args, alias=server.alias, dumps_dir=dumps_dir, env=env)
+
+    assert "restore latest dump" in done.stdout and "migrations applied" in done.stdout, done.stderr
+    assert not marker.exists(), f"the dump's code ran as a superuser in smoketest's {step}"
+    assert roles_left(server) == []
