@@ -48,6 +48,7 @@ class _Seeding:
         self.failure: str | None = None
         self.missing: dict[str, str] = {}  # environment: why its seeded tests skip (or fail)
         self.pulled: set[str] = set()  # environments whose shared dump this session already asked for
+        self.declared: dict[str, str] = {}  # alias: its database's NAME before pytest-django's test name
 
     # As pytest-django treats its own test database: --create-db rebuilds it at the start of the session,
     # --reuse-db keeps it at the end (with both: recreated now, reused next time).
@@ -85,7 +86,13 @@ class _Seeding:
         names = {}
         for alias in conf.PYTEST_DATABASES:
             try:
-                seeded = testdatabases.build(environment, alias, reuse=self.reuse)
+                seeded = testdatabases.build(
+                    environment,
+                    alias,
+                    reuse=self.reuse,
+                    trust=_trusted(self.config),
+                    stands_for=self.declared.get(alias),
+                )
             except NoDump as exc:
                 self.missing[environment] = _missing_line(self.config, exc)
                 _add_note(self.notes, self.missing[environment])
@@ -210,9 +217,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="Without a dump, the seeded tests fail instead of being skipped (for CI).",
     )
+    group.addoption(
+        "--seeddump-trust",
+        dest="seeddump_trust",
+        action="store_true",
+        default=None,
+        help="Run the dump's code as the connecting role where no throwaway member of the owner can log in "
+        "(as restoredump --trust; SEEDDUMP_TRUST_DUMPS does the same).",
+    )
     parser.addini("seeddump_env", "Environment whose latest dump seeds the tests that ask for it.", default="")
     parser.addini("seeddump_require", "Without a dump, the seeded tests fail.", type="bool", default=False)
     parser.addini("seeddump_all", "Every database test sees the seeded data.", type="bool", default=False)
+    parser.addini("seeddump_trust", "Run the dump's code as the connecting role.", type="bool", default=False)
 
 
 def _configured_environment(config: pytest.Config) -> str | None:
@@ -228,6 +244,10 @@ def _required(config: pytest.Config) -> bool:
     return bool(config.getoption("seeddump_require") or config.getini("seeddump_require"))
 
 
+def _trusted(config: pytest.Config) -> bool:
+    return bool(config.getoption("seeddump_trust") or config.getini("seeddump_trust"))
+
+
 def _everyone(config: pytest.Config) -> bool:
     return bool(config.getoption("seeddump_all") or config.getini("seeddump_all"))
 
@@ -239,18 +259,22 @@ def pytest_configure(config: pytest.Config) -> None:
         "else dev) instead of an empty database; implies django_db.",
     )
     config.stash[_SEEDING] = _Seeding(config)
-    _remember_declared_settings()
+    _remember_declared_settings(config.stash[_SEEDING])
 
 
-def _remember_declared_settings() -> None:
+def _remember_declared_settings(seeding: _Seeding) -> None:
     """The migration modules as the settings declare them, before pytest-django's ``--no-migrations`` replaces
-    them for its empty database (seeddump still needs them: which migrations the dump's code has)."""
+    them for its empty database (seeddump still needs them: which migrations the dump's code has); and each
+    database's NAME before pytest-django gives it the test database's (its owner owns the seeded one)."""
     from django.conf import settings
 
     if settings.configured:
         from seeddump import codestate
 
         codestate.remember_declared()
+        for alias, declared in settings.DATABASES.items():
+            if declared.get("NAME"):
+                seeding.declared[alias] = str(declared["NAME"])
 
 
 def _uses_database(item: pytest.Item) -> bool:

@@ -9,6 +9,10 @@ developer's data is never touched unless ``overwrite``); this process and the we
 (``seeddump.smoke_settings``) are pointed at it, and it is dropped at the end. Its row counts are
 compared with the dump's right after the restore, before migrations, logins or the project's signals
 write anything.
+
+A dump is code (``seeddump.sandbox``): the restore and the migrations on top of it run with the rights of the
+configured database's owner at most, as restoredump's would (a throwaway member of it when seeddump connects as
+another role; refused in one line where none can be had, unless ``trust``).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from django.urls import NoReverseMatch, Resolver404, resolve, reverse
 from django.utils import translation
 from django.utils.module_loading import import_string
 
-from seeddump import databases, dumpfiles, media, postgres, restore, staleness
+from seeddump import databases, dumpfiles, media, postgres, restore, staleness, testdatabases
 from seeddump.conf import conf
 from seeddump.dumps import BOOKKEEPING_TABLES
 from seeddump.exceptions import SeeddumpError
@@ -322,6 +326,7 @@ class SmokeTest:
         skip_frontend: bool = False,
         overwrite: bool = False,
         keep_database: bool = False,
+        trust: bool = False,
         report: Callable[[CheckResult], None] = lambda result: None,
         log: Callable[[str], None] = lambda line: None,
     ) -> None:
@@ -331,6 +336,8 @@ class SmokeTest:
         self.skip_frontend = skip_frontend
         self.overwrite = overwrite
         self.keep_database = keep_database
+        self.trust = trust
+        self.restored_as: tuple[str, bool] | None = None  # (owner, trusted) of the restored dump's code
         self.report_result = report
         self.log = log
         self.report = SmokeReport(environment)
@@ -471,13 +478,15 @@ class SmokeTest:
             return f"PostgreSQL {postgres.server_version_text(conn)} at {postgres.server_of(settings_dict).describe()}"
 
     def _restore(self) -> str:
-        plan = restore.plan_restore(self.environment, dump=self.dump_path, using=self.using)
-        if self.overwrite:
-            result = restore.restore(plan, progress=self.log)
-            self.media_root = result.media_root
-            return f"{result.rows} rows in {result.tables} tables into '{result.database}' in {result.seconds:.1f}s"
+        plan = restore.plan_restore(self.environment, dump=self.dump_path, using=self.using, trust=self.trust)
         settings_dict = postgres.settings_for(self.using)
         target = str(settings_dict.get("NAME") or "")
+        with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
+            owner = testdatabases.owner_beside(admin, settings_dict, target)
+        if self.overwrite:
+            result = restore.restore(plan, progress=self.log)
+            self.media_root, self.restored_as = result.media_root, (owner, plan.trusted)
+            return f"{result.rows} rows in {result.tables} tables into '{result.database}' in {result.seconds:.1f}s"
         name = smoke_database_name(target)
         with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
             if databases.exists(admin, name) and not databases.is_ours(admin, name):
@@ -486,8 +495,10 @@ class SmokeTest:
                     "restore over it. Drop it, or pass --overwrite to test the configured database itself."
                 )
         folder = smoke_media_root(target) if plan.media_archive is not None else None
-        result = restore.restore(plan, restore.RestoreOptions(database=name, media_root=folder), progress=self.log)
+        with testdatabases.restoring_as(owner):  # as restoredump would restore the configured database
+            result = restore.restore(plan, restore.RestoreOptions(database=name, media_root=folder), progress=self.log)
         self.smoke_database, self.smoke_media, self.media_root = name, folder, folder
+        self.restored_as = (owner, plan.trusted)
         with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
             databases.label(admin, name, {"seeddump": "smoke", "database": target})
         files = f" and its media into {folder}" if folder is not None and plan.metadata.media is not None else ""
@@ -497,10 +508,16 @@ class SmokeTest:
         )
 
     def _migrate(self) -> str:
-        output = io.StringIO()
-        call_command("migrate", database=self.using, interactive=False, verbosity=1, stdout=output)
-        self.log(output.getvalue())
-        applied = output.getvalue().count("... OK")
+        if self.restored_as is not None:  # the dump's code (a trigger on django_migrations) runs as the owner
+            owner, trusted = self.restored_as
+            database = str(postgres.settings_for(self.using)["NAME"])
+            said = testdatabases.migrate_as(self.using, database, owner, trusted=trusted)
+        else:
+            output = io.StringIO()
+            call_command("migrate", database=self.using, interactive=False, verbosity=1, stdout=output)
+            said = output.getvalue()
+        self.log(said)
+        applied = said.count("... OK")
         return f"{applied} migration(s) applied" if applied else "nothing to apply"
 
     def _query(self) -> str:

@@ -6,22 +6,29 @@ of an environment through the snapshot cache, migrated forward to the code, and 
 it: the dump's checksum and a fingerprint of every table's row count. It is reused (``--reuse-db``) only
 while that label is seeddump's own and still describes the data, so a database that a test flushed is
 rebuilt, never taken for seeded; and a seeded database never carries pytest-django's name.
+
+A dump is code (``seeddump.sandbox``): the seeded database is restored by restoredump's rules for the database it
+stands in for (the alias's configured one, as declared before pytest-django renamed it): as SEEDDUMP_OWNER, else
+as that database's owner, so a superuser's session runs the dump's code, and the migrations on top of it, as a
+throwaway member of that owner (``owner_beside``, ``migrate_as``), or is refused in one line unless trusted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from django.core.management import call_command
+from django.test.utils import override_settings
 
-from seeddump import databases, dumpfiles, postgres, restore, shared, staleness
+from seeddump import databases, dumpfiles, postgres, restore, sandbox, shared, staleness
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -94,18 +101,72 @@ def check_dump(environment: str) -> None:
     dumpfiles.read_metadata(dumpfiles.resolve_latest(conf.DIR, environment))
 
 
-def build(environment: str, alias: str, *, reuse: bool, progress: Progress = _quiet) -> Seeded:
+def owner_beside(admin: psycopg.Connection, settings_dict: Mapping[str, Any], stands_for: str | None) -> str:
+    """The owner of a database seeddump restores for its own use beside ``stands_for`` (a seeded test database,
+    smoketest's), by restoredump's rules for ``stands_for``: SEEDDUMP_OWNER (or OPTIONS["assume_role"]), else its
+    owner; the connecting role when it does not exist, or when its owner is a role the connecting one may not act
+    as (the connecting role is then no superuser: the dump's code runs with its rights, as before)."""
+    configured = restore.configured_owner(settings_dict)
+    try:
+        return databases.restore_owner(admin, stands_for or "", configured)
+    except SeeddumpError:
+        if configured:
+            raise
+        return databases.current_user(admin)
+
+
+@contextlib.contextmanager
+def restoring_as(owner: str) -> Iterator[None]:
+    """``restore.restore`` restores a database that does not exist yet as the connecting role, unless
+    SEEDDUMP_OWNER names another: inside the block it names ``owner``."""
+    with override_settings(SEEDDUMP_OWNER=owner):
+        yield
+
+
+def migrate_as(alias: str, name: str, owner: str, *, trusted: bool) -> str:
+    """Django's migrate on ``name`` with the rights of ``owner`` at most: logged in as a throwaway member of it
+    when seeddump connects as another role (a trigger the dump put on django_migrations runs there), refused in
+    one line where none can be had unless ``trusted`` (``seeddump.sandbox``). Returns migrate's output."""
+    settings_dict = postgres.settings_for(alias)
+    output = io.StringIO()
+    with (
+        postgres.user_errors(settings_dict),
+        postgres.connect_maintenance(settings_dict) as admin,
+        sandbox.Sandbox(admin, settings_dict, owner, trusted=trusted) as dump_code,
+    ):
+        login = dump_code.login() if dump_code.needed else None
+        # A database taken back by the connecting role (``build``): the owner may create there while it migrates.
+        allowed = dump_code.needed and not databases.is_owned_by(admin, name, owner)
+        with (
+            databases.owner_may_create(settings_dict, name, owner, allowed=allowed),
+            postgres.django_connection_to(alias, name, login),
+        ):
+            call_command("migrate", database=alias, interactive=False, verbosity=1, stdout=output)
+    return output.getvalue()
+
+
+def build(
+    environment: str,
+    alias: str,
+    *,
+    reuse: bool,
+    trust: bool = False,
+    stands_for: str | None = None,
+    progress: Progress = _quiet,
+) -> Seeded:
     """Makes (or, with ``reuse``, keeps) the seeded database beside the alias's test database.
 
     Call it once pytest-django has set up its test databases (``NAME`` is the test database's), with
     database access allowed: the plan loads the code's migrations, which some projects' migrations query.
     The dumps folder is taken as it is: the session pulls from a shared storage first (``pull``).
+    ``stands_for`` is the alias's configured database (its name before pytest-django's): see ``owner_beside``.
+    ``trust`` runs the dump's code as the connecting role where no throwaway login can be had.
     """
     started = time.monotonic()
     settings_dict = postgres.settings_for(alias)
     name = seeded_name(str(settings_dict["NAME"]), environment)
     # Test databases get no media.
-    plan = restore.plan_restore(environment, using=alias, with_media=False, shared_storage="offline")
+    plan = restore.plan_restore(environment, using=alias, with_media=False, shared_storage="offline", trust=trust)
     checksum = plan.metadata.checksum
     notes = _without_media_note(plan)
     # One build per dump at a time: the first xdist worker restores and caches the snapshot, the others
@@ -116,6 +177,7 @@ def build(environment: str, alias: str, *, reuse: bool, progress: Progress = _qu
         postgres.connect_maintenance(settings_dict) as admin,
         restore.target_lock(admin, lock, progress),
     ):
+        owner = owner_beside(admin, settings_dict, stands_for)
         reused = reuse and _still_seeded(admin, settings_dict, name, checksum)
         source = "kept"
         if not reused:
@@ -125,13 +187,11 @@ def build(environment: str, alias: str, *, reuse: bool, progress: Progress = _qu
                     "or replaced. Drop it, or run the tests against another database name."
                 )
             _forget(admin, name)
-            source = restore.restore(plan, restore.RestoreOptions(database=name), progress=progress).source
+            with restoring_as(owner):
+                source = restore.restore(plan, restore.RestoreOptions(database=name), progress=progress).source
             databases.take_back(admin, name)
     # Migrations newer than the dump (or than a reused database) are applied, as pytest-django does.
-    output = io.StringIO()
-    with postgres.django_connection_to(alias, name):
-        call_command("migrate", database=alias, interactive=False, verbosity=1, stdout=output)
-    migrated = output.getvalue().count("... OK")
+    migrated = migrate_as(alias, name, owner, trusted=plan.trusted).count("... OK")
     if not reused or migrated:
         with postgres.user_errors(settings_dict), postgres.connect_maintenance(settings_dict) as admin:
             with postgres.connect(settings_dict, name) as conn:

@@ -244,10 +244,6 @@ def test_seeded():
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the fix is on branch sandbox-stand-ins, not yet merged: the restore and migrate run as the connecting role",
-)
 @pytest.mark.parametrize("step", list(STEPS))
 def test_the_pytest_plugins_seeded_database_runs_a_dumps_code_as_the_owner_at_most(
     server: Server,
@@ -285,10 +281,6 @@ def test_the_pytest_plugins_seeded_database_runs_a_dumps_code_as_the_owner_at_mo
     assert roles_left(server) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the fix is on branch sandbox-stand-ins, not yet merged: the restore and migrate run as the connecting role",
-)
 @pytest.mark.parametrize(
     ("step", "overwrite"),
     [("pg_restore", False), ("migrate", False), ("migrate", True)],

@@ -32,6 +32,12 @@ class Command(BaseCommand):
             "of the smoke test's own beside it.",
         )
         parser.add_argument(
+            "--trust",
+            action="store_true",
+            help="Run the dump's code as the connecting role where no throwaway member of the owner can log in "
+            "(as restoredump --trust).",
+        )
+        parser.add_argument(
             "--keep-database", action="store_true", help="Keep the smoke test's database afterwards, to look at it."
         )
         parser.add_argument(
@@ -71,6 +77,7 @@ class Command(BaseCommand):
             skip_frontend=options["skip_frontend"],
             overwrite=options["overwrite"],
             keep_database=options["keep_database"],
+            trust=options["trust"],
             report=report,
             log=log,
         )
