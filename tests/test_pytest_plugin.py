@@ -11,6 +11,14 @@ from psycopg import sql
 
 from seeddump import postgres, snapshots, testdatabases
 from tests.conftest import REPO, as_the_project, copy_dump, database_names, database_url, run_command
+from tests.settings import RUN
+
+
+def inner_test_db(alias: str) -> str:
+    """pytest-django's test database of the inner session on the alias's server: named for this run of the suite,
+    so that two runs on one server at once (CI's core runs beside the whole suite) never share it."""
+    return f"test_plugin_{RUN}_{alias}"
+
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -68,14 +76,16 @@ def inner(
     pytester.makeini("[pytest]\nDJANGO_SETTINGS_MODULE = project.settings\n")
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "project.settings")  # not this session's tests.settings
-    monkeypatch.setenv("DATABASE_URL", database_url(alias, f"plugin_{alias}"))
+    monkeypatch.setenv("DATABASE_URL", database_url(alias, inner_test_db(alias).removeprefix("test_")))
     monkeypatch.setenv("SEEDDUMP_DIR", str(dumps))
     monkeypatch.setenv("SEEDDUMP_PG_BIN_DIRS", ",".join(str(p) for p in settings.SEEDDUMP_PG_BIN_DIRS))
     monkeypatch.setenv("EXPECTED_NODES", "3000")
     yield pytester, dumps
     with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
         snapshots.drop_all(admin, dumps)
-        for (name,) in admin.execute("SELECT datname FROM pg_database WHERE starts_with(datname, 'test_plugin_')"):
+        for (name,) in admin.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (inner_test_db(alias),)
+        ):
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
@@ -87,11 +97,11 @@ def test_marked_tests_see_the_seed_and_the_others_an_empty_database(inner, alias
     pytester, _ = inner
     result = run_inner(pytester, "--create-db")
     result.assert_outcomes(passed=6)
-    result.stdout.fnmatch_lines([f"*DB test_plugin_{alias}_seeded_dev NODES 3000*"])
-    result.stdout.fnmatch_lines([f"*DB test_plugin_{alias}"])
-    result.stdout.fnmatch_lines([f"seeddump: test_plugin_{alias}_seeded_dev from the dev dump *"])
+    result.stdout.fnmatch_lines([f"*DB {inner_test_db(alias)}_seeded_dev NODES 3000*"])
+    result.stdout.fnmatch_lines([f"*DB {inner_test_db(alias)}"])
+    result.stdout.fnmatch_lines([f"seeddump: {inner_test_db(alias)}_seeded_dev from the dev dump *"])
     # Without --reuse-db the seeded database is dropped with the session, as pytest-django drops its own.
-    assert f"test_plugin_{alias}_seeded_dev" not in database_names(alias)
+    assert f"{inner_test_db(alias)}_seeded_dev" not in database_names(alias)
 
 
 def test_no_migrations_as_projects_set_it(inner, alias: str) -> None:
@@ -102,7 +112,7 @@ def test_no_migrations_as_projects_set_it(inner, alias: str) -> None:
     pytester.makeini("[pytest]\nDJANGO_SETTINGS_MODULE = project.settings\naddopts = --no-migrations\n")
     result = run_inner(pytester, "--create-db")
     result.assert_outcomes(passed=6)
-    result.stdout.fnmatch_lines([f"*DB test_plugin_{alias}_seeded_dev NODES 3000*"])
+    result.stdout.fnmatch_lines([f"*DB {inner_test_db(alias)}_seeded_dev NODES 3000*"])
     assert "stale" not in result.stdout.str()
 
 
@@ -156,7 +166,7 @@ def test_django_testcase_classes_keep_their_own_database(inner, alias: str) -> N
 
 
 def _seeded(alias: str) -> str:
-    return f"test_plugin_{alias}_seeded_dev"
+    return f"{inner_test_db(alias)}_seeded_dev"
 
 
 def test_reuse_db_trusts_only_a_database_that_still_holds_the_seed(inner, alias: str, monkeypatch, settings) -> None:
@@ -168,14 +178,14 @@ def test_reuse_db_trusts_only_a_database_that_still_holds_the_seed(inner, alias:
     assert _seeded(alias) in database_names(alias)
     result = run_inner(pytester, "--reuse-db", *unflushed)
     result.assert_outcomes(passed=5, deselected=1)
-    result.stdout.fnmatch_lines([f"seeddump: test_plugin_{alias}_seeded_dev kept from the last session*"])
+    result.stdout.fnmatch_lines([f"seeddump: {inner_test_db(alias)}_seeded_dev kept from the last session*"])
 
     # Emptied behind the plugin's back (a flush, a crashed session): the label no longer describes the data.
     with as_the_project(postgres.connect(connections[alias].settings_dict, _seeded(alias))) as conn:
         conn.execute("TRUNCATE reality_node CASCADE")
     result = run_inner(pytester, "--reuse-db")
     result.assert_outcomes(passed=6)
-    result.stdout.fnmatch_lines([f"seeddump: test_plugin_{alias}_seeded_dev from the dev dump *"])
+    result.stdout.fnmatch_lines([f"seeddump: {inner_test_db(alias)}_seeded_dev from the dev dump *"])
 
     # pytest-django's own database is never the seeded one: a plain --reuse-db session sees it empty.
     pytester.makepyfile(
@@ -253,10 +263,10 @@ def test_xdist_workers_copy_one_snapshot(inner, alias: str) -> None:
     pytester, _ = inner
     result = run_inner(pytester, "-n", "2", "--create-db")
     result.assert_outcomes(passed=6)
-    made = [line for line in result.stdout.lines if line.startswith("seeddump: test_plugin_default_gw")]
+    made = [line for line in result.stdout.lines if line.startswith(f"seeddump: {inner_test_db('default')}_gw")]
     assert {line.split()[1] for line in made} == {
-        "test_plugin_default_gw0_seeded_dev",
-        "test_plugin_default_gw1_seeded_dev",
+        f"{inner_test_db('default')}_gw0_seeded_dev",
+        f"{inner_test_db('default')}_gw1_seeded_dev",
     }
     # One worker ran pg_restore (and cached the snapshot); the other waited and copied the snapshot, as
     # did a worker rebuilding its database after the transactional test's flush.
@@ -340,7 +350,7 @@ def test_marked_tests_run_with_the_database_tests_before_the_transactional_ones(
         "test_transactional_sees_the_seed_and_flushes_it"
     )
     assert ran[-1] == "test_without_the_database_needs_nothing"
-    built = [line for line in result.stdout.lines if line.startswith(f"seeddump: test_plugin_{alias}_seeded_dev")]
+    built = [line for line in result.stdout.lines if line.startswith(f"seeddump: {inner_test_db(alias)}_seeded_dev")]
     assert len(built) == 1, built  # one build: nothing seeded runs after the flush
 
 
