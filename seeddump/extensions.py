@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,14 +352,17 @@ def kept_in_place(
     database: str,
     owner: str,
     recorded: Sequence[tuple[str, str, str]] | None = None,
+    committed: Callable[[], bool] = lambda: False,
 ) -> Iterator[KeptInPlace]:
     """For an in-place restore: makes the archive's extensions the database lacks, over seeddump's own
     connection (as ``made_beforehand`` does for a new database), and yields what the restore keeps. An in-place
     restore runs the dump as ``owner``, who may not create most extensions, so the extensions stay in the
     database (the target's own, or seeddump's) instead of being dropped and made again by the dump's SQL.
 
-    When the restore fails (the body raises), what was made here is dropped again: the database is left as it
-    was. SeeddumpError, before anything changed, when an extension can be neither found nor made. ``recorded``
+    When the restore fails (the body raises) and ``committed()`` says the load's transaction did not commit
+    (an interruption can come after it has), what was made here is dropped again: the database is left as it
+    was. When it did, or the server cannot tell, the extensions stay: the restored database needs them.
+    SeeddumpError, before anything changed, when an extension can be neither found nor made. ``recorded``
     as for ``made_beforehand``."""
     if recorded == ():
         yield KeptInPlace((), ())
@@ -386,7 +389,7 @@ def kept_in_place(
             use.write_text(_skipped(toc, needed, schemas, [(config.schema, config.table) for config in skipped]))
             yield KeptInPlace(tuple(extension.name for extension in needed), (f"--use-list={use}",))
     except BaseException:
-        failed = True
+        failed = bool(made) and not _committed(committed)
         raise
     finally:
         if granted or (failed and made):
@@ -396,3 +399,11 @@ def kept_in_place(
                     conn.execute(sql.SQL("DROP EXTENSION IF EXISTS {}").format(sql.Identifier(extension.name)))
                 for schema in made_schemas if failed else []:
                     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {}").format(sql.Identifier(schema)))
+
+
+def _committed(committed: Callable[[], bool]) -> bool:
+    """``committed()``, or True when the server cannot say: an extension too many is better than one missing."""
+    try:
+        return committed()
+    except (psycopg.Error, SeeddumpError):
+        return True

@@ -337,9 +337,11 @@ def in_place(
     database: str,
     dump_code: sandbox.Sandbox,
     progress: Progress = _quiet,
+    committed: Callable[[], bool] = lambda: False,
 ) -> None:
     """Replaces everything in ``database`` with the dump in one transaction, as ``dump_code``'s login acting
-    as the owner; a failure (pg_restore, the row counts, a lock that does not come) rolls it all back."""
+    as the owner; a failure (pg_restore, the row counts, a lock that does not come) rolls it all back.
+    ``committed()`` says, when something stops it, whether the transaction committed all the same."""
     major = max(postgres.server_major(admin), metadata.pg_dump_major)
     pg_restore = postgres.find_program("pg_restore", postgres.server_major(admin), at_least=metadata.pg_dump_major)
     psql = postgres.find_program("psql", postgres.server_major(admin), at_least=major)
@@ -352,8 +354,13 @@ def in_place(
         )
     )
     lock = _target_lock(admin, database)
+    rolled_back = False  # psql said so and exited: nothing to ask the server
+
+    def load_committed() -> bool:
+        return not rolled_back and committed()
+
     with extensions.kept_in_place(
-        pg_restore, archive.path, archive.fds, settings_dict, database, owner, metadata.extensions
+        pg_restore, archive.path, archive.fds, settings_dict, database, owner, metadata.extensions, load_committed
     ) as kept:
         keep = sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(sql.Literal(name) for name in kept.keep))
         login = dump_code.login()
@@ -378,6 +385,7 @@ def in_place(
                 restore_args=kept.restore_args,
             )
         except postgres.ScriptFailed as exc:
+            rolled_back = True
             if exc.reason.startswith("seeddump counts: "):
                 raise SeeddumpError(
                     "The restored data does not match the dump's metadata: "

@@ -192,9 +192,17 @@ def application_name(settings_dict: Mapping[str, Any]) -> str:
     return f"{mine}/{APPLICATION_NAME}" if mine else APPLICATION_NAME
 
 
+# A role's or database's timeouts (ALTER ROLE ... SET statement_timeout) do not reach seeddump's programs: set
+# at start-up, these come before any statement runs. pg_restore and pg_dump clear them only after their first
+# query, and a timeout that fires there is reported as "canceling statement due to user request" (seen in CI
+# with a 1 ms statement_timeout on a busy machine).
+_PROGRAM_LIMITS = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
+
+
 def client_env(settings_dict: Mapping[str, Any], dbname: str | None = None) -> dict[str, str]:
     """libpq environment variables for the database of ``settings_dict`` (or ``dbname`` on that server): the
-    server, the login and every connection parameter of OPTIONS that libpq reads from the environment."""
+    server, the login and every connection parameter of OPTIONS that libpq reads from the environment, with
+    seeddump's own limits after the project's options."""
     options = settings_dict.get("OPTIONS") or {}
     values = {
         "PGHOST": settings_dict.get("HOST"),
@@ -203,6 +211,7 @@ def client_env(settings_dict: Mapping[str, Any], dbname: str | None = None) -> d
         "PGPASSWORD": settings_dict.get("PASSWORD"),
         "PGDATABASE": dbname or settings_dict.get("NAME"),
         **{variable: options.get(parameter) for parameter, variable in _LIBPQ_ENV.items()},
+        "PGOPTIONS": " ".join(str(part) for part in (options.get("options"), _PROGRAM_LIMITS) if part),
         "PGAPPNAME": application_name(settings_dict),
     }
     return {key: str(value) for key, value in values.items() if value not in (None, "")}

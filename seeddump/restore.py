@@ -368,6 +368,15 @@ class _Journal:
             where = f"kept for an undo as {self.kept_as}" if self.kept_as else "as the run left it"
         raise _unfinished(self.target, self.holds, where, _what_stopped(exc, self.settings_dict)) from None
 
+    def passed(self) -> bool:
+        """Whether the server says the point of no return is passed (asked once; psycopg.Error or SeeddumpError
+        when it cannot be asked). For what undoes its own work when the run stops: in place, an interruption
+        can come after the transaction committed."""
+        if self.verdict is None:
+            with postgres.connect_maintenance(self.settings_dict) as admin:
+                self.verdict = self._passed(admin)
+        return self.verdict
+
     def _passed(self, admin: psycopg.Connection) -> bool:
         if not self.in_place:
             return self.restored_oid is not None and databases.oid_of(admin, self.target) == self.restored_oid
@@ -798,7 +807,9 @@ def _restore_in_place(
         before = databases.identity_of(admin, target)
         try:
             journal.loading = True
-            load.in_place(admin, plan.archive(), plan.metadata, settings_dict, target, dump_code, progress)
+            load.in_place(
+                admin, plan.archive(), plan.metadata, settings_dict, target, dump_code, progress, journal.passed
+            )
             journal.loading, journal.seen, journal.kept_as = False, True, pending
         except BaseException as exc:
             journal.judge(exc)  # committed: the copy is kept for the undo, and said

@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 from django.db import connections
 
 from project.reality.models import Team
-from seeddump import dumpfiles
+from seeddump import dumpfiles, postgres
 from seeddump import restore as restore_module
 from tests.conftest import copy_dump, database_url, manage, run_command
 from tests.test_identity import Server, app_dump, restoredump
@@ -106,6 +106,12 @@ def test_role_timeouts_never_cancel_seeddumps_own_work(server: Server, seeded_du
 
     server.execute("postgres", f"ALTER ROLE \"{app}\" SET statement_timeout = '1ms'")
     target = server.database(app)
+    # The programs start without the role's limits: pg_restore's first query runs before its own SET, and a
+    # timeout that fires there was reported as "canceling statement due to user request" (CI, busy machine).
+    psql = postgres.find_program("psql", connections[server.alias].pg_version // 10000)
+    as_app = {**connections[server.alias].settings_dict, "USER": app, "PASSWORD": ""}
+    shown = postgres.run(psql, ["-XAtc", "SHOW statement_timeout"], as_app, dbname=target, what="psql").stdout
+    assert shown.split() == ["0"]
     assert restoredump(server, dumps_dir, app, target)["source"] == "pg_restore"
     assert restoredump(server, dumps_dir, app, target)["source"] == "snapshot"  # a copy of the snapshot
     assert restoredump(server, dumps_dir, app, target, "--in-place")["source"] == "in place"

@@ -17,6 +17,7 @@ from seeddump import dumpfiles
 from tests.conftest import database_url, manage, unavailable
 from tests.test_identity import Server, restoredump, superuser
 from tests.test_identity import server as server_fixture
+from tests.test_interruptions import stopped_restore
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 server = server_fixture
@@ -218,6 +219,28 @@ def test_in_place_the_extension_is_kept_and_only_seeddump_makes_it(alias: str, s
     assert failed.returncode == 1 and "The database was left unchanged" in failed.stderr
     assert server.query(other, "SELECT id FROM precious") == [(1,)]
     assert server.query(other, "SELECT count(*) FROM pg_extension WHERE extname = 'postgis'") == [(0,)]
+
+
+@pytest.mark.parametrize("alias", ["system"])
+@pytest.mark.usefixtures("postgis")
+def test_an_interruption_after_the_in_place_commit_keeps_the_extension_seeddump_made(
+    alias: str, server: Server, dumps_dir: Path
+) -> None:
+    """SIGTERM right after psql committed the in-place transaction, into a database without PostGIS, which
+    seeddump made for it: the restored tables need PostGIS, so it stays, and the line says the target holds
+    the dump, interrupted (once, what undid its own work dropped it whatever the load had done)."""
+    app, _ = geo_dump(server, dumps_dir)
+    admin_user = connections[alias].settings_dict["USER"]
+    target = server.database(app)
+
+    env = {"DATABASE_URL": database_url(alias, target, admin_user)}
+    stopped = stopped_restore(alias, dumps_dir, "the in-place commit", "SIGTERM", "--in-place", env=env)
+
+    assert stopped.returncode == 3, stopped.stderr
+    [line] = stopped.stderr.strip().splitlines()
+    assert "now holds" in line and "(interrupted)" in line, line
+    assert server.query(target, "SELECT count(*) FROM pg_extension WHERE extname = 'postgis'") == [(1,)]
+    assert places(server, target) == EXPECTED
 
 
 @pytest.mark.parametrize("alias", ["system"])

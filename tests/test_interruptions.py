@@ -95,9 +95,11 @@ execute_from_command_line(["manage.py", "restoredump", "dev", "--no-input", *arg
 """
 
 
-def stopped_restore(alias: str, dumps_dir: Path, at: str, how: str = "SIGTERM", *args: str) -> Any:
+def stopped_restore(
+    alias: str, dumps_dir: Path, at: str, how: str = "SIGTERM", *args: str, env: dict[str, str] | None = None
+) -> Any:
     connections.close_all()
-    env = manage_env(alias, dumps_dir, {"STOP_AT": at, "STOP_WITH": how, "RESTORE_ARGS": " ".join(args)})
+    env = manage_env(alias, dumps_dir, {"STOP_AT": at, "STOP_WITH": how, "RESTORE_ARGS": " ".join(args), **(env or {})})
     return run_bounded([sys.executable, "-c", _STOPPED], cwd=REPO, env=env, timeout=180)
 
 
