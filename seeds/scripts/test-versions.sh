@@ -37,6 +37,8 @@ find_python() {
 failed=()
 skipped=()
 runs=()
+runs_after=()
+MATRIX=tests/test_crash_matrix.py
 main=()
 first=1
 while read -r py django psycopg pg tests; do
@@ -80,10 +82,13 @@ while read -r py django psycopg pg tests; do
   elif [ "$tests" = core ]; then
     args+=(-q "${CORE[@]}")
   else
-    args+=(--durations=25)  # where the suite's time goes, for whoever makes it faster next
+    # The crash matrix (minutes of restores killed one after another) goes in the background queue, after the
+    # core runs, instead of lengthening the suite: where the suite leaves a core idle.
+    args+=(--durations=25 "--ignore=$MATRIX")
+    runs_after+=("$pg|$venv|the crash matrix on $label|-p no:cacheprovider -q $MATRIX")
   fi
   if [ "$tests" = core ]; then
-    runs+=("$pg|$venv|$label|${args[*]}")
+    runs+=("$pg|$venv|core tests on $label|${args[*]}")
   else
     main=("$pg" "$venv" "$label" "${args[@]}")
   fi
@@ -104,6 +109,7 @@ run_core() {  # the core runs, one after another; each run's output and status i
   done
 }
 
+runs+=(${runs_after[@]+"${runs_after[@]}"})
 logs=$(mktemp -d)
 core_pid=
 if [ "${#runs[@]}" -gt 0 ]; then
@@ -119,9 +125,9 @@ if [ -n "$core_pid" ]; then
   wait "$core_pid" || true
   for index in $(seq 1 "${#runs[@]}"); do  # a run that left no status failed too (it never finished)
     IFS='|' read -r _ _ label _ <<<"${runs[$((index - 1))]}"
-    echo "test-versions: core tests on $label:"
+    echo "test-versions: $label:"
     cat "$logs/$index.out" 2>/dev/null || echo "(no output)"
-    [ "$(cat "$logs/$index.status" 2>/dev/null)" = 0 ] || failed+=("$label (core tests)")
+    [ "$(cat "$logs/$index.status" 2>/dev/null)" = 0 ] || failed+=("$label")
   done
 fi
 rm -rf "$logs"
