@@ -14,6 +14,7 @@ create databases.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import secrets
 import signal
@@ -301,7 +302,7 @@ def restore(plan: RestorePlan, options: RestoreOptions | None = None, *, progres
     media_root = options.media_root
     if plan.media_archive is not None and media_root is None and options.record:
         media_root = media.media_root()
-    journal = _Journal(_target_of(plan.using, settings_dict), plan.dump_path.name, settings_dict)
+    journal = _journal(_Journal(_target_of(plan.using, settings_dict), plan.dump_path.name, settings_dict))
     with journal.guard(), postgres.user_errors(settings_dict), _MediaSwap(plan, media_root, progress) as media_swap:
         if options.in_place:
             return _restore_in_place(plan, settings_dict, options, media_swap, journal, progress)
@@ -402,6 +403,33 @@ class _Journal:
         return "not kept for an undo" if self.in_place else "dropped by the next restore"
 
 
+_JOURNALS: contextvars.ContextVar[list[_Journal] | None] = contextvars.ContextVar("seeddump_journals", default=None)
+
+
+def _journal(journal: _Journal) -> _Journal:
+    """``journal``, also known to the ``interruptions_judged`` around this call, if any."""
+    known = _JOURNALS.get()
+    if known is not None:
+        known.append(journal)
+    return journal
+
+
+@contextlib.contextmanager
+def interruptions_judged() -> Iterator[None]:
+    """Around a command's call of ``restore`` or ``undo_last`` and what it does with the result: an interruption
+    that comes once they have returned (before the command has said so, or while it hands work to the
+    background) is judged by what the server holds, as one during them is (``UnfinishedAfterSwap``)."""
+    token = _JOURNALS.set([])
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        for journal in _JOURNALS.get() or []:
+            journal.judge(exc)
+        raise
+    finally:
+        _JOURNALS.reset(token)
+
+
 @contextlib.contextmanager
 def after_swap(target: str, holds: str, kept: str | None, settings_dict: Mapping[str, Any]) -> Iterator[None]:
     """Everything after a swap's commit: whatever stops it (an interruption, a lost connection, a media folder
@@ -468,7 +496,7 @@ def undo_last(
     started = time.monotonic()
     settings_dict = postgres.settings_for(using)
     target = _target_of(using, settings_dict)
-    journal = _Journal(target, "what it held before the last restore", settings_dict, undoing=True)
+    journal = _journal(_Journal(target, "what it held before the last restore", settings_dict, undoing=True))
     with (
         journal.guard(),
         postgres.user_errors(settings_dict),

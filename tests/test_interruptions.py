@@ -81,6 +81,9 @@ elif point == "the swap's commit":  # databases.swap's transaction has committed
     databases.swap = after(databases.swap)
 elif point == "the end":  # everything done; the throwaway role (if any) is being dropped
     sandbox.Sandbox.__exit__ = before(sandbox.Sandbox.__exit__)
+elif point == "the return":  # restore() has returned; the command has not said so yet
+    from seeddump import restore
+    restore.restore = after(restore.restore)
 elif point == "the copy's label":  # CREATE DATABASE ... TEMPLATE target has made the copy; not yet labelled
     label = databases.label
     def labelling(admin, name, values):
@@ -175,15 +178,17 @@ def test_the_next_restore_finishes_the_media_of_a_swap_stopped_by_sigterm(
     assert files_of(media_root) == media_dump_over_notes.files
 
 
+@pytest.mark.parametrize("at", ["the end", "the return"])
 @pytest.mark.parametrize("how", ["cold", "in place"])
 def test_a_sigterm_once_the_restore_is_done_says_the_target_holds_the_dump(
-    alias: str, seeded_dump: Path, dumps_dir: Path, how: str
+    alias: str, seeded_dump: Path, dumps_dir: Path, how: str, at: str
 ) -> None:
-    """Stopped while the restore leaves its last context (the throwaway role's drop), after everything was
-    done: what the target holds is the dump, and the undo puts back what was there."""
+    """Stopped while the restore leaves its last context (the throwaway role's drop), or once it returned and
+    the command has yet to say so, after everything was done: what the target holds is the dump, and the undo
+    puts back what was there."""
     before = my_work(alias, "my local team")
 
-    stopped = stopped_restore(alias, dumps_dir, "the end", "SIGTERM", *(["--in-place"] if how == "in place" else []))
+    stopped = stopped_restore(alias, dumps_dir, at, "SIGTERM", *(["--in-place"] if how == "in place" else []))
 
     assert stopped.returncode == 3, stopped.stderr
     line = the_line(stopped)

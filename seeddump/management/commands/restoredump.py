@@ -20,6 +20,7 @@ from seeddump.restore import (
     after_swap,
     find_undo,
     interrupt_on_sigterm,
+    interruptions_judged,
     plan_restore,
     restore,
     undo_last,
@@ -138,7 +139,7 @@ class Command(BaseCommand):
             if options["interactive"] and not self._confirmed(plan):
                 raise CommandError("Restore cancelled; the database was not changed.")
             in_background = conf.BACKGROUND if options["background"] is None else options["background"]
-            with interrupt_on_sigterm():
+            with interrupt_on_sigterm(), interruptions_judged():
                 choices = RestoreOptions(
                     jobs=options["jobs"],
                     use_snapshots=None if options["snapshot"] else False,
@@ -248,7 +249,7 @@ class Command(BaseCommand):
             copy = find_undo(using)
             if options["interactive"] and not self._confirmed_undo(using, copy):
                 raise CommandError("Undo cancelled; the database was not changed.")
-            with interrupt_on_sigterm():
+            with interrupt_on_sigterm(), interruptions_judged():
                 result = undo_last(
                     using, environment=options["environment"], with_media=options["media"], progress=progress
                 )
