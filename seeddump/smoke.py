@@ -12,7 +12,9 @@ write anything.
 
 A dump is code (``seeddump.sandbox``): the restore and the migrations on top of it run with the rights of the
 configured database's owner at most, as restoredump's would (a throwaway member of it when seeddump connects as
-another role; refused in one line where none can be had, unless ``trust``).
+another role; refused in one line where none can be had, unless ``trust``). So does everything after them that
+reaches the restored database through Django (the query, the files, the smoke-test user, the web server): a
+trigger or a view's function the dump shipped runs there too.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ from django.urls import NoReverseMatch, Resolver404, resolve, reverse
 from django.utils import translation
 from django.utils.module_loading import import_string
 
-from seeddump import databases, dumpfiles, media, postgres, restore, staleness, testdatabases
+from seeddump import databases, dumpfiles, media, postgres, restore, sandbox, staleness, testdatabases
 from seeddump.conf import conf
 from seeddump.dumps import BOOKKEEPING_TABLES
 from seeddump.exceptions import SeeddumpError
@@ -199,9 +201,12 @@ def _server_command(port: int) -> list[str]:
     return [part.replace("{port}", str(port)) for part in command]
 
 
-def _server_env(using: str, database: str | None, media_root: Path | None = None) -> dict[str, str]:
+def _server_env(
+    using: str, database: str | None, media_root: Path | None = None, login: Mapping[str, Any] | None = None
+) -> dict[str, str]:
     """The web server gets this process's environment, can import the same project, and runs with
-    ``seeddump.smoke_settings``: the project's settings pointed at ``database`` (and ``media_root``)."""
+    ``seeddump.smoke_settings``: the project's settings pointed at ``database`` (and ``media_root``), logged in
+    with ``login``'s USER and PASSWORD and its libpq ``options`` when given (in the environment, never argv)."""
     paths = [os.getcwd()]
     if sys.argv and sys.argv[0].endswith("manage.py"):
         paths.insert(0, str(Path(sys.argv[0]).resolve().parent))
@@ -213,6 +218,13 @@ def _server_env(using: str, database: str | None, media_root: Path | None = None
         "database": database,
         "health_path": HEALTH_PATH,
         "media_root": str(media_root) if media_root is not None else None,
+        "login": None
+        if login is None
+        else {
+            "USER": login.get("USER"),
+            "PASSWORD": login.get("PASSWORD"),
+            "options": (login.get("OPTIONS") or {}).get("options"),
+        },
     }
     return {
         **os.environ,
@@ -349,6 +361,7 @@ class SmokeTest:
         self.smoke_media: Path | None = None  # the dump's media, unpacked by this run, removed at the end
         self.media_root: Path | None = None  # where the files of the restored FileFields are
         self.user: Any = None
+        self.login: Mapping[str, Any] | None = None  # the sessions after migrate: a throwaway member of the owner
         self.password = secrets.token_urlsafe(24)
         self.api_headers: dict[str, str] = {}
 
@@ -393,9 +406,11 @@ class SmokeTest:
                     stack.callback(self._cleanup)
                     stack.enter_context(postgres.django_connection_to(self.using, self.smoke_database))
                 self._database()
-                with self._web_server(), self._smoke_user():
-                    self._backend()
-                    self._frontend()
+                with self._as_the_owner_at_most():
+                    self._through_django()
+                    with self._web_server(), self._smoke_user():
+                        self._backend()
+                        self._frontend()
         finally:
             self.report.seconds = time.monotonic() - started
         return self.report
@@ -462,8 +477,34 @@ class SmokeTest:
         # Compared first: migrations, the smoke-test user and the project's signals write rows later.
         self.check("database", "row counts match the dump's metadata", self._check_counts, needs=("server", "restored"))
         self.check("database", "migrations applied", self._migrate, needs=("server", "restored"), provides="migrated")
+
+    def _through_django(self) -> None:
         self.check("database", "query through Django", self._query, needs=("migrated",), provides="db")
         self.check("database", "files of FileFields exist", self._check_files, needs=("db",))
+
+    @contextlib.contextmanager
+    def _as_the_owner_at_most(self) -> Iterator[None]:
+        """From the query on, Django's sessions (this process's and the web server's) log in as restoredump's
+        would run the dump's code: a throwaway member of the owner when seeddump connects as another role."""
+        if self.restored_as is None or "migrated" in self.failed:  # nothing restored, or nothing runs after
+            yield
+            return
+        owner, trusted = self.restored_as
+        settings_dict = postgres.settings_for(self.using)
+        with (
+            postgres.user_errors(settings_dict),
+            postgres.connect_maintenance(settings_dict) as admin,
+            sandbox.Sandbox(admin, settings_dict, owner, trusted=trusted) as dump_code,
+        ):
+            if not dump_code.needed:
+                yield
+                return
+            self.login = dump_code.login()
+            try:
+                with postgres.django_connection_to(self.using, str(settings_dict["NAME"]), self.login):
+                    yield
+            finally:
+                self.login = None
 
     @staticmethod
     def _skip(reason: str) -> Callable[[], str]:
@@ -592,7 +633,9 @@ class SmokeTest:
             self.log("starting: " + " ".join(command))
             process = subprocess.Popen(
                 command,
-                env=_server_env(self.using, connections[self.using].settings_dict["NAME"], self.smoke_media),
+                env=_server_env(
+                    self.using, connections[self.using].settings_dict["NAME"], self.smoke_media, self.login
+                ),
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -7,6 +7,8 @@ copied, then:
 
 - the alias points at the smoke test's database, never at the developer's own, and MEDIA_ROOT at the smoke
   test's copy of the dump's media, when it has media;
+- the alias logs in as the smoke test says (a throwaway member of the database's owner, when seeddump connects
+  as another role: the dump's code runs in this server's sessions too);
 - the health endpoint is served by a middleware in front of the project's own (no URL include needed);
 - the session and CSRF cookies are not ``Secure`` and there is no HTTPS redirect: the server speaks plain
   http on 127.0.0.1, where a browser (or the smoke test's client) never sends a Secure cookie back;
@@ -28,6 +30,12 @@ globals().update({name: getattr(_project, name) for name in dir(_project) if nam
 DATABASES = {alias: dict(database) for alias, database in _project.DATABASES.items()}
 if _server.get("database"):
     DATABASES[_server["alias"]]["NAME"] = _server["database"]
+if _server.get("login"):  # a throwaway member of the owner (seeddump.sandbox): the dump's code runs here too
+    _login, _alias = _server["login"], DATABASES[_server["alias"]]
+    _options = {k: v for k, v in (_alias.get("OPTIONS") or {}).items() if k not in ("assume_role", "options")}
+    _alias.update(USER=_login["USER"], PASSWORD=_login["PASSWORD"], OPTIONS=_options)
+    if _login.get("options"):
+        _options["options"] = _login["options"]
 
 if _server.get("media_root"):  # the dump's files, unpacked for the smoke test: never the developer's own
     MEDIA_ROOT = _server["media_root"]

@@ -231,6 +231,23 @@ STEPS = {
     "migrate": lambda marker: [escalating_function(marker), *MIGRATION_TRIGGER],
 }
 
+
+def trigger_on(table: str) -> list[str]:
+    return [
+        "CREATE FUNCTION on_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "PERFORM public.escalate(1); RETURN NEW; END $$",
+        f"CREATE TRIGGER watch AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION on_write()",
+    ]
+
+
+# After migrate: smoketest creates its user through the ORM (auth_user), and the web server it starts logs
+# that user in (django_session).
+SMOKE_STEPS = {
+    **STEPS,
+    "the smoke-test user": lambda marker: [escalating_function(marker), *trigger_on("auth_user")],
+    "the web server": lambda marker: [escalating_function(marker), *trigger_on("django_session")],
+}
+
 SEEDED_TEST = """
 import pytest
 from django.db import connection
@@ -283,20 +300,28 @@ def test_the_pytest_plugins_seeded_database_runs_a_dumps_code_as_the_owner_at_mo
 
 @pytest.mark.parametrize(
     ("step", "overwrite"),
-    [("pg_restore", False), ("migrate", False), ("migrate", True)],
-    ids=["pg_restore", "migrate", "migrate --overwrite"],  # --overwrite's pg_restore is restoredump's own
+    [
+        ("pg_restore", False),
+        ("migrate", False),
+        ("migrate", True),
+        ("the smoke-test user", False),
+        ("the web server", False),
+    ],
+    # --overwrite's pg_restore is restoredump's own
+    ids=["pg_restore", "migrate", "migrate --overwrite", "user", "web server"],
 )
 def test_smoketest_runs_a_dumps_code_as_the_owner_at_most(
     server: Server, seeded_dump: Path, dumps_dir: Path, marker: Path, step: str, overwrite: bool
 ) -> None:
     """smoketest connecting as a superuser to a database the app owns: its restore (into a database of its own,
-    or with --overwrite into the configured one) and its migrate run the dump's code as the app at most."""
+    or with --overwrite into the configured one), its migrate, the user it makes and the web server it starts
+    run the dump's code as the app at most."""
     admin_user = connections[server.alias].settings_dict["USER"]
-    app, _ = app_source(server, dumps_dir, marker, STEPS[step](marker))
+    app, _ = app_source(server, dumps_dir, marker, SMOKE_STEPS[step](marker))
     target = server.database(app)
     env = {"DATABASE_URL": database_url(server.alias, target, admin_user)}
     args = [
-        "--skip-frontend",
+        *(["--skip-frontend"] if step in STEPS else []),
         "--log-file",
         str(dumps_dir.parent / "smoke.log"),
         *(["--overwrite"] if overwrite else []),
@@ -304,5 +329,8 @@ def test_smoketest_runs_a_dumps_code_as_the_owner_at_most(
     done = manage("smoketest", *args, alias=server.alias, dumps_dir=dumps_dir, env=env)
 
     assert "restore latest dump" in done.stdout and "migrations applied" in done.stdout, done.stderr
+    if step not in STEPS:  # the user was made and logged in through the web server, as the app at most
+        log = (dumps_dir.parent / "smoke.log").read_text()
+        assert "[PASS] backend: create a smoke-test user" in log and "[PASS] backend: log in as a smoke-test" in log
     assert not marker.exists(), f"the dump's code ran as a superuser in smoketest's {step}"
     assert roles_left(server) == []
