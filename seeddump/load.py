@@ -69,9 +69,11 @@ def into_new(
     dump_code: sandbox.Sandbox,
     jobs: int | None = None,
     progress: Progress = _quiet,
+    extensions_made: Callable[[], None] = lambda: None,
 ) -> None:
     """pg_restore into ``database`` (new, empty, ours) as ``dump_code``'s login, acting as the owner, then
-    check the counts (which run none of the dump's code).
+    check the counts (which run none of the dump's code). ``extensions_made`` is called once the dump's
+    extensions are there, before pg_restore starts.
 
     The caller drops ``database`` when this fails."""
     pg_restore = postgres.find_program("pg_restore", postgres.server_major(admin), at_least=metadata.pg_dump_major)
@@ -87,6 +89,7 @@ def into_new(
     with extensions.made_beforehand(
         pg_restore, archive.path, archive.fds, settings_dict, database, owner, metadata.extensions
     ) as skip:
+        extensions_made()
         login = dump_code.login()
         progress(f"Restoring {archive.name.name} into {database} as '{owner}' with {jobs} jobs")
         try:

@@ -615,7 +615,10 @@ def _restore(
         # Killed runs' scratch databases; replaced ones are left to this restore's finishing (see ``finish``).
         for name in finishing.drop_leftovers(admin, target, retired=False):
             progress(f"Dropped {name}, left over by an interrupted restore")
-        media_swap.start()
+        # Unpacked while the database is restored. A dump with extensions (or one made before they were
+        # recorded) waits until they are made: one that cannot be made is refused first, in a second.
+        if metadata.extensions == ():
+            media_swap.start()
         current = databases.identity_of(admin, target)
         exists = current is not None
         shape = current.shape if current is not None else databases.new_identity(admin, owner).shape
@@ -641,12 +644,21 @@ def _restore(
                 else:
                     databases.create(admin, scratch, shape)
                 load.into_new(
-                    admin, plan.archive(), metadata, settings_dict, scratch, dump_code, options.jobs, progress
+                    admin,
+                    plan.archive(),
+                    metadata,
+                    settings_dict,
+                    scratch,
+                    dump_code,
+                    options.jobs,
+                    progress,
+                    extensions_made=media_swap.start,
                 )
                 # With clones, the snapshot is a clone of this verified copy, made in milliseconds: no
                 # second pg_restore in the background, no ready copy.
                 if caching and (cloning.enabled or not defer):
                     cache_note = snapshots.keep(admin, scratch, metadata, key, progress, cloned=cloning.enabled)
+            media_swap.start()  # a copy was taken (or nothing started it)
             # Verified now, or when the snapshot was made (a snapshot accepts no connections since).
             carried = records.restore_times(settings_dict, target) if exists and record else {}
             to_migrate = migrate and bool(plan.status.missing)
@@ -931,8 +943,8 @@ class _MediaSwap:
         return self
 
     def start(self) -> None:
-        """Starts unpacking (call it holding the target's lock: it first drops what killed runs left)."""
-        if self.root is None:
+        """Starts unpacking (call it holding the target's lock: it first drops what killed runs left); once."""
+        if self.root is None or self.thread is not None:
             return
         for folder in media.drop_leftovers(self.root):
             self.progress(f"Removed {folder}, left over by an interrupted restore")

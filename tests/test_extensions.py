@@ -14,7 +14,7 @@ from django.db import connections
 from psycopg import sql
 
 from seeddump import dumpfiles
-from tests.conftest import database_url, manage, unavailable
+from tests.conftest import database_url, files_of, manage, unavailable
 from tests.test_identity import Server, restoredump, superuser
 from tests.test_identity import server as server_fixture
 from tests.test_interruptions import stopped_restore
@@ -43,15 +43,19 @@ def postgis(alias: str) -> Iterator[None]:
     yield
 
 
-def geo_dump(server: Server, dumps_dir: Path) -> tuple[str, str]:
+def geo_dump(server: Server, dumps_dir: Path, media_root: Path | None = None) -> tuple[str, str]:
     """An app role (CREATEDB, no superuser) owning a database with PostGIS (made by the superuser, as an
-    administrator would) and a table of points; generatedump's dump of it. (the app role, the database)"""
+    administrator would) and a table of points; generatedump's dump of it (with the files of ``media_root``,
+    when given). (the app role, the database)"""
     app = server.role("app", "LOGIN CREATEDB")
     source = server.database(app)
     server.execute(source, "CREATE EXTENSION postgis")
     server.execute(source, *PLACES, role=app)
     env = {"DATABASE_URL": database_url(server.alias, source, app)}
-    made = manage("generatedump", "dev", alias=server.alias, dumps_dir=dumps_dir, env=env)
+    media = ["--media"] if media_root is not None else []
+    if media_root is not None:
+        env["MEDIA_ROOT"] = str(media_root)
+    made = manage("generatedump", "dev", *media, alias=server.alias, dumps_dir=dumps_dir, env=env)
     assert made.returncode == 0, made.stderr
     return app, source
 
@@ -118,6 +122,33 @@ def test_as_the_app_role_a_template_holds_it_or_one_line_says_who_can(
     done = manage("restoredump", "dev", "--no-input", alias=alias, dumps_dir=dumps_dir, env=env)
     assert done.returncode == 0, done.stderr
     assert places(server, target) == EXPECTED
+
+
+@pytest.mark.parametrize("alias", ["system"])
+@pytest.mark.usefixtures("postgis")
+def test_an_extension_that_cannot_be_made_is_refused_before_the_media_are_unpacked(
+    alias: str, server: Server, dumps_dir: Path, tmp_path: Path
+) -> None:
+    """As the app role, no template: the refusal comes before a file of the dump's media is written (once it
+    came after they were unpacked, seconds later), and MEDIA_ROOT and its folder are as they were."""
+    source_media = tmp_path / "source-media"
+    (source_media / "maps").mkdir(parents=True)
+    (source_media / "maps" / "brussels.txt").write_text("a map")
+    app, _ = geo_dump(server, dumps_dir, media_root=source_media)
+    target = server.database(app)
+    mine = tmp_path / "media"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    before = sorted(path.name for path in tmp_path.iterdir())
+
+    env = {"DATABASE_URL": database_url(alias, target, app), "SEEDDUMP_MEDIA": "true", "MEDIA_ROOT": str(mine)}
+    refused = manage("restoredump", "dev", "--no-input", "-v", "2", alias=alias, dumps_dir=dumps_dir, env=env)
+
+    assert refused.returncode == 1
+    assert "The dump needs the extension postgis" in refused.stderr.strip().splitlines()[-1]
+    assert "Unpacking" not in refused.stdout + refused.stderr
+    assert files_of(mine) == {"notes.txt": b"my notes"}
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
 
 
 @pytest.mark.parametrize("alias", ["system"])
