@@ -30,7 +30,6 @@ class SeeddumpConfig(AppConfig):
         from seeddump.checks import (
             check_database_engine,
             check_django_version,
-            check_driver,
             check_dumps,
             check_setting_names,
             check_settings,
@@ -42,6 +41,5 @@ class SeeddumpConfig(AppConfig):
         checks.register(check_django_version, "seeddump", checks.Tags.compatibility)
         checks.register(check_database_engine, "seeddump")
         checks.register(check_dumps, "seeddump")
-        checks.register(check_driver, "seeddump")
         checks.register(check_settings, "seeddump")
         checks.register(check_setting_names, "seeddump")

@@ -7,10 +7,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from django.db import DatabaseError
 
-from seeddump import dumpfiles, postgres, records, shared, snapshots, staleness
+from seeddump import driver, dumpfiles, postgres, records, shared, snapshots, staleness
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 from seeddump.models import DumpRecord
@@ -102,7 +101,7 @@ def list_entries(
             cached = {(s.checksum, s.dump_file) for s in snapshots.list_snapshots(admin)}
         for entry in ordered:
             entry.snapshot = (entry.metadata.checksum, entry.name) in cached
-    except (SeeddumpError, psycopg.Error) as exc:
+    except (SeeddumpError, driver.Error) as exc:
         warnings.append(f"Snapshots unknown: {exc}")
     return ordered, warnings
 

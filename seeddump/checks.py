@@ -1,10 +1,9 @@
-"""System checks: ``python manage.py check`` reports dumps that no longer match the code, and a database
-driver that changed because seeddump brought psycopg 3."""
+"""System checks: ``python manage.py check`` reports dumps that no longer match the code, settings seeddump
+cannot use, and databases it cannot work with."""
 
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import os
 import sys
 from types import FrameType
@@ -68,22 +67,6 @@ def _said_after_migrate() -> bool:
             return not quiet and not any(options.get(name) for name in ("plan", "check_unapplied", "prune"))
         frame = frame.f_back
     return False
-
-
-def check_driver(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """Django prefers psycopg 3 when it is installed; seeddump installs it for its own connections, so a
-    project that installed psycopg2 now runs on psycopg 3 without having chosen to. Say so."""
-    if importlib.util.find_spec("psycopg2") is None or importlib.util.find_spec("psycopg") is None:
-        return []
-    return [
-        Warning(
-            "psycopg 3 is installed (seeddump needs it for its own connections), so Django now uses it for this "
-            "project's database connections instead of psycopg2, which is installed too.",
-            hint="Run the project's tests on psycopg 3; if it must stay on psycopg2, do not install seeddump in "
-            "that environment. Silence with SILENCED_SYSTEM_CHECKS = ['seeddump.W003'].",
-            id="seeddump.W003",
-        )
-    ]
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:

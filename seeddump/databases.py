@@ -29,11 +29,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
-from seeddump import postgres
+from seeddump import driver, postgres
 from seeddump.conf import conf
+from seeddump.driver import sql
 from seeddump.exceptions import SeeddumpError
 
 # Settings whose value is a list of quoted names, stored as one string: copied element by element (as
@@ -126,14 +124,14 @@ def _shape_columns(server_major: int) -> str:
     return f"pg_encoding_to_char(encoding), datcollate, datctype, {provider}, {locale}, {rules}"
 
 
-def shape_of(admin: psycopg.Connection, name: str) -> Shape | None:
+def shape_of(admin: driver.Connection, name: str) -> Shape | None:
     row = admin.execute(
         f"SELECT {_shape_columns(postgres.server_major(admin))} FROM pg_database WHERE datname = %s", (name,)
     ).fetchone()
     return None if row is None else Shape(*row)
 
 
-def identity_of(admin: psycopg.Connection, name: str) -> Identity | None:
+def identity_of(admin: driver.Connection, name: str) -> Identity | None:
     """The identity of the database ``name``, or None when there is none."""
     row = admin.execute(
         f"""
@@ -190,7 +188,7 @@ def _unquote(regrole: str) -> str:
     return regrole
 
 
-def new_identity(admin: psycopg.Connection, owner: str) -> Identity:
+def new_identity(admin: driver.Connection, owner: str) -> Identity:
     """The identity of a database that did not exist yet: made like ``template0``, owned by ``owner``."""
     shape = shape_of(admin, "template0")
     assert shape is not None
@@ -200,12 +198,12 @@ def new_identity(admin: psycopg.Connection, owner: str) -> Identity:
 # --- Who may do what --------------------------------------------------------------------------------
 
 
-def current_user(admin: psycopg.Connection) -> str:
+def current_user(admin: driver.Connection) -> str:
     (user,) = admin.execute("SELECT current_user").fetchone()  # type: ignore[misc]
     return str(user)
 
 
-def _may_act_as(admin: psycopg.Connection, role: str) -> bool:
+def _may_act_as(admin: driver.Connection, role: str) -> bool:
     # PostgreSQL 16 split role membership into INHERIT and SET; SET ROLE (pg_restore --role) needs the latter.
     privilege = "SET" if postgres.server_major(admin) >= 16 else "MEMBER"
     (allowed,) = admin.execute(  # type: ignore[misc]
@@ -216,7 +214,7 @@ def _may_act_as(admin: psycopg.Connection, role: str) -> bool:
     return bool(allowed)
 
 
-def restore_owner(admin: psycopg.Connection, target: str, configured: str | None) -> str:
+def restore_owner(admin: driver.Connection, target: str, configured: str | None) -> str:
     """The role the restored objects (and the database) belong to, checked to be one seeddump may act as.
 
     ``configured`` (SEEDDUMP_OWNER, or the alias's ``OPTIONS["assume_role"]``) comes first; then the
@@ -238,7 +236,7 @@ def restore_owner(admin: psycopg.Connection, target: str, configured: str | None
     return owner
 
 
-def may_create(admin: psycopg.Connection) -> bool:
+def may_create(admin: driver.Connection) -> bool:
     """Whether the connecting role may create (and rename) databases."""
     (allowed,) = admin.execute(  # type: ignore[misc]
         "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user"
@@ -246,7 +244,7 @@ def may_create(admin: psycopg.Connection) -> bool:
     return bool(allowed)
 
 
-def check_may_create(admin: psycopg.Connection, target: str) -> None:
+def check_may_create(admin: driver.Connection, target: str) -> None:
     """Restoring beside ``target`` and swapping it in needs the CREATEDB privilege."""
     if not may_create(admin):
         user = current_user(admin)
@@ -272,7 +270,7 @@ class Database:
     droppable: bool = False  # the connecting role may drop it (its owner, a member of the owner, a superuser)
 
 
-def with_prefix(admin: psycopg.Connection, prefix: str, *, sizes: bool = True) -> list[Database]:
+def with_prefix(admin: driver.Connection, prefix: str, *, sizes: bool = True) -> list[Database]:
     """Every database whose name starts with ``prefix``, ours or not, with its label."""
     # pg_database_size needs CONNECT: another role's copy this one may not enter counts as 0.
     size = (
@@ -299,11 +297,11 @@ def with_prefix(admin: psycopg.Connection, prefix: str, *, sizes: bool = True) -
     return found
 
 
-def ours(admin: psycopg.Connection, prefix: str, *, sizes: bool = True) -> list[Database]:
+def ours(admin: driver.Connection, prefix: str, *, sizes: bool = True) -> list[Database]:
     return [database for database in with_prefix(admin, prefix, sizes=sizes) if database.ours]
 
 
-def exists(admin: psycopg.Connection, name: str) -> bool:
+def exists(admin: driver.Connection, name: str) -> bool:
     (found,) = admin.execute(  # type: ignore[misc]
         "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %s)", (name,)
     ).fetchone()
@@ -343,15 +341,15 @@ def own_objects(settings_dict: Mapping[str, Any], name: str) -> list[int] | None
     return [int(oid) for (oid,) in rows]
 
 
-def end_sessions_and_wait(admin: psycopg.Connection, name: str, seconds: int = 30) -> None:
+def end_sessions_and_wait(admin: driver.Connection, name: str, seconds: int = 30) -> None:
     """Ends every other session on ``name`` it may end and waits (up to ``seconds`` each) until they are gone:
     after that, whatever transaction one of them had open is committed or rolled back for good."""
     for pid, _user, _application, _address in _sessions(admin, name):
-        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+        with contextlib.suppress(driver.errors.InsufficientPrivilege):
             admin.execute("SELECT pg_terminate_backend(%s, %s)", (pid, seconds * 1000))
 
 
-def size_of(admin: psycopg.Connection, name: str) -> int:
+def size_of(admin: driver.Connection, name: str) -> int:
     """The database's size on disk in bytes (0 if there is none)."""
     row = admin.execute(
         "SELECT CASE WHEN has_database_privilege(oid, 'CONNECT') THEN pg_database_size(oid) ELSE 0 END "
@@ -361,14 +359,14 @@ def size_of(admin: psycopg.Connection, name: str) -> int:
     return int(row[0]) if row else 0
 
 
-def oid_of(admin: psycopg.Connection, name: str) -> int | None:
+def oid_of(admin: driver.Connection, name: str) -> int | None:
     """The database's oid: it stays with the database through renames, so it tells a database from
     another later given the same name."""
     row = admin.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()
     return None if row is None else int(row[0])
 
 
-def is_ours(admin: psycopg.Connection, name: str) -> bool:
+def is_ours(admin: driver.Connection, name: str) -> bool:
     row = admin.execute(
         """
         SELECT d.datdba = r.oid FROM pg_database d, pg_roles r WHERE r.rolname = current_user AND d.datname = %s
@@ -378,7 +376,7 @@ def is_ours(admin: psycopg.Connection, name: str) -> bool:
     return bool(row and row[0])
 
 
-def create(admin: psycopg.Connection, name: str, shape: Shape) -> None:
+def create(admin: driver.Connection, name: str, shape: Shape) -> None:
     """Creates the empty database ``name`` of ``shape``, owned by the connecting role: from ``template0``, or
     from SEEDDUMP_TEMPLATE (a template holding extensions only a superuser may create, ``template_postgis``)."""
     template = conf.TEMPLATE or "template0"
@@ -386,7 +384,7 @@ def create(admin: psycopg.Connection, name: str, shape: Shape) -> None:
     admin.execute(query + shape.create_options(postgres.server_major(admin)))
 
 
-def clone(admin: psycopg.Connection, template: str, name: str, *, closed: bool = False) -> None:
+def clone(admin: driver.Connection, template: str, name: str, *, closed: bool = False) -> None:
     """Creates ``name`` as a copy of ``template`` (owned by the connecting role; closed to connections)."""
     query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
     if postgres.server_major(admin) >= 15:
@@ -398,24 +396,24 @@ def clone(admin: psycopg.Connection, template: str, name: str, *, closed: bool =
     admin.execute(query)
 
 
-def rename(admin: psycopg.Connection, old: str, new: str) -> None:
+def rename(admin: driver.Connection, old: str, new: str) -> None:
     admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
 
 
-def close(admin: psycopg.Connection, name: str, *, closed: bool = True) -> None:
+def close(admin: driver.Connection, name: str, *, closed: bool = True) -> None:
     """No connections from now on (or again, with ``closed`` false): a copy nobody may connect to stays
     exactly as verified."""
     query = sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(sql.Identifier(name), sql.Literal(not closed))
     admin.execute(query)
 
 
-def label(admin: psycopg.Connection, name: str, values: Mapping[str, Any]) -> None:
+def label(admin: driver.Connection, name: str, values: Mapping[str, Any]) -> None:
     """Records in the database's comment what seeddump made it for (readable by all: never proof)."""
     comment = json.dumps(dict(values))
     admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(comment)))
 
 
-def drop(admin: psycopg.Connection, name: str) -> bool:
+def drop(admin: driver.Connection, name: str) -> bool:
     """Drops ``name`` if it is ours; a foreign database of that name is left alone. True if dropped."""
     if not is_ours(admin, name):
         return False
@@ -423,7 +421,7 @@ def drop(admin: psycopg.Connection, name: str) -> bool:
     return True
 
 
-def drop_owned_by(admin: psycopg.Connection, name: str, owner: str) -> bool:
+def drop_owned_by(admin: driver.Connection, name: str, owner: str) -> bool:
     """Drops ``name`` if ``owner`` still owns it and the connecting role may drop it (``snapshots --drop-all``
     for another role's copies of this project's cache); True if dropped."""
     row = admin.execute(
@@ -436,7 +434,7 @@ def drop_owned_by(admin: psycopg.Connection, name: str, owner: str) -> bool:
     return True
 
 
-def take_back(admin: psycopg.Connection, name: str) -> None:
+def take_back(admin: driver.Connection, name: str) -> None:
     """Makes a database seeddump restored for its own use (owned by the restore's owner) the connecting
     role's again, so that ``drop`` may drop it. Only possible for a member of its owner role."""
     if exists(admin, name) and not is_owned_by(admin, name, current_user(admin)):
@@ -447,7 +445,7 @@ def take_back(admin: psycopg.Connection, name: str) -> None:
 # --- Restoring as the owner ---------------------------------------------------------------------------
 
 
-def allow_restore(conn: psycopg.Connection, owner: str) -> None:
+def allow_restore(conn: driver.Connection, owner: str) -> None:
     """In a new database of ours (``conn`` is connected to it), lets ``owner`` create what a dump holds."""
     database = conn.info.dbname
     role = sql.Identifier(owner)
@@ -455,7 +453,7 @@ def allow_restore(conn: psycopg.Connection, owner: str) -> None:
     conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role))
 
 
-def end_restore(conn: psycopg.Connection, owner: str) -> None:
+def end_restore(conn: driver.Connection, owner: str) -> None:
     """Takes back the schema grant of ``allow_restore`` (``give_identity`` replaces the database's ACL)."""
     conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(sql.Identifier(owner)))
 
@@ -534,7 +532,7 @@ def _grantee(role: str | None) -> sql.Composable:
     return sql.SQL("PUBLIC") if role is None else sql.Identifier(role)
 
 
-def give_identity(admin: psycopg.Connection, name: str, identity: Identity) -> list[str]:
+def give_identity(admin: driver.Connection, name: str, identity: Identity) -> list[str]:
     """Makes the database ``name`` what ``identity`` describes, apart from its shape. Run it inside the
     transaction that puts ``name`` in place, so that nobody sees it without its identity.
 
@@ -568,7 +566,7 @@ def give_identity(admin: psycopg.Connection, name: str, identity: Identity) -> l
 
 
 def give_settings(
-    admin: psycopg.Connection, name: str, settings: tuple[Setting, ...], current: tuple[Setting, ...] | None = None
+    admin: driver.Connection, name: str, settings: tuple[Setting, ...], current: tuple[Setting, ...] | None = None
 ) -> list[str]:
     """The database ``name`` gets ``settings`` (per database and per role in it) and no others; the statements
     of those this role may not make are returned, skipped."""
@@ -587,12 +585,12 @@ def give_settings(
         try:
             with admin.transaction():  # a savepoint
                 admin.execute(statement)
-        except psycopg.errors.InsufficientPrivilege:
+        except driver.errors.InsufficientPrivilege:
             skipped.append(statement.as_string(admin))
     return skipped
 
 
-def is_owned_by(admin: psycopg.Connection, name: str, role: str) -> bool:
+def is_owned_by(admin: driver.Connection, name: str, role: str) -> bool:
     row = admin.execute(
         "SELECT d.datdba = r.oid FROM pg_database d, pg_roles r WHERE d.datname = %s AND r.rolname = %s",
         (name, role),
@@ -603,7 +601,7 @@ def is_owned_by(admin: psycopg.Connection, name: str, role: str) -> bool:
 # --- Putting a database in place ------------------------------------------------------------------------
 
 
-def _sessions(admin: psycopg.Connection, name: str) -> list[tuple[int, str, str, str]]:
+def _sessions(admin: driver.Connection, name: str) -> list[tuple[int, str, str, str]]:
     rows = admin.execute(
         """
         SELECT pid, coalesce(usename, '?'), coalesce(nullif(application_name, ''), 'no application name'),
@@ -618,13 +616,13 @@ def _sessions(admin: psycopg.Connection, name: str) -> list[tuple[int, str, str,
     return [(int(pid), str(user), str(app), str(addr)) for pid, user, app, addr in rows]
 
 
-def end_sessions(admin: psycopg.Connection, name: str) -> None:
+def end_sessions(admin: driver.Connection, name: str) -> None:
     """Ends every other session on ``name``; when one may not be ended, says which and what to do."""
     refused = []
     for pid, user, application, address in _sessions(admin, name):
         try:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        except psycopg.errors.InsufficientPrivilege:
+        except driver.errors.InsufficientPrivilege:
             refused.append(f"pid {pid}, user {user}, {application}, from {address}")
     if refused:
         raise SeeddumpError(
@@ -653,7 +651,7 @@ class Replaced:
 
 
 def swap(
-    admin: psycopg.Connection,
+    admin: driver.Connection,
     target: str,
     source: str,
     replaced: Replaced,
@@ -700,12 +698,12 @@ def swap(
                 rename(admin, source, target)
                 try:
                     skipped = give_identity(admin, target, new_identity)
-                except (psycopg.errors.ObjectInUse, psycopg.OperationalError):
+                except (driver.errors.ObjectInUse, driver.OperationalError):
                     raise  # sessions came back; the server went away (said as such by ``user_errors``)
-                except psycopg.Error as exc:
+                except driver.Error as exc:
                     raise _identity_error(target, exc) from None
             return Swapped(identity is not None, skipped)
-        except psycopg.errors.ObjectInUse:
+        except driver.errors.ObjectInUse:
             if attempt == 2:
                 raise SeeddumpError(
                     f"Database '{target}' kept getting new connections, so it could not be replaced. "
@@ -714,7 +712,7 @@ def swap(
     raise AssertionError("unreachable")
 
 
-def _identity_error(target: str, exc: psycopg.Error) -> SeeddumpError:
+def _identity_error(target: str, exc: driver.Error) -> SeeddumpError:
     reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
     return SeeddumpError(
         f"Could not give the restored database the owner, privileges and settings of '{target}' ({reason}); "

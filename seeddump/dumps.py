@@ -17,12 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from django.db import DatabaseError
-from psycopg import sql
 
-from seeddump import dumpfiles, media, postgres, records, signing, versions
+from seeddump import driver, dumpfiles, media, postgres, records, signing, versions
 from seeddump.conf import conf
+from seeddump.driver import sql
 from seeddump.exceptions import SeeddumpError
 
 _MODEL_LABEL = re.compile(r"\w+\.\w+")  # app_label.ModelName (or a schema.table pattern: tried as a model first)
@@ -77,7 +76,7 @@ def _out_of_space(directory: Path, file_name: str, needed: int | None) -> Seeddu
     )
 
 
-def _applied_migrations(conn: psycopg.Connection) -> list[tuple[str, str]]:
+def _applied_migrations(conn: driver.Connection) -> list[tuple[str, str]]:
     table = postgres.project_table(conn, "django_migrations")
     if table is None:
         return []

@@ -21,11 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
-from seeddump import postgres
+from seeddump import driver, postgres
 from seeddump.conf import conf
+from seeddump.driver import sql
 from seeddump.exceptions import SeeddumpError
 
 # pg_restore -l lines are "<id>; <catalog oid> <oid> <kind> <schema> <name> <owner>".
@@ -143,7 +141,7 @@ class ConfigTable:
 
 
 def _config_tables(
-    conn: psycopg.Connection, needed: Sequence[Extension], owner: str, privileges: Sequence[str] = ("INSERT",)
+    conn: driver.Connection, needed: Sequence[Extension], owner: str, privileges: Sequence[str] = ("INSERT",)
 ) -> tuple[list[ConfigTable], list[ConfigTable]]:
     """An extension's configuration tables (PostGIS's spatial_ref_sys) hold the rows a user added, which the
     dump carries; they belong to whoever made the extension, not to the owner pg_restore acts as. Where
@@ -175,7 +173,7 @@ def _config_tables(
     return granted, skipped
 
 
-def _revoke(conn: psycopg.Connection, granted: Sequence[ConfigTable], owner: str) -> None:
+def _revoke(conn: driver.Connection, granted: Sequence[ConfigTable], owner: str) -> None:
     for config in granted:
         revoking = sql.SQL(", ").join(sql.SQL(privilege) for privilege in config.granted)
         conn.execute(sql.SQL("REVOKE {} ON TABLE {} FROM {}").format(revoking, config.name, sql.Identifier(owner)))
@@ -185,7 +183,7 @@ _COPY = re.compile(rf"^COPY {_IDENT}\.{_IDENT} \(({_IDENT}(?:, {_IDENT})*)\) FRO
 
 
 def _rows_from_the_dump(
-    conn: psycopg.Connection,
+    conn: driver.Connection,
     pg_restore: postgres.Program,
     archive: Path,
     pass_fds: Sequence[int],
@@ -228,9 +226,7 @@ def _rows_from_the_dump(
             )
 
 
-def _missing_rows(
-    conn: psycopg.Connection, config: ConfigTable, columns: Sequence[str], data: str, *, add: bool
-) -> str:
+def _missing_rows(conn: driver.Connection, config: ConfigTable, columns: Sequence[str], data: str, *, add: bool) -> str:
     """The first column's values of the dump's rows (COPY text ``data``) that the table lacks, after adding them
     when ``add`` and the connecting role may; empty when none is missing."""
     listed = sql.SQL(", ").join(sql.Identifier(column) for column in columns)
@@ -243,8 +239,7 @@ def _missing_rows(
         with conn.transaction():
             make = sql.SQL("CREATE TEMPORARY TABLE pg_temp.seeddump_dump_rows (LIKE {}) ON COMMIT DROP")
             conn.execute(make.format(config.name))
-            with conn.cursor().copy(sql.SQL("COPY pg_temp.seeddump_dump_rows ({}) FROM STDIN").format(listed)) as copy:
-                copy.write(data)
+            driver.copy_from(conn, sql.SQL("COPY pg_temp.seeddump_dump_rows ({}) FROM STDIN").format(listed), data)
             (may,) = conn.execute(
                 "SELECT has_table_privilege(%s, 'INSERT')", (config.name.as_string(conn),)
             ).fetchone() or (False,)
@@ -253,7 +248,7 @@ def _missing_rows(
             (missing,) = conn.execute(
                 sql.SQL("SELECT string_agg({}::text, ', ') ").format(sql.Identifier("r", columns[0])) + lacking
             ).fetchone() or (None,)
-    except psycopg.Error as exc:
+    except driver.Error as exc:
         raise SeeddumpError(
             f"Could not compare the dump's rows of {config.schema}.{config.table} with the database's: "
             f"{postgres.first_line(str(exc))}; nothing was changed."
@@ -266,7 +261,7 @@ def _versions(recorded: Sequence[tuple[str, str, str]] | None) -> dict[str, str]
 
 
 def _make(
-    conn: psycopg.Connection,
+    conn: driver.Connection,
     extension: Extension,
     owner: str,
     made_schemas: list[str],
@@ -314,7 +309,7 @@ def _make(
                 create += sql.SQL(" VERSION {}").format(sql.Literal(version))
             conn.execute(create)
         return True
-    except psycopg.errors.InsufficientPrivilege:
+    except driver.errors.InsufficientPrivilege:
         role = conn.info.user
         if in_place:
             raise SeeddumpError(
@@ -405,5 +400,5 @@ def _committed(committed: Callable[[], bool]) -> bool:
     """``committed()``, or True when the server cannot say: an extension too many is better than one missing."""
     try:
         return committed()
-    except (psycopg.Error, SeeddumpError):
+    except (driver.Error, SeeddumpError):
         return True

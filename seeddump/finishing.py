@@ -16,9 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
-from seeddump import databases, dumpfiles, load, media, postgres, records, sandbox, snapshots
+from seeddump import databases, driver, dumpfiles, load, media, postgres, records, sandbox, snapshots
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -86,9 +84,7 @@ def target_lock_key(database: str) -> tuple[int, str]:
     return (TARGET_LOCK_CLASS, database)
 
 
-def drop_leftovers(
-    admin: psycopg.Connection, database: str, *, scratch: bool = True, retired: bool = True
-) -> list[str]:
+def drop_leftovers(admin: driver.Connection, database: str, *, scratch: bool = True, retired: bool = True) -> list[str]:
     """Drops our scratch and replaced databases of ``database`` left by killed runs or by ``finish``.
 
     Only call it with ``scratch`` while holding the target's lock: a running restore's scratch database
@@ -105,7 +101,7 @@ def drop_leftovers(
     return dropped
 
 
-def cache_key(admin: psycopg.Connection, database: str) -> tuple[str, databases.Identity] | None:
+def cache_key(admin: driver.Connection, database: str) -> tuple[str, databases.Identity] | None:
     """The cache key of the database ``database`` as it now is (owner and shape), with its identity."""
     identity = databases.identity_of(admin, database)
     if identity is None:
@@ -139,7 +135,7 @@ def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progr
         if keyed is not None and (followup.build_snapshot or followup.ready_copy):
             try:
                 _finish_cache(admin, followup, settings_dict, *keyed, dump_code, progress)
-            except (psycopg.Error, SeeddumpError) as exc:  # a full disk, say: the cache is only a cache
+            except (driver.Error, SeeddumpError) as exc:  # a full disk, say: the cache is only a cache
                 progress(f"Did not finish caching the dump: {str(exc).strip().splitlines()[0]}")
         replaced_since = followup.restored_oid is not None and (
             databases.oid_of(admin, followup.database) != followup.restored_oid
@@ -152,7 +148,7 @@ def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progr
                 recorded = records.sync_from_disk(
                     dump_code.login(), followup.database, conf.DIR, followup.restore_times
                 )
-            except (psycopg.Error, SeeddumpError) as exc:  # read-only by default, closed, a trigger that fails
+            except (driver.Error, SeeddumpError) as exc:  # read-only by default, closed, a trigger that fails
                 progress(f"Did not record the restore for the admin: {str(exc).strip().splitlines()[0]}")
             else:
                 progress(f"Recorded {recorded} dump(s) for the admin")
@@ -163,7 +159,7 @@ def finish(followup: Followup, settings_dict: Mapping[str, Any], progress: Progr
 
 
 def _finish_cache(
-    admin: psycopg.Connection,
+    admin: driver.Connection,
     followup: Followup,
     settings_dict: Mapping[str, Any],
     key: str,
@@ -197,7 +193,7 @@ def _finish_cache(
 
 
 def _build_snapshot(
-    admin: psycopg.Connection,
+    admin: driver.Connection,
     followup: Followup,
     metadata: dumpfiles.Metadata,
     settings_dict: Mapping[str, Any],
@@ -217,14 +213,14 @@ def _build_snapshot(
             return None
         try:
             build = snapshots.start_build(admin, metadata, key, identity.shape)
-        except psycopg.errors.DuplicateDatabase:  # a foreign database has the name: no snapshot then
+        except driver.errors.DuplicateDatabase:  # a foreign database has the name: no snapshot then
             progress("Did not cache a snapshot: its build database's name is taken by a database that is not ours")
             return None
     try:
         with archive:
             load.into_new(admin, archive, metadata, settings_dict, build, dump_code, None, progress)
         snapshot = snapshots.adopt(admin, build, metadata, key)
-    except psycopg.errors.DuplicateDatabase:
+    except driver.errors.DuplicateDatabase:
         databases.drop(admin, build)
         progress("Did not cache a snapshot: its name is taken by a database that is not ours")
         return None
@@ -233,7 +229,7 @@ def _build_snapshot(
         progress(f"Did not cache a snapshot: its pg_restore did not finish ({str(exc).strip().splitlines()[0]})")
         return None
     except BaseException:
-        with contextlib.suppress(psycopg.Error):
+        with contextlib.suppress(driver.Error):
             databases.drop(admin, build)
         raise
     progress(f"Cached the dump as snapshot {snapshot.name}")

@@ -13,9 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
-
-from seeddump import databases, snapshots, undo
+from seeddump import databases, driver, snapshots, undo
 from seeddump.conf import conf
 
 _CACHE_KINDS = (snapshots.PREFIX, snapshots.READY_PREFIX, snapshots.BUILD_PREFIX, snapshots.EMPTY_PREFIX)
@@ -33,7 +31,7 @@ class Footprint:
         return sum(database.size_bytes for database in self.mine)
 
 
-def of(admin: psycopg.Connection, target: str, directory: Path | None = None, *, elsewhere: bool = True) -> Footprint:
+def of(admin: driver.Connection, target: str, directory: Path | None = None, *, elsewhere: bool = True) -> Footprint:
     """Every database under a seeddump name on the server, sorted by whose it is (without ``elsewhere``, only
     this project's: a restore's note need not size every other team's copies)."""
     own_prefixes = tuple(snapshots.folder_prefix(directory, kind) for kind in _CACHE_KINDS)
@@ -73,7 +71,7 @@ def other_roles_note(footprint: Footprint) -> str | None:
     )
 
 
-def drop_other_roles(admin: psycopg.Connection, footprint: Footprint, directory: Path | None = None) -> list[str]:
+def drop_other_roles(admin: driver.Connection, footprint: Footprint, directory: Path | None = None) -> list[str]:
     """Drops the other roles' copies of this project that the connecting role may drop (a member of their
     owner, a superuser): only those whose label says they are this folder's cache or this target's undo copy,
     each only while that owner still owns it (``snapshots --drop-all``, asked for by the user)."""

@@ -13,11 +13,9 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
-from seeddump import databases, dumpfiles, extensions, postgres, sandbox
+from seeddump import databases, driver, dumpfiles, extensions, postgres, sandbox
 from seeddump.conf import conf
+from seeddump.driver import sql
 from seeddump.exceptions import SeeddumpError
 
 Progress = Callable[[str], None]
@@ -61,7 +59,7 @@ def _hint(reason: str, metadata: dumpfiles.Metadata, server_major: int) -> str:
 
 
 def into_new(
-    admin: psycopg.Connection,
+    admin: driver.Connection,
     archive: dumpfiles.OpenedDump,
     metadata: dumpfiles.Metadata,
     settings_dict: Mapping[str, Any],
@@ -131,12 +129,14 @@ DECLARE
     schema record;
     public_owner text;
     public_acl aclitem[];
+    public_comment text;
     item record;
     statements text[];
     statement text;
     leftover text;
 BEGIN
-    SELECT nspowner::regrole::text, nspacl INTO public_owner, public_acl FROM pg_namespace WHERE nspname = 'public';
+    SELECT nspowner::regrole::text, nspacl, obj_description(oid, 'pg_namespace')
+    INTO public_owner, public_acl, public_comment FROM pg_namespace WHERE nspname = 'public';
     -- Large objects belong to no schema; the dump brings its own, under the same oids.
     PERFORM lo_unlink(oid) FROM pg_largeobject_metadata;
     SELECT coalesce(array_agg(DISTINCT extnamespace), '{}') INTO kept_schemas
@@ -238,6 +238,9 @@ BEGIN
     END LOOP;
     IF public_owner IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'public') THEN
         EXECUTE format('CREATE SCHEMA public AUTHORIZATION %%s', public_owner);
+        IF public_comment IS NOT NULL THEN  -- else every later dump says COMMENT ON SCHEMA public IS ''
+            EXECUTE format('COMMENT ON SCHEMA public IS %%L', public_comment);
+        END IF;
         IF public_acl IS NOT NULL THEN
             EXECUTE format('REVOKE ALL ON SCHEMA public FROM %%s', public_owner);
             FOR item IN SELECT grantee, privilege_type, is_grantable FROM aclexplode(public_acl) LOOP
@@ -310,7 +313,7 @@ $seeddump$;
 """
 
 
-def _target_lock(admin: psycopg.Connection, database: str) -> tuple[int, int, int]:
+def _target_lock(admin: driver.Connection, database: str) -> tuple[int, int, int]:
     """(pid, classid, objid) of the exclusive advisory lock ``admin``'s session holds on ``database``."""
     row = admin.execute(
         """
@@ -333,7 +336,7 @@ def _holding_the_lock(lock: tuple[int, int, int], when: str) -> str:
 
 
 def in_place(
-    admin: psycopg.Connection,
+    admin: driver.Connection,
     archive: dumpfiles.OpenedDump,
     metadata: dumpfiles.Metadata,
     settings_dict: Mapping[str, Any],

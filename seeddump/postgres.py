@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
+from seeddump import driver
 from seeddump.conf import conf
+from seeddump.driver import sql
 from seeddump.exceptions import SeeddumpError
 
 # How seeddump's sessions show in pg_stat_activity (the background process says so).
@@ -128,7 +127,7 @@ def user_errors(settings_dict: Mapping[str, Any]) -> Iterator[None]:
     """Turns a database or file-system failure into a one-line SeeddumpError without the password."""
     try:
         yield
-    except psycopg.Error as exc:
+    except driver.Error as exc:
         raise SeeddumpError(f"PostgreSQL said: {scrub(first_line(str(exc)), settings_dict)}.") from None
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
@@ -234,7 +233,7 @@ def connect_kwargs(settings_dict: Mapping[str, Any], dbname: str) -> dict[str, A
 
 def connect(
     settings_dict: Mapping[str, Any], dbname: str | None = None, *, wait: float | None = None
-) -> psycopg.Connection:
+) -> driver.Connection:
     """An autocommit connection to ``dbname`` (default: the alias's database) on the alias's server.
 
     A server that is down or still starting is retried for ``wait`` seconds (default: the
@@ -245,8 +244,8 @@ def connect(
     delay = 0.1
     while True:
         try:
-            conn = Connection.connect(**connect_kwargs(settings_dict, dbname), autocommit=True)
-        except psycopg.Error as exc:
+            conn = driver.connect(**connect_kwargs(settings_dict, dbname))
+        except driver.Error as exc:
             reason = scrub(first_line(str(exc)), settings_dict)
             transient = any(marker in reason.lower() for marker in _TRANSIENT_MARKERS)
             if transient and time.monotonic() + delay < deadline:
@@ -283,21 +282,15 @@ SAFE_SEARCH_PATH = "pg_catalog, pg_temp"
 PIN_SEARCH_PATH = f"SET search_path = {SAFE_SEARCH_PATH};\n"
 
 
-class Connection(psycopg.Connection[Any]):
-    """psycopg's connection, knowing the schemas the project's own sessions search (``project_table``)."""
-
-    project_schemas: tuple[str, ...] = ("public",)
-
-
-def _pin_search_path(conn: psycopg.Connection) -> None:
+def _pin_search_path(conn: driver.Connection) -> None:
     """Notes the schemas a session of the project's would search here, then searches the catalog only."""
     (schemas,) = conn.execute("SELECT pg_catalog.current_schemas(false)").fetchone()  # type: ignore[misc]
-    if isinstance(conn, Connection):
+    if isinstance(conn, driver.Connection):
         conn.project_schemas = tuple(str(schema) for schema in schemas)
     conn.execute(PIN_SEARCH_PATH)
 
 
-def project_table(conn: psycopg.Connection, name: str) -> sql.Identifier | None:
+def project_table(conn: driver.Connection, name: str) -> sql.Identifier | None:
     """The project's table ``name`` where the project's sessions find it (the first schema of its search path
     that has a relation of that name), schema-qualified; None when that relation is missing or is not a plain
     table (a view, or anything else that could run code when read). The session's search path is pinned."""
@@ -322,7 +315,7 @@ class LockBusy(SeeddumpError):
 
 @contextlib.contextmanager
 def advisory_lock(
-    conn: psycopg.Connection,
+    conn: driver.Connection,
     key: tuple[int, int | str],
     *,
     waiting: Callable[[str], None],
@@ -345,16 +338,16 @@ def advisory_lock(
     try:
         yield
     finally:
-        with contextlib.suppress(psycopg.Error):
+        with contextlib.suppress(driver.Error):
             conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(args))
 
 
-def _wait_for_lock(conn: psycopg.Connection, statement: sql.Composed) -> bool:
+def _wait_for_lock(conn: driver.Connection, statement: sql.Composed) -> bool:
     """Runs a blocking lock ``statement`` for at most SEEDDUMP_LOCK_TIMEOUT seconds; False if it timed out."""
     conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{conf.LOCK_TIMEOUT}s")))
     try:
         conn.execute(statement)
-    except psycopg.errors.LockNotAvailable:
+    except driver.errors.LockNotAvailable:
         return False
     finally:
         conn.execute("RESET lock_timeout")
@@ -369,7 +362,7 @@ def _lock_args(key: tuple[int, int | str]) -> sql.Composable:
 
 
 @contextlib.contextmanager
-def shared_advisory_lock(conn: psycopg.Connection, key: tuple[int, int | str]) -> Iterator[None]:
+def shared_advisory_lock(conn: driver.Connection, key: tuple[int, int | str]) -> Iterator[None]:
     """Holds the session advisory lock ``key`` shared: any number of holders, none while someone holds it
     exclusively (briefly: see ``exclusive_if_free``). Waits up to SEEDDUMP_LOCK_TIMEOUT seconds."""
     args = _lock_args(key)
@@ -378,12 +371,12 @@ def shared_advisory_lock(conn: psycopg.Connection, key: tuple[int, int | str]) -
     try:
         yield
     finally:
-        with contextlib.suppress(psycopg.Error):
+        with contextlib.suppress(driver.Error):
             conn.execute(sql.SQL("SELECT pg_advisory_unlock_shared({})").format(args))
 
 
 @contextlib.contextmanager
-def exclusive_if_free(conn: psycopg.Connection, key: tuple[int, int | str]) -> Iterator[bool]:
+def exclusive_if_free(conn: driver.Connection, key: tuple[int, int | str]) -> Iterator[bool]:
     """Holds the advisory lock ``key`` exclusively if nobody holds it (shared or not), without waiting;
     yields whether it does."""
     args = _lock_args(key)
@@ -392,17 +385,17 @@ def exclusive_if_free(conn: psycopg.Connection, key: tuple[int, int | str]) -> I
         yield bool(acquired)
     finally:
         if acquired:
-            with contextlib.suppress(psycopg.Error):
+            with contextlib.suppress(driver.Error):
                 conn.execute(sql.SQL("SELECT pg_advisory_unlock({})").format(args))
 
 
-def lock_is_free(conn: psycopg.Connection, key: tuple[int, int | str]) -> bool:
+def lock_is_free(conn: driver.Connection, key: tuple[int, int | str]) -> bool:
     """Whether nobody holds the advisory lock ``key`` right now (a moment later, someone may)."""
     with exclusive_if_free(conn, key) as free:
         return free
 
 
-def _lock_holder(conn: psycopg.Connection, first: sql.Composable, second: sql.Composable) -> str:
+def _lock_holder(conn: driver.Connection, first: sql.Composable, second: sql.Composable) -> str:
     query = sql.SQL(
         """
         SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -414,7 +407,7 @@ def _lock_holder(conn: psycopg.Connection, first: sql.Composable, second: sql.Co
     return "another session" if row is None else f"server process {row[0]} ({row[1] or 'no application name'})"
 
 
-def connect_maintenance(settings_dict: Mapping[str, Any]) -> psycopg.Connection:
+def connect_maintenance(settings_dict: Mapping[str, Any]) -> driver.Connection:
     """A connection to the server's maintenance database, for CREATE/ALTER/DROP DATABASE."""
     return connect(settings_dict, conf.MAINTENANCE_DB)
 
@@ -430,11 +423,11 @@ def first_line(text: str) -> str:
     return line.rstrip(".")
 
 
-def server_major(conn: psycopg.Connection) -> int:
+def server_major(conn: driver.Connection) -> int:
     return conn.info.server_version // 10000
 
 
-def server_version_text(conn: psycopg.Connection) -> str:
+def server_version_text(conn: driver.Connection) -> str:
     version = conn.info.server_version
     return f"{version // 10000}.{version % 10000}"
 
@@ -461,7 +454,7 @@ def table_key(schema: str, table: str) -> str:
     return table if schema == "public" else f"{schema}.{table}"
 
 
-def count_rows(conn: psycopg.Connection, *, lift_forced_security: bool = True) -> dict[str, int]:
+def count_rows(conn: driver.Connection, *, lift_forced_security: bool = True) -> dict[str, int]:
     """Exact row counts of every user table, as pg_dump sees them (partitioned tables as one).
 
     Runs none of the database's own code: ``count(*)`` calls no function, and with ``row_security`` off a
@@ -474,14 +467,14 @@ def count_rows(conn: psycopg.Connection, *, lift_forced_security: bool = True) -
         for schema, table, forced in cursor.execute(TABLES_SQL).fetchall():
             name = sql.Identifier(schema, table)
             if forced and lift_forced_security:
-                with contextlib.suppress(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                with contextlib.suppress(driver.errors.InsufficientPrivilege), conn.transaction():
                     cursor.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(name))
             try:
                 # Rolled back, not released: the table's and its indexes' locks go with the savepoint, so a
                 # project with thousands of tables does not run the server out of lock slots.
                 with conn.transaction(force_rollback=True):
                     (count,) = cursor.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()  # type: ignore[misc]
-            except psycopg.errors.InsufficientPrivilege as exc:
+            except driver.errors.InsufficientPrivilege as exc:
                 raise SeeddumpError(
                     f"Cannot count the rows of {table_key(schema, table)} without running its row-level security "
                     f"policies ({first_line(str(exc))}), and pg_dump cannot read them either: connect as a superuser "

@@ -12,14 +12,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 from django.apps import apps
 from django.conf import settings
 from django.db import connections, transaction
-from psycopg import sql
-from psycopg.types.json import Jsonb
 
-from seeddump import dumpfiles, postgres
+from seeddump import driver, dumpfiles, postgres
+from seeddump.driver import sql
 from seeddump.exceptions import SeeddumpError
 
 if TYPE_CHECKING:
@@ -109,7 +107,7 @@ def restore_times(settings_dict: Mapping[str, Any], database: str) -> dict[str, 
             rows = conn.execute(
                 sql.SQL("SELECT file_name, last_restored_at FROM {} WHERE last_restored_at IS NOT NULL").format(table)
             ).fetchall()
-    except (psycopg.Error, SeeddumpError):
+    except (driver.Error, SeeddumpError):
         return {}
     return {name: when for name, when in rows if isinstance(name, str) and isinstance(when, datetime)}
 
@@ -159,7 +157,9 @@ def sync_from_disk(
         except SeeddumpError:
             continue  # a dump whose metadata is broken cannot be described; restoredump refuses it anyway
         fields = _fields(metadata)
-        values = [Jsonb(fields[name]) if name in ("record_counts", "metadata") else fields[name] for name in _COLUMNS]
+        values = [
+            driver.Json(fields[name]) if name in ("record_counts", "metadata") else fields[name] for name in _COLUMNS
+        ]
         rows.append((dump_path.name, *values, restore_times.get(dump_path.name)))
     with postgres.connect(settings_dict, database) as conn, conn.transaction():
         conn.execute("SET LOCAL row_security = off")  # a policy is never evaluated: a write it governs fails

@@ -26,10 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from seeddump import (
     databases,
+    driver,
     dumpfiles,
     finishing,
     footprint,
@@ -227,7 +226,7 @@ def interrupt_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def target_lock(admin: psycopg.Connection, database: str, progress: Progress) -> contextlib.AbstractContextManager:
+def target_lock(admin: driver.Connection, database: str, progress: Progress) -> contextlib.AbstractContextManager:
     """One restore per target database at a time, server-wide; released if the process dies."""
     return postgres.advisory_lock(
         admin,
@@ -363,14 +362,14 @@ class _Journal:
                 if not self.verdict:
                     return
                 where = self._where(admin)
-        except (psycopg.Error, SeeddumpError, KeyboardInterrupt):  # the server cannot tell: what Python saw
+        except (driver.Error, SeeddumpError, KeyboardInterrupt):  # the server cannot tell: what Python saw
             if not self.seen:
                 return
             where = f"kept for an undo as {self.kept_as}" if self.kept_as else "as the run left it"
         raise _unfinished(self.target, self.holds, where, _what_stopped(exc, self.settings_dict)) from None
 
     def passed(self) -> bool:
-        """Whether the server says the point of no return is passed (asked once; psycopg.Error or SeeddumpError
+        """Whether the server says the point of no return is passed (asked once; driver.Error or SeeddumpError
         when it cannot be asked). For what undoes its own work when the run stops: in place, an interruption
         can come after the transaction committed."""
         if self.verdict is None:
@@ -378,7 +377,7 @@ class _Journal:
                 self.verdict = self._passed(admin)
         return self.verdict
 
-    def _passed(self, admin: psycopg.Connection) -> bool:
+    def _passed(self, admin: driver.Connection) -> bool:
         if not self.in_place:
             return self.restored_oid is not None and databases.oid_of(admin, self.target) == self.restored_oid
         if self.before is None:
@@ -388,7 +387,7 @@ class _Journal:
         now = databases.own_objects(self.settings_dict, self.target)
         return undo.committed_in_place({"objectsBefore": self.before}, now)
 
-    def _where(self, admin: psycopg.Connection) -> str:
+    def _where(self, admin: driver.Connection) -> str:
         """Where the replaced database is, as the server has it; in place, the copy made beforehand is kept now."""
         if self.undoing:
             return "dropped by the next restore"
@@ -562,7 +561,7 @@ def undo_last(
     )
 
 
-def _nothing_to_undo(admin: psycopg.Connection, target: str, with_media: bool) -> str:
+def _nothing_to_undo(admin: driver.Connection, target: str, with_media: bool) -> str:
     """Why there is nothing to undo, as the server (and the media folder) has it."""
     line = f"Nothing to undo for '{target}': "
     stale = undo.list_copies(admin, target, sizes=False)
@@ -690,7 +689,7 @@ def _restore(
             if claimed is not None and not changed and snapshots.unclaim_ready(admin, claimed, scratch):
                 progress(f"Kept the ready copy {claimed.name} for the next restore")
             else:
-                with contextlib.suppress(psycopg.Error):
+                with contextlib.suppress(driver.Error):
                     databases.drop(admin, scratch)
             raise
         kept = fate.name if swapped.replaced and fate.closed else None
@@ -759,7 +758,7 @@ def _restore(
 
 
 def _fate_of_replaced(
-    admin: psycopg.Connection,
+    admin: driver.Connection,
     plan: RestorePlan,
     target: str,
     keep: bool,
@@ -780,7 +779,7 @@ def _fate_of_replaced(
 
 
 def _finish_interrupted(
-    admin: psycopg.Connection, target: str, settings_dict: Mapping[str, Any], progress: Progress
+    admin: driver.Connection, target: str, settings_dict: Mapping[str, Any], progress: Progress
 ) -> None:
     """What an interrupted restore or undo of ``target`` left after its point of no return (keeping an in-place
     restore's copy, the media), done now, and what one left before it (an in-place restore's copy that never
@@ -855,13 +854,13 @@ def _restore_in_place(
             journal.judge(exc)  # committed: the copy is kept for the undo, and said
             media_swap.abandon()
             if pending is not None:
-                with contextlib.suppress(psycopg.Error):
+                with contextlib.suppress(driver.Error):
                     databases.drop(admin, pending)
             raise
         if before is not None:  # the dump's code ran as the owner, who may change the database's settings
             try:
                 databases.give_settings(admin, target, before.settings)
-            except psycopg.Error as exc:
+            except driver.Error as exc:
                 progress(f"Could not put back the database's settings as they were: {postgres.first_line(str(exc))}")
         with after_swap(target, plan.dump_path.name, pending, settings_dict):
             aside: tuple[str, ...] = ()
@@ -882,7 +881,7 @@ def _restore_in_place(
             with after_swap(target, plan.dump_path.name, pending, settings_dict):
                 try:
                     records.sync_from_disk(dump_code.login(), target, conf.DIR, carried)
-                except (psycopg.Error, SeeddumpError) as exc:  # read-only by default, closed: the restore is done
+                except (driver.Error, SeeddumpError) as exc:  # read-only by default, closed: the restore is done
                     progress(f"Did not record the restore for the admin: {str(exc).strip().splitlines()[0]}")
     counts = plan.metadata.record_counts
     return RestoreResult(
@@ -899,7 +898,7 @@ def _restore_in_place(
 
 
 def _copy_for_undo(
-    admin: psycopg.Connection,
+    admin: driver.Connection,
     target: str,
     label: Mapping[str, object],
     objects: list[int] | None,
@@ -914,7 +913,7 @@ def _copy_for_undo(
     for _attempt in range(3):
         try:
             pending = undo.make_pending(admin, target, label=label, objects=objects)
-        except psycopg.errors.ObjectInUse:  # a new session came between ending them and the copy
+        except driver.errors.ObjectInUse:  # a new session came between ending them and the copy
             continue
         progress(f"Copied '{target}' to {pending} for an undo")
         return pending, None
@@ -986,7 +985,7 @@ class _MediaSwap:
         self.planned = None
 
     def complete(
-        self, admin: psycopg.Connection, replaced: str | None, exchange: media.Exchange | None
+        self, admin: driver.Connection, replaced: str | None, exchange: media.Exchange | None
     ) -> tuple[Path, ...]:
         """After the database swap: does the exchange (and takes it off ``replaced``'s label). Returns the
         folders to drop with the replaced database."""

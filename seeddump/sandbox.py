@@ -37,11 +37,9 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
-from seeddump import postgres
+from seeddump import driver, postgres
 from seeddump.conf import conf
+from seeddump.driver import sql
 from seeddump.exceptions import SeeddumpError
 
 PREFIX = "seeddump_sandbox_"
@@ -61,7 +59,7 @@ class Sandbox:
     first time it is needed (a warm restore without hooks never does); leaving the ``with`` block drops it."""
 
     def __init__(
-        self, admin: psycopg.Connection, settings_dict: Mapping[str, Any], owner: str, *, trusted: bool
+        self, admin: driver.Connection, settings_dict: Mapping[str, Any], owner: str, *, trusted: bool
     ) -> None:
         self.admin, self.settings_dict, self.owner, self.trusted = admin, settings_dict, owner, trusted
         self.user = session_user(admin)
@@ -117,7 +115,7 @@ class Sandbox:
 
     def __enter__(self) -> Sandbox:
         # Every restore cleans up after the ones that were killed; never in its way.
-        with contextlib.suppress(psycopg.Error, SeeddumpError):
+        with contextlib.suppress(driver.Error, SeeddumpError):
             drop_stale(self.admin, self.settings_dict)
         return self
 
@@ -125,11 +123,11 @@ class Sandbox:
         role, self.role, self._settings = self.role, None, None
         if role is not None:
             # Never in the way of what the block raised (a lost connection, say): the next restore drops it.
-            with contextlib.suppress(psycopg.Error, SeeddumpError):
+            with contextlib.suppress(driver.Error, SeeddumpError):
                 drop(self.admin, role, self.settings_dict, self.owner)
 
 
-def session_user(admin: psycopg.Connection) -> str:
+def session_user(admin: driver.Connection) -> str:
     (user,) = admin.execute("SELECT session_user").fetchone()  # type: ignore[misc]
     return str(user)
 
@@ -152,7 +150,7 @@ def _refusal(user: str, owner: str, why: str) -> Refused:
     )
 
 
-def _create(admin: psycopg.Connection, owner: str) -> tuple[str, str]:
+def _create(admin: driver.Connection, owner: str) -> tuple[str, str]:
     name = PREFIX + secrets.token_hex(6)
     password = secrets.token_urlsafe(32)
     # The server stores (and may log) only the verifier: the password itself never leaves this process but
@@ -174,14 +172,14 @@ def _create(admin: psycopg.Connection, owner: str) -> tuple[str, str]:
                 # So that this role may give away what the dump's code made as the throwaway one (REASSIGN OWNED
                 # needs the rights of both): the throwaway role gets nothing from this.
                 admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(name), sql.Identifier(user)))
-    except psycopg.errors.InsufficientPrivilege:
+    except driver.errors.InsufficientPrivilege:
         raise _refusal(
             user, owner, f"it may not create such a role (it needs CREATEROLE and the right to grant '{owner}')"
         ) from None
     return name, password
 
 
-def _label(admin: psycopg.Connection, owner: str) -> str:
+def _label(admin: driver.Connection, owner: str) -> str:
     """The role's comment: who made it, from which server process (pid and start time, so that a reused pid is
     not taken for it), for which owner. ``drop_stale`` reads it back."""
     (pid, started) = admin.execute(
@@ -191,12 +189,12 @@ def _label(admin: psycopg.Connection, owner: str) -> str:
     return LABEL + json.dumps(maker)
 
 
-def _is_superuser(admin: psycopg.Connection) -> bool:
+def _is_superuser(admin: driver.Connection) -> bool:
     (superuser,) = admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()  # type: ignore[misc]
     return bool(superuser)
 
 
-def _renew(admin: psycopg.Connection, role: str) -> None:
+def _renew(admin: driver.Connection, role: str) -> None:
     until = (datetime.now(timezone.utc) + LIFETIME).isoformat()
     admin.execute(sql.SQL("ALTER ROLE {} VALID UNTIL {}").format(sql.Identifier(role), sql.Literal(until)))
 
@@ -204,13 +202,13 @@ def _renew(admin: psycopg.Connection, role: str) -> None:
 def _check_login(login: Mapping[str, Any], user: str, owner: str) -> None:
     """Logs in once as the new role, so that a server that refuses it (pg_hba.conf) says so before pg_restore."""
     try:
-        psycopg.connect(**postgres.connect_kwargs(login, conf.MAINTENANCE_DB)).close()
-    except psycopg.Error as exc:
+        driver.connect(**postgres.connect_kwargs(login, conf.MAINTENANCE_DB)).close()
+    except driver.Error as exc:
         reason = postgres.scrub(postgres.first_line(str(exc)), login)
         raise _refusal(user, owner, f"the server does not let it log in ({reason})") from None
 
 
-def drop(admin: psycopg.Connection, role: str, settings_dict: Mapping[str, Any], owner: str | None) -> bool:
+def drop(admin: driver.Connection, role: str, settings_dict: Mapping[str, Any], owner: str | None) -> bool:
     """Ends the role's sessions and drops it. What the dump's code made as the role itself goes to ``owner``
     first (REASSIGN OWNED, then DROP OWNED for its privileges, in each database where it has something). True
     when it is gone; False when something of it is where this role may not reach (a database that allows no
@@ -219,20 +217,20 @@ def drop(admin: psycopg.Connection, role: str, settings_dict: Mapping[str, Any],
     try:
         admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
         return True
-    except psycopg.errors.DependentObjectsStillExist:
+    except driver.errors.DependentObjectsStillExist:
         pass
     if owner:
-        with contextlib.suppress(psycopg.Error):  # not this role's to give away: it is left, unable to log in
+        with contextlib.suppress(driver.Error):  # not this role's to give away: it is left, unable to log in
             _give_away(admin, role, settings_dict, owner)
     try:
         admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
         return True
-    except psycopg.errors.DependentObjectsStillExist:
+    except driver.errors.DependentObjectsStillExist:
         admin.execute(sql.SQL("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(sql.Identifier(role)))
         return False
 
 
-def _give_away(admin: psycopg.Connection, role: str, settings_dict: Mapping[str, Any], owner: str) -> None:
+def _give_away(admin: driver.Connection, role: str, settings_dict: Mapping[str, Any], owner: str) -> None:
     """REASSIGN OWNED BY ``role`` TO ``owner`` and DROP OWNED BY ``role`` in every database where the role owns
     something or holds a privilege (pg_shdepend; shared objects' are handled in the maintenance database)."""
     rows = admin.execute(
@@ -250,7 +248,7 @@ def _give_away(admin: psycopg.Connection, role: str, settings_dict: Mapping[str,
         try:
             with postgres.connect(settings_dict, database, wait=0) as conn:
                 conn.execute(statements)
-        except (psycopg.Error, SeeddumpError):
+        except (driver.Error, SeeddumpError):
             continue  # a database closed for connections (a kept undo copy): the role waits for a later try
 
 
@@ -260,7 +258,7 @@ def _give_away_statements(role: str, owner: str) -> sql.Composed:
     )
 
 
-def drop_stale(admin: psycopg.Connection, settings_dict: Mapping[str, Any]) -> list[str]:
+def drop_stale(admin: driver.Connection, settings_dict: Mapping[str, Any]) -> list[str]:
     """Drops the throwaway roles this connecting role made for restores that are over without having dropped
     them (killed, disconnected, the server stopped): see the module docstring for how they are told from
     anyone else's. Returns the names dropped; one that cannot be dropped yet is left (it cannot log in)."""
@@ -296,19 +294,19 @@ def drop_stale(admin: psycopg.Connection, settings_dict: Mapping[str, Any]) -> l
                 continue
         elif not (owner and comment == _LEGACY_LABEL + owner and expired):
             continue  # another program's, or made by an older seeddump and maybe still in use
-        with contextlib.suppress(psycopg.Error):
+        with contextlib.suppress(driver.Error):
             if drop(admin, role, settings_dict, owner):
                 dropped.append(role)
     return dropped
 
 
-def _alive(admin: psycopg.Connection, pid: object, started: object) -> bool:
+def _alive(admin: driver.Connection, pid: object, started: object) -> bool:
     try:
         (alive,) = admin.execute(
             "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s AND backend_start = %s::timestamptz)",
             (int(pid), str(started)),  # type: ignore[call-overload]
         ).fetchone()  # type: ignore[misc]
-    except (psycopg.errors.DataException, ValueError, TypeError):
+    except (driver.errors.DataException, ValueError, TypeError):
         return True  # an unreadable label: leave the role alone
     return bool(alive)
 

@@ -30,11 +30,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
-
-from seeddump import databases, dumpfiles, postgres, processes
+from seeddump import databases, driver, dumpfiles, postgres, processes
 from seeddump.conf import conf
+from seeddump.driver import sql
 from seeddump.exceptions import SeeddumpError
 
 TRIAL_PREFIX = "seeddump_trial_"
@@ -52,13 +50,13 @@ class Cloning:
     why: str  # one sentence for ``snapshots`` and the restore's progress
 
 
-def data_directory(admin: psycopg.Connection) -> Path | None:
+def data_directory(admin: driver.Connection) -> Path | None:
     """The server's data directory when it is on this machine and this process can read its files; else None."""
     try:
         row = admin.execute(
             "SELECT current_setting('data_directory'), extract(epoch FROM pg_postmaster_start_time())::float8"
         ).fetchone()
-    except psycopg.errors.InsufficientPrivilege:  # needs superuser or pg_read_all_settings
+    except driver.errors.InsufficientPrivilege:  # needs superuser or pg_read_all_settings
         return None
     if row is None:
         return None
@@ -84,7 +82,7 @@ def free_bytes(folder: Path) -> int:
     return stats.f_bavail * stats.f_frsize
 
 
-def _server_key(admin: psycopg.Connection, folder: Path) -> str:
+def _server_key(admin: driver.Connection, folder: Path) -> str:
     (started,) = admin.execute("SELECT pg_postmaster_start_time()::text").fetchone()  # type: ignore[misc]
     return f"{folder}|{started}"
 
@@ -118,7 +116,7 @@ def shares_blocks(path: Path) -> bool:
     return any(struct.unpack_from("=I", request, 32 + 56 * i + 40)[0] & _FIEMAP_EXTENT_SHARED for i in range(mapped))
 
 
-def _trial(admin: psycopg.Connection, folder: Path) -> bool:
+def _trial(admin: driver.Connection, folder: Path) -> bool:
     """Clones ``template0`` and looks whether the copy's files share their blocks; drops the copy.
 
     The trial database is named after this process, so that a trial left by a killed process (its pid gone:
@@ -141,7 +139,7 @@ def _trial(admin: psycopg.Connection, folder: Path) -> bool:
         admin.execute("RESET file_copy_method")
 
 
-def cloning(admin: psycopg.Connection) -> Cloning:
+def cloning(admin: driver.Connection) -> Cloning:
     """Whether copies on this server are clones; when they are, this connection makes them so from now on."""
     major = postgres.server_major(admin)
     if conf.CLONES is False:
@@ -165,7 +163,7 @@ def cloning(admin: psycopg.Connection) -> Cloning:
         if shares is None:
             try:
                 shares = _trial(admin, folder)
-            except (OSError, psycopg.Error):
+            except (OSError, driver.Error):
                 return Cloning(False, "plain copies: a trial clone could not be checked")
             _remember(key, shares)
         if not shares:
@@ -173,12 +171,12 @@ def cloning(admin: psycopg.Connection) -> Cloning:
         why = f"clones: the server's disk ({folder}) shares blocks between files"
     try:
         admin.execute("SET file_copy_method = clone")
-    except psycopg.Error as exc:
+    except driver.Error as exc:
         return Cloning(False, f"plain copies: the server refused file_copy_method = clone ({str(exc).strip()})")
     return Cloning(True, why)
 
 
-def room_for(admin: psycopg.Connection, size: int) -> str | None:
+def room_for(admin: driver.Connection, size: int) -> str | None:
     """Why a copy of ``size`` bytes should not be made now (the server's disk would keep less than
     SEEDDUMP_MIN_FREE_DISK free), or None. None too when the disk is not on this machine: not checked."""
     keep_free = conf.MIN_FREE_DISK

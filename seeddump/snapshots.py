@@ -31,9 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import psycopg
-
-from seeddump import databases, dumpfiles, postgres, serverdisk
+from seeddump import databases, driver, dumpfiles, postgres, serverdisk
 from seeddump.conf import conf
 
 PREFIX = "seeddump_snap_"
@@ -98,7 +96,7 @@ def empty_name(target: str, key: str, directory: Path | None = None) -> str:
 
 
 def snapshot_lock(
-    admin: psycopg.Connection, progress: Progress | None = None, directory: Path | None = None
+    admin: driver.Connection, progress: Progress | None = None, directory: Path | None = None
 ) -> contextlib.AbstractContextManager:
     """The lock for creating, claiming and dropping this dumps folder's snapshots, ready copies and builds.
 
@@ -118,14 +116,14 @@ def _quiet(message: str) -> None:
     pass
 
 
-def restoring(admin: psycopg.Connection, directory: Path | None = None) -> contextlib.AbstractContextManager:
+def restoring(admin: driver.Connection, directory: Path | None = None) -> contextlib.AbstractContextManager:
     """Held (shared) by a restore of this dumps folder while it runs: the background caching work starts
     no pg_restore and no copy meanwhile (``no_restore_running``), and a restore stops a build already
     running (``stop_builds``). A restore waits at most for the creation of an empty build database."""
     return postgres.shared_advisory_lock(admin, (_RESTORING_CLASS, folder_prefix(directory)))
 
 
-def no_restore_running(admin: psycopg.Connection, directory: Path | None = None) -> contextlib.AbstractContextManager:
+def no_restore_running(admin: driver.Connection, directory: Path | None = None) -> contextlib.AbstractContextManager:
     """Yields whether no restore of this folder runs; while true, none can start (keep it short): a build
     database created inside is seen by the next restore's ``stop_builds``."""
     return postgres.exclusive_if_free(admin, (_RESTORING_CLASS, folder_prefix(directory)))
@@ -154,7 +152,7 @@ def _from_database(database: databases.Database) -> Snapshot:
 
 
 def list_all(
-    admin: psycopg.Connection,
+    admin: driver.Connection,
     directory: Path | None = None,
     kind: str = PREFIX,
     *,
@@ -170,7 +168,7 @@ def list_all(
 
 
 def list_snapshots(
-    admin: psycopg.Connection,
+    admin: driver.Connection,
     directory: Path | None = None,
     kind: str = PREFIX,
     *,
@@ -187,25 +185,25 @@ def _trusted(copy: Snapshot, kind: str, metadata: dumpfiles.Metadata | None, key
     return copy.ours and copy.kind == _KINDS[kind] and copy.key == key and same_dump
 
 
-def _find(admin: psycopg.Connection, name: str, kind: str, metadata: dumpfiles.Metadata, key: str) -> Snapshot | None:
+def _find(admin: driver.Connection, name: str, kind: str, metadata: dumpfiles.Metadata, key: str) -> Snapshot | None:
     for copy in list_all(admin, kind=kind, sizes=False):
         if copy.name == name and _trusted(copy, kind, metadata, key):
             return copy
     return None
 
 
-def find(admin: psycopg.Connection, metadata: dumpfiles.Metadata, key: str) -> Snapshot | None:
+def find(admin: driver.Connection, metadata: dumpfiles.Metadata, key: str) -> Snapshot | None:
     """Our snapshot of exactly this dump (full checksum and file name) for ``key``, if one is cached."""
     return _find(admin, snapshot_name(metadata.checksum, key), PREFIX, metadata, key)
 
 
-def find_ready(admin: psycopg.Connection, metadata: dumpfiles.Metadata, target: str, key: str) -> Snapshot | None:
+def find_ready(admin: driver.Connection, metadata: dumpfiles.Metadata, target: str, key: str) -> Snapshot | None:
     """Our ready copy of exactly this dump for the database ``target`` and ``key``, if there is one."""
     return _find(admin, ready_name(target, metadata.checksum, key), READY_PREFIX, metadata, key)
 
 
 def _label(
-    admin: psycopg.Connection, name: str, kind: str, dump: dumpfiles.Metadata | Snapshot, key: str, **extra: str
+    admin: driver.Connection, name: str, kind: str, dump: dumpfiles.Metadata | Snapshot, key: str, **extra: str
 ) -> Snapshot:
     created = datetime.now(timezone.utc)
     folder = str(conf.DIR.resolve())
@@ -228,18 +226,18 @@ def _label(
     return Snapshot(name, dump.checksum, dump.dump_file, dump.environment, created, 0, target, folder, key, kind_name)
 
 
-def create(admin: psycopg.Connection, source: str, metadata: dumpfiles.Metadata, key: str) -> Snapshot | None:
+def create(admin: driver.Connection, source: str, metadata: dumpfiles.Metadata, key: str) -> Snapshot | None:
     """Copies the verified database ``source`` into this dump's snapshot (a clone when the connection
     clones, see ``serverdisk.cloning``). None if the name is taken."""
     name = snapshot_name(metadata.checksum, key)
     try:
         databases.clone(admin, source, name, closed=True)
-    except psycopg.errors.DuplicateDatabase:
+    except driver.errors.DuplicateDatabase:
         return None
     return _label(admin, name, PREFIX, metadata, key)
 
 
-def make_room(admin: psycopg.Connection, size: int, *, cloned: bool = False) -> str | None:
+def make_room(admin: driver.Connection, size: int, *, cloned: bool = False) -> str | None:
     """Why a cache copy of ``size`` bytes should not be made now, or None. Drops older snapshots when
     that keeps the cache under SEEDDUMP_CACHE_MAX_SIZE with the copy; checks the server's free disk
     (``serverdisk.room_for``; a clone needs next to none). Call it holding ``snapshot_lock``."""
@@ -252,13 +250,13 @@ def make_room(admin: psycopg.Connection, size: int, *, cloned: bool = False) -> 
     return serverdisk.room_for(admin, 0 if cloned else size)
 
 
-def stop_builds(admin: psycopg.Connection, directory: Path | None = None) -> list[str]:
+def stop_builds(admin: driver.Connection, directory: Path | None = None) -> list[str]:
     """Stops this folder's snapshot builds (a background pg_restore, see ``finishing``): closes them to new
     connections and ends the sessions in them, so a restore starting now has the server to itself. The
     builder drops its build and finishes the rest of its work. Returns the builds stopped."""
     builds = [build.name for build in list_snapshots(admin, directory, BUILD_PREFIX, sizes=False)]
     for name in builds:
-        with contextlib.suppress(psycopg.Error):  # dropped by its builder meanwhile
+        with contextlib.suppress(driver.Error):  # dropped by its builder meanwhile
             databases.close(admin, name)
     if builds:
         admin.execute(
@@ -269,7 +267,7 @@ def stop_builds(admin: psycopg.Connection, directory: Path | None = None) -> lis
     return builds
 
 
-def start_build(admin: psycopg.Connection, metadata: dumpfiles.Metadata, key: str, shape: databases.Shape) -> str:
+def start_build(admin: driver.Connection, metadata: dumpfiles.Metadata, key: str, shape: databases.Shape) -> str:
     """Creates the empty build database of this dump's snapshot; its name."""
     name = build_name(metadata.checksum, key)
     databases.create(admin, name, shape)
@@ -277,7 +275,7 @@ def start_build(admin: psycopg.Connection, metadata: dumpfiles.Metadata, key: st
     return name
 
 
-def adopt(admin: psycopg.Connection, build: str, metadata: dumpfiles.Metadata, key: str) -> Snapshot:
+def adopt(admin: driver.Connection, build: str, metadata: dumpfiles.Metadata, key: str) -> Snapshot:
     """Makes the complete, verified database ``build`` this dump's snapshot: a rename, not a copy."""
     name = snapshot_name(metadata.checksum, key)
     databases.rename(admin, build, name)
@@ -285,7 +283,7 @@ def adopt(admin: psycopg.Connection, build: str, metadata: dumpfiles.Metadata, k
     return _label(admin, name, PREFIX, metadata, key)
 
 
-def make_ready(admin: psycopg.Connection, snapshot: Snapshot, target: str) -> Snapshot | None:
+def make_ready(admin: driver.Connection, snapshot: Snapshot, target: str) -> Snapshot | None:
     """Copies ``snapshot`` into the ready copy for ``target``, replacing our other ready copy for that
     target. None if the name is taken. Check ``make_room`` first."""
     for other in list_snapshots(admin, kind=READY_PREFIX, sizes=False):
@@ -294,37 +292,37 @@ def make_ready(admin: psycopg.Connection, snapshot: Snapshot, target: str) -> Sn
     name = ready_name(target, snapshot.checksum, snapshot.key)
     try:
         databases.clone(admin, snapshot.name, name, closed=True)
-    except psycopg.errors.DuplicateDatabase:
+    except driver.errors.DuplicateDatabase:
         return None
     return _label(admin, name, READY_PREFIX, snapshot, snapshot.key, database=target)
 
 
-def claim_ready(admin: psycopg.Connection, ready: Snapshot, scratch: str) -> None:
+def claim_ready(admin: driver.Connection, ready: Snapshot, scratch: str) -> None:
     """Renames the ready copy to ``scratch``: from now on it is the restore's (see ``unclaim_ready``)."""
     databases.rename(admin, ready.name, scratch)
 
 
-def unclaim_ready(admin: psycopg.Connection, ready: Snapshot, scratch: str) -> bool:
+def unclaim_ready(admin: driver.Connection, ready: Snapshot, scratch: str) -> bool:
     """Gives back a ready copy a restore claimed but could not swap in (it is unchanged: closed to
     connections, its label travelled with it). False if that was not possible; then drop it."""
     try:
         databases.rename(admin, scratch, ready.name)
-    except psycopg.Error:
+    except driver.Error:
         return False
     return True
 
 
-def clone(admin: psycopg.Connection, snapshot: Snapshot, target: str) -> None:
+def clone(admin: driver.Connection, snapshot: Snapshot, target: str) -> None:
     """Creates the database ``target`` as a copy of ``snapshot``."""
     databases.clone(admin, snapshot.name, target)
 
 
-def drop(admin: psycopg.Connection, name: str) -> bool:
+def drop(admin: driver.Connection, name: str) -> bool:
     return databases.drop(admin, name)
 
 
 def prune(
-    admin: psycopg.Connection, directory: Path | None = None, keep: int | None = None, max_bytes: int | None = None
+    admin: driver.Connection, directory: Path | None = None, keep: int | None = None, max_bytes: int | None = None
 ) -> list[str]:
     """Drops our snapshots whose dump is gone or that are unlabelled, then all but the newest ``keep``,
     and older ones beyond ``max_bytes`` (default SEEDDUMP_CACHE_MAX_SIZE), with their ready copies (all
@@ -358,7 +356,7 @@ def prune(
     return dropped
 
 
-def drop_all(admin: psycopg.Connection, directory: Path | None = None) -> list[str]:
+def drop_all(admin: driver.Connection, directory: Path | None = None) -> list[str]:
     """Drops every snapshot, ready copy, build and prepared empty database of the dumps folder that is ours."""
     dropped = prune(admin, directory, keep=0)
     for empty in list_snapshots(admin, directory, EMPTY_PREFIX, sizes=False):
@@ -367,7 +365,7 @@ def drop_all(admin: psycopg.Connection, directory: Path | None = None) -> list[s
     return dropped
 
 
-def copies_of(admin: psycopg.Connection, dump_file: str, directory: Path | None = None) -> list[Snapshot]:
+def copies_of(admin: driver.Connection, dump_file: str, directory: Path | None = None) -> list[Snapshot]:
     """Our snapshots and ready copies of the dump ``dump_file`` in this dumps folder, whatever their key (one
     per role, owner and locale that restored it); another role's are never ours to drop."""
     return [
@@ -378,13 +376,13 @@ def copies_of(admin: psycopg.Connection, dump_file: str, directory: Path | None 
     ]
 
 
-def drop_copies_of(admin: psycopg.Connection, dump_file: str, directory: Path | None = None) -> list[str]:
+def drop_copies_of(admin: driver.Connection, dump_file: str, directory: Path | None = None) -> list[str]:
     """Drops ``copies_of`` the dump (``prunedumps``: its file goes). Call it holding ``snapshot_lock``.
     Returns the dropped names."""
     return [copy.name for copy in copies_of(admin, dump_file, directory) if databases.drop(admin, copy.name)]
 
 
-def prune_all_folders(admin: psycopg.Connection) -> list[str]:
+def prune_all_folders(admin: driver.Connection) -> list[str]:
     """``prune`` for every dumps folder whose copies (ours) are on this server, as their labels record it,
     each under its folder's lock.
 
@@ -410,7 +408,7 @@ def prune_all_folders(admin: psycopg.Connection) -> list[str]:
 
 
 def copy_for(
-    admin: psycopg.Connection,
+    admin: driver.Connection,
     metadata: dumpfiles.Metadata,
     target: str,
     key: str,
@@ -439,7 +437,7 @@ def copy_for(
 
 
 def keep(
-    admin: psycopg.Connection,
+    admin: driver.Connection,
     source: str,
     metadata: dumpfiles.Metadata,
     key: str,
@@ -454,7 +452,7 @@ def keep(
             no_room = make_room(admin, databases.size_of(admin, source), cloned=cloned)
             snapshot = None if no_room else create(admin, source, metadata, key)
             dropped = prune(admin)
-    except (psycopg.Error, postgres.LockBusy) as exc:
+    except (driver.Error, postgres.LockBusy) as exc:
         note = f"Did not cache a snapshot ({str(exc).strip().splitlines()[0]}); the restore goes on"
         progress(note)
         return note
@@ -473,7 +471,7 @@ def keep(
 # --- Prepared empty databases ----------------------------------------------------------------------------
 
 
-def claim_empty(admin: psycopg.Connection, name: str, target: str, key: str) -> bool:
+def claim_empty(admin: driver.Connection, name: str, target: str, key: str) -> bool:
     """Renames our empty database prepared for ``target`` to ``name``, if one is there for ``key``.
 
     Saves a CREATE DATABASE (a quarter of a second) on the cold path. Call it holding the target lock."""
@@ -490,14 +488,14 @@ def claim_empty(admin: psycopg.Connection, name: str, target: str, key: str) -> 
     return False
 
 
-def prepare_empty(admin: psycopg.Connection, target: str, key: str, shape: databases.Shape) -> str | None:
+def prepare_empty(admin: driver.Connection, target: str, key: str, shape: databases.Shape) -> str | None:
     """Creates the empty database for the next pg_restore into ``target``, closed to connections until then."""
     prepared = empty_name(target, key)
     if databases.exists(admin, prepared):
         return None
     try:
         databases.create(admin, prepared, shape)
-    except psycopg.errors.DuplicateDatabase:  # another background process was quicker
+    except driver.errors.DuplicateDatabase:  # another background process was quicker
         return None
     databases.close(admin, prepared)
     created = dumpfiles.isoformat(datetime.now(timezone.utc))

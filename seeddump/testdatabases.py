@@ -24,11 +24,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from django.core.management import call_command
 from django.test.utils import override_settings
 
-from seeddump import databases, dumpfiles, postgres, restore, sandbox, shared, staleness
+from seeddump import databases, driver, dumpfiles, postgres, restore, sandbox, shared, staleness
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -76,7 +75,7 @@ def _label(checksum: str, counts: dict[str, int]) -> dict[str, str]:
     return {"seeddump": KIND, "checksum": checksum, "counts": _fingerprint(counts)}
 
 
-def _still_seeded(admin: psycopg.Connection, settings_dict: Mapping[str, Any], name: str, checksum: str) -> bool:
+def _still_seeded(admin: driver.Connection, settings_dict: Mapping[str, Any], name: str, checksum: str) -> bool:
     """Ours, labelled from this dump, and its rows still those it was labelled with."""
     found = [db for db in databases.ours(admin, name, sizes=False) if db.name == name]
     if not found or found[0].label.get("seeddump") != KIND or found[0].label.get("checksum") != checksum:
@@ -101,7 +100,7 @@ def check_dump(environment: str) -> None:
     dumpfiles.read_metadata(dumpfiles.resolve_latest(conf.DIR, environment))
 
 
-def owner_beside(admin: psycopg.Connection, settings_dict: Mapping[str, Any], stands_for: str | None) -> str:
+def owner_beside(admin: driver.Connection, settings_dict: Mapping[str, Any], stands_for: str | None) -> str:
     """The owner of a database seeddump restores for its own use beside ``stands_for`` (a seeded test database,
     smoketest's), by restoredump's rules for ``stands_for``: SEEDDUMP_OWNER (or OPTIONS["assume_role"]), else its
     owner; the connecting role when it does not exist, or when its owner is a role the connecting one may not act
@@ -218,7 +217,7 @@ def forget(alias: str, name: str) -> None:
         _forget(admin, name)
 
 
-def _forget(admin: psycopg.Connection, name: str) -> None:
+def _forget(admin: driver.Connection, name: str) -> None:
     if databases.exists(admin, name) and databases.is_ours(admin, name):
         databases.label(admin, name, {"seeddump": KIND, "checksum": "", "counts": ""})
 

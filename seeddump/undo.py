@@ -32,9 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import psycopg
-
-from seeddump import databases, dumpfiles, finishing, media
+from seeddump import databases, driver, dumpfiles, finishing, media
 from seeddump.conf import conf
 
 PREFIX = "seeddump_undo_"
@@ -91,7 +89,7 @@ def _from_database(database: databases.Database) -> UndoCopy | None:
     )
 
 
-def list_copies(admin: psycopg.Connection, target: str | None = None, *, sizes: bool = True) -> list[UndoCopy]:
+def list_copies(admin: driver.Connection, target: str | None = None, *, sizes: bool = True) -> list[UndoCopy]:
     """The undo copies of ``target`` (or of every database) this role keeps on the server, newest first."""
     found = []
     for database in databases.ours(admin, PREFIX if target is None else prefix(target), sizes=sizes):
@@ -115,7 +113,7 @@ def is_current(copy: UndoCopy, target_oid: int | None, objects: Callable[[], lis
 
 
 def find(
-    admin: psycopg.Connection, target: str, objects: Callable[[], list[int] | None] = lambda: None
+    admin: driver.Connection, target: str, objects: Callable[[], list[int] | None] = lambda: None
 ) -> UndoCopy | None:
     """The copy of ``target`` to put back for an undo: this role's copy of what the last restore replaced, or
     None (see ``stale_copies`` for why)."""
@@ -124,7 +122,7 @@ def find(
     return next((copy for copy in copies if is_current(copy, target_oid, objects)), None)
 
 
-def last_restored_by(admin: psycopg.Connection, target: str) -> str | None:
+def last_restored_by(admin: driver.Connection, target: str) -> str | None:
     """The role whose copy claims to undo the change the target holds now, when it is not this one's (labels
     are readable by all and forgeable: only for telling the user whom to ask, never acted on)."""
     target_oid = databases.oid_of(admin, target)
@@ -147,7 +145,7 @@ def _label(target: str, dump_path: Path, environment: str, media_state: str | No
 
 
 def replaced_fate(
-    admin: psycopg.Connection,
+    admin: driver.Connection,
     target: str,
     *,
     keep: bool,
@@ -178,7 +176,7 @@ def _retired_name(target: str) -> str:
     return finishing.retired_prefix(target) + secrets.token_hex(4)
 
 
-def settle_media(admin: psycopg.Connection, name: str, exchange: media.Exchange) -> list[Path]:
+def settle_media(admin: driver.Connection, name: str, exchange: media.Exchange) -> list[Path]:
     """Completes the media exchange the swap recorded in ``name``'s label, then takes it off the label.
     Returns the folders it set aside, to drop."""
     aside = exchange.complete()
@@ -188,7 +186,7 @@ def settle_media(admin: psycopg.Connection, name: str, exchange: media.Exchange)
     return aside
 
 
-def settle(admin: psycopg.Connection, target: str, objects: Callable[[], list[int] | None]) -> list[str]:
+def settle(admin: driver.Connection, target: str, objects: Callable[[], list[int] | None]) -> list[str]:
     """Finishes what an interrupted restore or undo of ``target`` left after its point of no return: keeping
     an in-place restore's copy that committed (``objects``: the target's own objects now, see
     ``committed_in_place``), and the media exchange a swap recorded. Call it holding the target's lock, before
@@ -216,7 +214,7 @@ def settle(admin: psycopg.Connection, target: str, objects: Callable[[], list[in
 
 
 def keep_in_place(
-    admin: psycopg.Connection, target: str, pending: str, *, after: list[int] | None = None
+    admin: driver.Connection, target: str, pending: str, *, after: list[int] | None = None
 ) -> tuple[str, ...]:
     """After an in-place restore committed: its pending copy becomes the undo copy, with the label it was
     given beforehand and ``after`` (the target's own objects now, which the restore made), and the earlier
@@ -234,12 +232,12 @@ def keep_in_place(
     return tuple(new for old, new in aside if old != pending)
 
 
-def _label_of(admin: psycopg.Connection, name: str) -> dict[str, object]:
+def _label_of(admin: driver.Connection, name: str) -> dict[str, object]:
     return next((dict(d.label) for d in databases.ours(admin, name, sizes=False) if d.name == name), {})
 
 
 def make_pending(
-    admin: psycopg.Connection, target: str, *, label: Mapping[str, object], objects: list[int] | None
+    admin: driver.Connection, target: str, *, label: Mapping[str, object], objects: list[int] | None
 ) -> str:
     """For a restore in place: copies ``target`` (closed) before it is changed, labelled pending with the label
     it gets as the undo copy (``replaced_fate``'s, with the media exchange to do) and ``objects``, the target's
@@ -257,7 +255,7 @@ def make_pending(
     try:
         databases.label(admin, name, {**label, **owner, **restored, "seeddump": PENDING, **before})
     except BaseException:  # a copy without its label is nobody's: it goes now (else the next run drops it)
-        with contextlib.suppress(psycopg.Error):
+        with contextlib.suppress(driver.Error):
             databases.drop(admin, name)
         raise
     return name
@@ -277,7 +275,7 @@ def committed_in_place(label: Mapping[str, object], now: list[int] | None) -> bo
     return isinstance(schemas, list) and bool(schemas) and not set(now) & set(schemas)
 
 
-def drop_pending(admin: psycopg.Connection, target: str, *, but: str | None = None) -> list[str]:
+def drop_pending(admin: driver.Connection, target: str, *, but: str | None = None) -> list[str]:
     """Drops the pending copies of ``target`` (ours) that killed in-place restores left, all but ``but``.
     Call it holding the target's lock: a running in-place restore's copy looks the same."""
     dropped = []
@@ -287,7 +285,7 @@ def drop_pending(admin: psycopg.Connection, target: str, *, but: str | None = No
     return dropped
 
 
-def drop_abandoned(admin: psycopg.Connection, target: str) -> list[str]:
+def drop_abandoned(admin: driver.Connection, target: str) -> list[str]:
     """Drops what killed in-place restores of ``target`` left under its undo names: copies still pending (call
     ``settle`` first: it keeps those whose restore committed) and copies without a label (killed between the
     copy and its label: a full copy of the target that nothing else would ever drop or list). Ours only; call
@@ -300,7 +298,7 @@ def drop_abandoned(admin: psycopg.Connection, target: str) -> list[str]:
     return dropped
 
 
-def drop(admin: psycopg.Connection, target: str) -> list[str]:
+def drop(admin: driver.Connection, target: str) -> list[str]:
     """Drops the undo copy of ``target`` now (``snapshots --drop-all``); its media folder is left to the next
     restore, which retires it."""
     return [copy.name for copy in list_copies(admin, target, sizes=False) if databases.drop(admin, copy.name)]

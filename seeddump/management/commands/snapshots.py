@@ -3,12 +3,11 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-import psycopg
 from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
-from seeddump import background, databases, finishing, footprint, postgres, sandbox, serverdisk, snapshots, undo
+from seeddump import background, databases, driver, finishing, footprint, postgres, sandbox, serverdisk, snapshots, undo
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
 
@@ -193,7 +192,7 @@ def _copies_of_others(seen: footprint.Footprint) -> list[databases.Database]:
     ]
 
 
-def _disk_line(admin: psycopg.Connection) -> str:
+def _disk_line(admin: driver.Connection) -> str:
     """How this server copies databases, and its free disk when its data directory is on this machine."""
     cloning = serverdisk.cloning(admin)
     line = f"Copies on this server: {cloning.why}"
