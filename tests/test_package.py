@@ -245,4 +245,6 @@ def test_the_classifiers_name_exactly_the_versions_the_tests_run_on() -> None:
     lowest_psycopg = min(
         (run["psycopg"] for run in runs if run["psycopg"] != "newest"), key=lambda v: tuple(map(int, v.split(".")))
     )
-    assert f"psycopg[binary]>={lowest_psycopg}" in [r.lower().replace(" ", "") for r in requires]
+    # The driver is the project's: only the extra names psycopg 3, at the lowest version the tests run on.
+    assert f"psycopg[binary]>={lowest_psycopg};extra=='psycopg'" in [r.lower().replace(" ", "") for r in requires]
+    assert not [r for r in requires if r.lower().startswith("psycopg") and "extra" not in r]

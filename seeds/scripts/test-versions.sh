@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 cache=${SEEDDUMP_PYTHON_CACHE:-${HOME:-/root}/.cache/seeddump/python}
 CORE=(tests/test_roundtrip.py tests/test_stale.py tests/test_pytest_plugin.py tests/test_admin.py
-  tests/test_preswap.py tests/test_platform.py)
+  tests/test_preswap.py tests/test_platform.py tests/test_psycopg2.py)
 
 is_version() { [ "$("$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$2" ]; }
 
