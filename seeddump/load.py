@@ -335,6 +335,10 @@ def _holding_the_lock(lock: tuple[int, int, int], when: str) -> str:
     return _HOLDING_THE_LOCK % {"pid": pid, "classid": classid, "objid": objid, "when": when}
 
 
+class RolledBack(SeeddumpError):
+    """The in-place transaction failed and psql said so before it ended: the database is as it was."""
+
+
 def in_place(
     admin: driver.Connection,
     archive: dumpfiles.OpenedDump,
@@ -393,14 +397,14 @@ def in_place(
         except postgres.ScriptFailed as exc:
             rolled_back = True
             if exc.reason.startswith("seeddump counts: "):
-                raise SeeddumpError(
+                raise RolledBack(
                     "The restored data does not match the dump's metadata: "
                     f"{exc.reason.removeprefix('seeddump counts: ')}. The database was left unchanged; "
                     "regenerate the dump."
                 ) from None
             if exc.reason.startswith("seeddump lock: "):
                 when = exc.reason.removeprefix("seeddump lock: ")
-                raise SeeddumpError(
+                raise RolledBack(
                     f"The in-place restore of '{database}' was "
                     + ("stopped before it began" if when.startswith("before") else "rolled back")
                     + f", leaving it unchanged: seeddump's session holding the lock of '{database}' (server "
@@ -408,7 +412,7 @@ def in_place(
                     "has finished."
                 ) from None
             hint = _hint(exc.reason, metadata, postgres.server_major(admin))
-            raise SeeddumpError(
+            raise RolledBack(
                 f"The in-place restore of '{database}' failed and was rolled back, leaving it unchanged: "
                 f"{exc.reason.rstrip('.')}.{hint}"
             ) from None

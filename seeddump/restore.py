@@ -851,6 +851,8 @@ def _restore_in_place(
             )
             journal.loading, journal.seen, journal.kept_as = False, True, pending
         except BaseException as exc:
+            if isinstance(exc, load.RolledBack):  # psql said so and ended: no session of the target to end
+                journal.loading, journal.verdict = False, False
             journal.judge(exc)  # committed: the copy is kept for the undo, and said
             media_swap.abandon()
             if pending is not None:

@@ -491,11 +491,16 @@ def test_an_in_place_restore_that_fails_its_check_changes_nothing(
     document = json.loads(metadata_file.read_text())
     document["recordCounts"]["reality_team"] += 1
     metadata_file.write_text(json.dumps(document))
+    # The developer's runserver, connected: a restore that changed nothing leaves it connected.
+    login = postgres.connect_kwargs({**connections[server.alias].settings_dict, "USER": app}, target)
+    runserver = psycopg.connect(**{**login, "application_name": "runserver"}, autocommit=True)
 
     result = restoredump(server, dumps_dir, app, target, "--in-place", ok=False)
 
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert "reality_team has" in line and "The database was left unchanged" in line
+    with runserver:
+        assert runserver.execute("SELECT id FROM precious").fetchall() == [(1,)]
     assert server.query(target, "SELECT id FROM precious") == [(1,)]
     assert server.query(target, "SELECT to_regclass('reality_team') IS NULL") == [(True,)]
