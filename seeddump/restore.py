@@ -345,6 +345,10 @@ class _Journal:
             raise
         except (KeyboardInterrupt, Exception) as exc:
             self.judge(exc)
+            # A session of the restore ended, or the server went away: the server says the target is as it
+            # was, and the line says so too (other failures say what they left already).
+            if type(exc) is SeeddumpError and self.verdict is False and str(exc).startswith("PostgreSQL said:"):
+                raise SeeddumpError(f"{str(exc).rstrip('.')}; '{self.target}' was not changed.") from None
             raise
 
     def judge(self, exc: BaseException) -> None:

@@ -81,6 +81,14 @@ elif point == "the swap's commit":  # databases.swap's transaction has committed
     databases.swap = after(databases.swap)
 elif point == "the end":  # everything done; the throwaway role (if any) is being dropped
     sandbox.Sandbox.__exit__ = before(sandbox.Sandbox.__exit__)
+elif point == "the swap's session":  # seeddump's session is ended (by another) just before the swap
+    from django.db import connections
+    swap = databases.swap
+    def ending(admin, *args, **kwargs):
+        with postgres.connect_maintenance(connections["default"].settings_dict) as other:
+            other.execute("SELECT pg_terminate_backend(%s, 30000)", (admin.info.backend_pid,))
+        return swap(admin, *args, **kwargs)
+    databases.swap = ending
 elif point == "the return":  # restore() has returned; the command has not said so yet
     from seeddump import restore
     restore.restore = after(restore.restore)
@@ -164,6 +172,24 @@ def test_a_sigterm_right_after_the_swap_commits_keeps_the_media_exchange_for_the
     out = run_command("restoredump", "--undo", database=alias, interactive=False, verbosity=2).out
     assert f"before {media_dump_over_notes.path.name} replaced it" in out
     assert {"rows": demo_snapshot(alias), "files": files_of(media_root)} == before
+
+
+def test_a_session_ended_before_the_swap_says_the_database_was_not_changed(
+    alias: str, seeded_dump: Path, dumps_dir: Path
+) -> None:
+    """The restore's own session is ended (an administrator, a network blip) before the swap commits: the
+    server says the target is as it was, and so does the line (it only named the server's error)."""
+    before = my_work(alias, "my local team")
+
+    stopped = stopped_restore(alias, dumps_dir, "the swap's session")
+
+    assert stopped.returncode == 1, stopped.stderr
+    line = the_line(stopped)
+    target = connections[alias].settings_dict["NAME"]
+    assert line.startswith("CommandError: PostgreSQL said: ") and line.endswith(f"; '{target}' was not changed."), line
+    assert team_names(alias) == before
+    run_command("restoredump", "dev", database=alias, interactive=False)
+    assert "my local team" not in team_names(alias)
 
 
 def test_the_next_restore_finishes_the_media_of_a_swap_stopped_by_sigterm(
