@@ -2,8 +2,8 @@
 after one of them (seeds/scripts/crashmatrix.py).
 
 A state change is:
-- ``sql``: a statement one of seeddump's own psycopg connections (``seeddump.postgres.Connection``) executes,
-  but for SELECT, SHOW and SET; and the COMMIT of every transaction such a connection commits;
+- ``sql``: a statement one of seeddump's own psycopg connections (``seeddump.driver.Connection``) executes,
+  but for SELECT, SHOW, SET and RESET; and the COMMIT of every transaction such a connection commits;
 - ``file``: ``os.rename``, ``os.replace``, ``os.unlink``/``os.remove``, ``os.rmdir``, ``shutil.rmtree``, and
   seeddump's ``renameat2`` (the media exchange);
 - ``exit``: a child process seen to exit (``subprocess.Popen.wait``/``poll``, which ``communicate`` and
@@ -26,13 +26,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 _LOG = os.environ.get("CRASHMATRIX_LOG", "")
 _FAULT_AT = int(os.environ.get("CRASHMATRIX_FAULT_AT") or 0)
 _FAULT = os.environ.get("CRASHMATRIX_FAULT", "")
 _APPNAME = os.environ.get("CRASHMATRIX_APPNAME", "")
-_READ_ONLY = {"SELECT", "SHOW", "SET"}
+_READ_ONLY = {"SELECT", "SHOW", "SET", "RESET"}  # a session's settings change nothing that outlives it
 _count = 0
 _busy = False  # the probe's own work (its log, the fault's connection) is never counted
 
@@ -110,8 +111,9 @@ def _first_word(text: str) -> str:
 
 
 def _is_seeddumps(conn: Any) -> bool:
+    """One of seeddump's own connections (``seeddump.driver.Connection``; ``seeddump.postgres`` before it)."""
     kind = type(conn)
-    return kind.__module__ == "seeddump.postgres" and kind.__name__ == "Connection"
+    return kind.__module__ in ("seeddump.driver", "seeddump.postgres") and kind.__name__ == "Connection"
 
 
 def _patch_psycopg() -> None:
@@ -248,6 +250,9 @@ def _after_import(name: str, patch: Any) -> None:
 
 
 def install() -> None:
+    # Python's tempfile tries a randomly named file in the temporary folder the first time it is used: no state
+    # change of a restore, and a different name each run. Done before the file functions are watched.
+    tempfile.gettempdir()
     _patch_psycopg()
     _patch_files()
     _patch_processes()
