@@ -2,11 +2,11 @@
 
     .venv/bin/python seeds/scripts/crashmatrix.py [--database-url URL]
         [--paths cold,warm,in-place,in-place-no-undo,undo,first,finishing] [--faults kill,term,sessions]
-        [--jobs 2] [--dump PATH]
+        [--jobs 2] [--dump PATH] [--workdir DIR]
 
 How: each path's run (``manage.py restoredump``, or ``restoredump --undo``) runs once with the probe
 (``crashmatrix_hook/``, first on PYTHONPATH) recording its state changes in order: every SQL statement
-seeddump's own connections run but SELECT/SHOW/SET, every COMMIT, every rename/replace/unlink/rmdir/rmtree
+seeddump's own connections run but SELECT/SHOW/SET/RESET, every COMMIT, every rename/replace/unlink/rmdir/rmtree
 (and the media's renameat2), every child process's exit; a Python process the run starts (the background
 process that finishes a restore) is probed too, its changes numbered in the same sequence. The cases are
 generated from that list: for change N and fault F, the same run starts again from the same state and the
@@ -935,6 +935,7 @@ def main() -> int:
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--dump", type=Path, help="a dump made with --media (default: seed and make one)")
+    parser.add_argument("--workdir", type=Path, help="keep the matrix's folder (each case's probe log) here")
     options = parser.parse_args()
     unknown = [name for name in options.paths.split(",") if name not in PATHS]
     if unknown:
@@ -956,6 +957,7 @@ def main() -> int:
             paths=options.paths.split(","),
             faults=options.faults.split(","),
             jobs=options.jobs,
+            workdir=options.workdir,
             progress=lambda outcome: print("." if outcome.held else "F", end="", flush=True),
         )
     print()

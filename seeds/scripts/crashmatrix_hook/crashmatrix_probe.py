@@ -3,7 +3,9 @@ after one of them (seeds/scripts/crashmatrix.py).
 
 A state change is:
 - ``sql``: a statement one of seeddump's own psycopg connections (``seeddump.postgres.Connection``) executes,
-  but for SELECT, SHOW and SET; and the COMMIT of every transaction such a connection commits;
+  but for SELECT, SHOW, SET and RESET (a session's settings are no state: ``postgres.advisory_lock`` sets and
+  resets lock_timeout only when it has to wait, which would shift the numbers of the changes after it when
+  cases run side by side); and the COMMIT of every transaction such a connection commits;
 - ``file``: ``os.rename``, ``os.replace``, ``os.unlink``/``os.remove``, ``os.rmdir``, ``shutil.rmtree``, and
   seeddump's ``renameat2`` (the media exchange);
 - ``exit``: a child process seen to exit (``subprocess.Popen.wait``/``poll``, which ``communicate`` and
@@ -40,7 +42,7 @@ _LOG = os.environ.get("CRASHMATRIX_LOG", "")
 _FAULT_AT = int(os.environ.get("CRASHMATRIX_FAULT_AT") or 0)
 _FAULT = os.environ.get("CRASHMATRIX_FAULT", "")
 _APPNAME = os.environ.get("CRASHMATRIX_APPNAME", "")
-_READ_ONLY = {"SELECT", "SHOW", "SET"}
+_READ_ONLY = {"SELECT", "SHOW", "SET", "RESET"}
 # The first probed process of a run is its main one; the Python processes it starts find this set.
 _ROLE = "child" if os.environ.get("CRASHMATRIX_MAIN_PID") else "main"
 _busy = False  # the probe's own work (its log, the fault's connection) is never counted
