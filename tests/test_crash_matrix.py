@@ -1,13 +1,14 @@
-"""The crash matrix in CI: a fault right after every state change of a restore keeps the invariant.
+"""The crash matrix in CI: a fault right after every state change of each restore path keeps its invariant.
 
-``seeds/scripts/crashmatrix.py`` records, in a real ``manage.py restoredump`` process, every state change the
-path makes (seeddump's SQL but SELECT/SHOW/SET, every COMMIT, every rename or removal of a file, every child
-process's exit), then runs the restore again once per change and fault with the fault applied right after that
-change. Each case must leave the old state (rows and media files, the run saying so) or the dump (the run saying
-so, ``--undo`` bringing the old back), then the next restore succeeds and nothing is left behind. The cases are
-generated from what is recorded: a step written tomorrow is covered tomorrow. Here: the cold path, with
-media, each change x {SIGKILL, SIGTERM}, on the embedded server (the in-place path, the warm one and the
-sessions fault: run the script)."""
+``seeds/scripts/crashmatrix.py`` records, in a real ``manage.py restoredump`` process (and the background
+process it may start), every state change the path makes (seeddump's SQL but SELECT/SHOW/SET, every COMMIT,
+every rename or removal of a file, every child process's exit), then runs it again once per change and fault
+with the fault applied right after that change. Each case must leave the old state (rows and media files, the
+run saying so) or the new one (the run saying so, ``--undo`` bringing the old back where the path keeps an
+undo), then the next restore succeeds and nothing is left behind; each path's own invariant is in the script's
+docstring. The cases are generated from what is recorded: a step written tomorrow is covered tomorrow. Here:
+every path (cold, warm, in-place, in-place-no-undo, undo, first, finishing), with media, each change x
+{SIGKILL, SIGTERM}, on the embedded server, one test per path (the sessions fault: run the script)."""
 
 from __future__ import annotations
 
@@ -25,15 +26,29 @@ import crashmatrix
 
 # Cases the matrix finds broken in seeddump, each with why ("path #change fault": reason). Strict: a case
 # listed here that holds fails the test too, so that the list is shortened the day seeddump is mended.
-EXPECTED_BROKEN: dict[str, str] = {}
+EXPECTED_BROKEN: dict[str, str] = {
+    # A first restore (no target database) keeps MEDIA_ROOT's files aside (.<media>.seeddump-kept.<time>), but
+    # no label records that exchange (databases.swap labels the replaced database, and there is none): between
+    # its renameat2(RENAME_EXCHANGE) and the rename of the old files to the kept folder, they sit under the
+    # unpacked folder's name (.<media>.seeddump-new.<pid>.<hex>), which the next restore removes as a dead
+    # run's leftover (media.drop_leftovers). The old files are lost.
+    "first #19 kill": "the old files are lost: left as .media.seeddump-new.<dead pid>, removed by the next restore",
+    "first #19 term": "the old files are lost: left as .media.seeddump-new.<pid>, removed by the next restore "
+    "(the run says the next restoredump finishes it)",
+    # restoredump --undo looks for the copy (restore.find_undo) before it lets SIGTERM unwind as an interruption
+    # (interrupt_on_sigterm): a SIGTERM there ends it by the signal's default action, saying nothing.
+    "undo #1 term": "SIGTERM before interrupt_on_sigterm (find_undo): the run dies silently, exit -15",
+}
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
-# About 3.5 minutes alone on two cores, and CI runs the core tests beside it: bounded, but above the default.
+# Each path takes one to four minutes alone on two cores (cold about 3.5), and CI runs the core tests beside
+# it: bounded, but above the default.
 @pytest.mark.timeout(900)
-def test_every_change_of_the_cold_restore_survives_kill_and_sigterm(
-    media_dumps: dict[str, MediaDump], tmp_path: Path
+@pytest.mark.parametrize("path", tuple(crashmatrix.PATHS))
+def test_every_change_of_the_path_survives_kill_and_sigterm(
+    path: str, media_dumps: dict[str, MediaDump], tmp_path: Path
 ) -> None:
     server = crashmatrix.Server(
         connections["default"].settings_dict, tuple(Path(p) for p in settings.SEEDDUMP_PG_BIN_DIRS)
@@ -42,7 +57,7 @@ def test_every_change_of_the_cold_restore_survives_kill_and_sigterm(
     report = crashmatrix.run_matrix(
         server,
         media_dumps["default"].path,
-        paths=("cold",),
+        paths=(path,),
         faults=("kill", "term"),
         jobs=3,
         workdir=tmp_path / "matrix",
@@ -50,13 +65,16 @@ def test_every_change_of_the_cold_restore_survives_kill_and_sigterm(
     )
 
     print(report.text())
-    # The probe sees seeddump's own connections: the swap's COMMIT is among the changes (once it saw none of the
-    # SQL after seeddump's connection class moved, and the matrix passed testing only the files).
-    changes = report.changes["cold"]
-    assert any(c.kind == "sql" and c.shape == "COMMIT" and "databases.py:swap" in c.where for c in changes), changes
+    # The probe sees seeddump's own connections (once it saw none of their SQL after their class moved, and the
+    # matrix passed testing only the files): every path changes the server, the cold one by its swap's COMMIT.
+    changes = report.changes[path]
+    assert any(c.kind == "sql" for c in changes), changes
+    if path == "cold":
+        assert any(c.shape == "COMMIT" and "databases.py:swap" in c.where for c in changes), changes
+    expected = {key: reason for key, reason in EXPECTED_BROKEN.items() if key.startswith(f"{path} #")}
     broken = {outcome.case.key: f"{outcome.case}: {outcome.why}" for outcome in report.broken()}
-    unexpected = [why for key, why in broken.items() if key not in EXPECTED_BROKEN]
-    now_holding = [f"{key} ({reason})" for key, reason in EXPECTED_BROKEN.items() if key not in broken]
+    unexpected = [why for key, why in broken.items() if key not in expected]
+    now_holding = [f"{key} ({reason})" for key, reason in expected.items() if key not in broken]
     assert not unexpected and not now_holding, "\n".join(
         [*(f"BROKE {why}" for why in unexpected), *(f"NOW HOLDS {key}" for key in now_holding)]
     )

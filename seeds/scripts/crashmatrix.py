@@ -1,38 +1,65 @@
 """The crash matrix: every state change a restore makes, times every fault, judged by one invariant.
 
-    .venv/bin/python seeds/scripts/crashmatrix.py [--database-url URL] [--paths cold,warm,in-place]
-        [--faults kill,term,sessions] [--jobs 2] [--dump PATH]
+    .venv/bin/python seeds/scripts/crashmatrix.py [--database-url URL]
+        [--paths cold,warm,in-place,in-place-no-undo,undo,first,finishing] [--faults kill,term,sessions]
+        [--jobs 2] [--dump PATH] [--workdir DIR]
 
-How: each path's ``manage.py restoredump`` runs once with the probe (``crashmatrix_hook/``, first on PYTHONPATH)
-recording its state changes in order: every SQL statement seeddump's own connections run but SELECT/SHOW/SET,
-every COMMIT, every rename/replace/unlink/rmdir/rmtree (and the media's renameat2), every child process's
-exit. The cases are generated from that list: for change N and fault F, the same restore runs again and the
-probe applies F right after change N: ``kill`` (SIGKILL), ``term`` (SIGTERM, what Ctrl-C and docker stop send),
-``sessions`` (for SQL changes: every server session of this restore ended with pg_terminate_backend).
+How: each path's run (``manage.py restoredump``, or ``restoredump --undo``) runs once with the probe
+(``crashmatrix_hook/``, first on PYTHONPATH) recording its state changes in order: every SQL statement
+seeddump's own connections run but SELECT/SHOW/SET/RESET, every COMMIT, every rename/replace/unlink/rmdir/rmtree
+(and the media's renameat2), every child process's exit; a Python process the run starts (the background
+process that finishes a restore) is probed too, its changes numbered in the same sequence. The cases are
+generated from that list: for change N and fault F, the same run starts again from the same state and the
+probe applies F right after change N, in whichever process made it: ``kill`` (SIGKILL), ``term`` (SIGTERM,
+what Ctrl-C and docker stop send), ``sessions`` (for SQL changes: every server session of this restore ended
+with pg_terminate_backend). The harness waits for every process the run started before it judges.
 
-The invariant, after each case: the target holds either the old state (its rows and MEDIA_ROOT's files as
-before) and the run failed saying "not changed" or "interrupted", or the dump (the media exchange done or
-recorded) and the run exited 0, or 3 saying "now holds", and ``restoredump --undo`` brings the old database
-and files back; then the next ``restoredump`` succeeds, and nothing is left behind: no scratch, retired or
-pending database of the target, no throwaway role of the run able to log in, nothing beside MEDIA_ROOT.
-(A SIGKILLed run says nothing: only its state is judged.)
+The paths, each from a state of its own (the old state: a migrated database holding one team of its own, and
+two files in MEDIA_ROOT):
+- ``cold``, ``warm`` (the dump's snapshot cached), ``in-place`` (``--in-place``): a restore over the old state;
+- ``in-place-no-undo``: ``--in-place`` with SEEDDUMP_UNDO=false: nothing is kept for an undo;
+- ``undo``: ``restoredump --undo`` after a completed restore of the dump over the old state;
+- ``first``: the first restore into a target database that does not exist yet, the old files in MEDIA_ROOT;
+- ``finishing``: a restore with SEEDDUMP_BACKGROUND=true, whose background process is probed and faulted too.
+
+The invariant of a restore path, after each case: the target holds either the old state (its rows and
+MEDIA_ROOT's files as before) and the run failed saying "not changed" or "interrupted", or the dump (the media
+exchange done or recorded) and the run exited 0, or 3 saying "now holds", and ``restoredump --undo`` brings
+the old database and files back; then the next ``restoredump`` succeeds, and nothing is left behind: no
+scratch, retired or pending database of the target, no throwaway role of the run able to log in, nothing
+beside MEDIA_ROOT but the folder kept for the undo. (A SIGKILLed run says nothing: only its state is judged.)
+Per path:
+- ``in-place-no-undo``: nothing is kept, so ``--undo`` must refuse ("Nothing to undo") and change nothing, and
+  no copy or folder kept for an undo may be left at all;
+- ``undo``: either the dump is still in place, the run saying "not changed" or "interrupted", and a second
+  ``--undo`` brings the old back; or the old database is back (exit 0, or 3 saying "now holds") with the old
+  files, or with the dump's files while the media exchange is recorded, which the next ``--undo`` finishes;
+- ``first``: the old state is no database and the old files in MEDIA_ROOT. The old files are never lost: in
+  MEDIA_ROOT, or in the folder beside it where seeddump keeps them when there was no database to keep them
+  with (``.<media>.seeddump-kept.<time>``; ``--undo`` cannot put them back, by design, and must refuse while
+  naming that folder), or in the undo folder after the next restore, where ``--undo`` must bring them back;
+- ``finishing``: as ``cold``; the next restoredump, and the ``--undo``, run with ``--wait``.
 
 Without --database-url the project's embedded server is used; without --dump the script seeds a database and
 makes a dump with media. Cases run ``--jobs`` at a time, each on a target database of its own. Prints per path
-the changes x faults, how many held and broke, and every broken case with why; exit status 1 if any broke.
+the changes x faults, how many held (in which state) and broke, every broken case with why, and the seconds
+each path took; exit status 1 if any broke.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,19 +78,36 @@ OLD_TEAM = "crashmatrix: the old state"
 OLD_FILES = {"notes.txt": b"my notes", "emblems/mine.svg": b"<svg>the old state</svg>"}
 
 
+OLD = "old"  # a path's start: the old state
+RESTORED = "restored"  # the old state, then a completed restore of the dump over it (the path's run: --undo)
+MISSING = "missing"  # no target database, the old files in MEDIA_ROOT
+
+
 @dataclass(frozen=True)
 class Path_:
-    """A restore path: restoredump's arguments, and whether a snapshot of the dump is cached beforehand."""
+    """A restore path: restoredump's arguments, whether a snapshot of the dump is cached beforehand, the
+    settings every run of the path has (``env``), the state its run starts from (``start``), whether that run
+    is ``restoredump --undo`` (``undoes``), whether a restore keeps a copy for an undo (``keeps_undo``), and
+    whether it leaves work to a background process (``background``: the runs that are not judged wait)."""
 
     name: str
     args: tuple[str, ...]
     snapshots: bool = False
+    env: tuple[tuple[str, str], ...] = ()
+    start: str = OLD
+    undoes: bool = False
+    keeps_undo: bool = True
+    background: bool = False
 
 
 PATHS = {
     "cold": Path_("cold", ()),
     "warm": Path_("warm", (), snapshots=True),
     "in-place": Path_("in-place", ("--in-place",)),
+    "in-place-no-undo": Path_("in-place-no-undo", ("--in-place",), env=(("SEEDDUMP_UNDO", "false"),), keeps_undo=False),
+    "undo": Path_("undo", (), start=RESTORED, undoes=True),
+    "first": Path_("first", (), start=MISSING),
+    "finishing": Path_("finishing", (), env=(("SEEDDUMP_BACKGROUND", "true"),), background=True),
 }
 
 
@@ -93,6 +137,17 @@ class Case:
         return f"{self.path}: {self.fault} after {self.change}"
 
 
+@dataclass(frozen=True)
+class _Run:
+    """A faulted run as the judge reads it: its exit and output, and whether it was SIGKILLed (then it says
+    nothing, and only its state is judged)."""
+
+    done: subprocess.CompletedProcess[str]
+    said: str
+    last: str
+    killed: bool
+
+
 @dataclass
 class Outcome:
     case: Case
@@ -106,6 +161,7 @@ class Report:
     changes: dict[str, list[Change]] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
+    path_seconds: dict[str, float] = field(default_factory=dict)  # each path: its recording and its cases
 
     def broken(self) -> list[Outcome]:
         return [outcome for outcome in self.outcomes if not outcome.held]
@@ -119,10 +175,12 @@ class Report:
                 f"{fault} {sum(1 for outcome in mine if outcome.case.fault == fault)}" for fault in faults
             )
             held = sum(outcome.held for outcome in mine)
-            new = sum(outcome.held and outcome.state.startswith("new") for outcome in mine)
+            states = Counter(outcome.state.split(" ")[0] for outcome in mine if outcome.held)
+            shown = ", ".join(f"{state} state {count}" for state, count in sorted(states.items()))
+            took = f" in {self.path_seconds[path]:.0f}s" if path in self.path_seconds else ""
             lines.append(
                 f"{path}: {len(changes)} changes x faults ({counts}) = {len(mine)} cases; held {held} "
-                f"(old state {held - new}, new state {new}), broke {len(mine) - held}"
+                f"({shown or 'none'}), broke {len(mine) - held}{took}"
             )
             lines += [f"  BROKE {outcome.case}: {outcome.why}" for outcome in mine if not outcome.held]
         lines.append(f"{len(self.outcomes)} cases in {self.seconds:.0f}s")
@@ -237,19 +295,26 @@ class Matrix:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     def of_target(self, admin: psycopg.Connection, target: str) -> list[str]:
-        """The target and every database seeddump named after it (scratch, retired, undo, pending)."""
-        from seeddump import finishing, undo
+        """The target and every database seeddump named after it (scratch, retired, undo, pending, and the empty
+        database a background process prepares for the target's next pg_restore)."""
+        from seeddump import finishing, snapshots, undo
 
-        prefixes = (finishing.scratch_prefix(target), finishing.retired_prefix(target), undo.prefix(target))
+        prefixes = (
+            finishing.scratch_prefix(target),
+            finishing.retired_prefix(target),
+            undo.prefix(target),
+            snapshots.empty_name(target, "", self.dumps),
+        )
         present = self.databases_like(admin, target.replace("_", "\\_"))
         return [*present, *(name for p in prefixes for name in self.databases_like(admin, p.replace("_", "\\_") + "%"))]
 
-    def reset(self, slot: Slot, *, make: bool = True) -> None:
-        """The slot's target back to the old state, alone: its database a copy of the old one, its files."""
+    def reset(self, slot: Slot, *, make: bool = True, database: bool = True) -> None:
+        """The slot's target back to the old state, alone: its database a copy of the old one (none without
+        ``database``), its files."""
         with self.server.connect() as admin:
             for name in self.of_target(admin, slot.target):
                 self.drop(admin, name)
-            if make:
+            if make and database:
                 admin.execute(
                     sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
                         sql.Identifier(slot.target), sql.Identifier(self.base)
@@ -260,6 +325,14 @@ class Matrix:
             for name, data in OLD_FILES.items():
                 (slot.media / name).parent.mkdir(parents=True, exist_ok=True)
                 (slot.media / name).write_bytes(data)
+
+    def start(self, slot: Slot, path: Path_) -> None:
+        """The state the path's run starts from (``Path_.start``)."""
+        self.reset(slot, database=path.start != MISSING)
+        if path.start == RESTORED:
+            done = self.restoredump(slot, path, "set-up")
+            if done.returncode != 0:
+                raise RuntimeError(f"the restore the undo undoes failed: {_last(done)}")
 
     def ensure_snapshot(self, path: Path_) -> None:
         """The warm path's precondition: the dump's snapshot is cached (made by a plain restore when not)."""
@@ -295,7 +368,7 @@ class Matrix:
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
-        for name in ("CRASHMATRIX_LOG", "CRASHMATRIX_FAULT_AT", "CRASHMATRIX_FAULT"):
+        for name in ("CRASHMATRIX_LOG", "CRASHMATRIX_FAULT_AT", "CRASHMATRIX_FAULT", "CRASHMATRIX_MAIN_PID"):
             if env is None or name not in env:
                 environment.pop(name, None)
         return _run_bounded([sys.executable, "manage.py", *args], env=environment)
@@ -303,35 +376,54 @@ class Matrix:
     def restoredump(
         self, slot: Slot, path: Path_, label: str, *args: str, probe: Mapping[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
+        """A run of restoredump (``--undo`` among ``args``: of restoredump --undo) with the path's settings;
+        with ``probe``, once every process it started has ended. A run of a path that leaves work to a
+        background process but is not probed finishes it before returning (``--wait``)."""
         with self.lock:
             self.serial += 1
             appname = f"cm{self.run}n{self.serial}"
         env = {
+            **dict(path.env),
             "CRASHMATRIX_SNAPSHOTS": "true" if path.snapshots else "false",
             "CRASHMATRIX_APPNAME": appname,
             "CRASHMATRIX_MAINTENANCE_DB": self.server.maintenance_db,
             **(probe or {}),
         }
-        command = ("restoredump", "--undo") if "--undo" in args else ("restoredump", "dev", *path.args)
+        undoing = "--undo" in args
+        command = ("restoredump", "--undo") if undoing else ("restoredump", "dev", *path.args)
         extra = tuple(arg for arg in args if arg != "--undo")
-        return self.manage(slot.target, slot.media, *command, "--no-input", *extra, env=env, appname=appname)
+        if path.background and probe is None and not undoing:
+            extra += ("--wait",)
+        done = self.manage(slot.target, slot.media, *command, "--no-input", *extra, env=env, appname=appname)
+        if probe is not None and probe.get("CRASHMATRIX_LOG"):
+            for what in _wait_for_spawned(Path(probe["CRASHMATRIX_LOG"])):
+                done.stderr += f"\n(crashmatrix: {what} still ran after {TIMEOUT}s and was killed)"
+        return done
 
     def record(self, path: Path_) -> list[Change]:
-        """The path's state changes, in order, as a plain restore of the old state makes them."""
+        """The path's state changes, in order, as its run makes them from its start without a fault."""
         self.ensure_snapshot(path)
         slot = self.take()
         try:
             self.reset(slot)
             self.restoredump(slot, path, "warm-up")  # the dump's checksum is then remembered, as in every case
-            self.reset(slot)
+            self.start(slot, path)
+            if path.undoes:  # the dump's state is the one the undo starts from
+                self.new, self.new_files = self.fingerprint(slot.target), _files_of(slot.media)
             log = self.logs / f"record-{path.name}.log"
-            log.unlink(missing_ok=True)
-            done = self.restoredump(slot, path, "record", probe={"CRASHMATRIX_LOG": str(log)})
+            _forget(log)
+            done = self.restoredump(slot, path, "record", *_run_args(path), probe={"CRASHMATRIX_LOG": str(log)})
             if done.returncode != 0:
-                raise RuntimeError(f"the {path.name} restore failed without a fault: {done.stderr}")
+                raise RuntimeError(f"the {path.name} run failed without a fault: {done.stderr}")
             changes = _changes(log)
-            self.new = self.fingerprint(slot.target)
-            self.new_files = _files_of(slot.media)
+            if path.undoes:
+                if (self.fingerprint(slot.target), _files_of(slot.media)) != (self.old, OLD_FILES):
+                    raise RuntimeError("the undo did not bring the old database and files back without a fault")
+            else:
+                self.new = self.fingerprint(slot.target)
+                self.new_files = _files_of(slot.media)
+            if path.background and not any(change.where.endswith("[child]") for change in changes):
+                raise RuntimeError(f"no change of the {path.name} run's background process was recorded")
             return changes
         finally:
             self.give(slot)
@@ -349,7 +441,7 @@ class Matrix:
         self.ensure_snapshot(path)
         slot = self.take()
         try:
-            self.reset(slot)
+            self.start(slot, path)
             return self.judge(case, slot, path)
         except Exception as exc:  # a harness failure is the case's outcome, said as such
             return Outcome(case, False, "?", f"harness error: {exc!r}")
@@ -360,39 +452,63 @@ class Matrix:
 
     def judge(self, case: Case, slot: Slot, path: Path_) -> Outcome:
         log = self.logs / f"{case.path}-{case.change.number}-{case.fault}.log"
-        log.unlink(missing_ok=True)
+        _forget(log)
         probe = {
             "CRASHMATRIX_LOG": str(log),
             "CRASHMATRIX_FAULT_AT": str(case.change.number),
             "CRASHMATRIX_FAULT": case.fault,
         }
-        faulted = self.restoredump(slot, path, "case", probe=probe)
+        faulted = self.restoredump(slot, path, "case", *_run_args(path), probe=probe)
         said = (faulted.stderr + faulted.stdout).strip()
         last = said.splitlines()[-1] if said else "(nothing)"
-        recorded = _changes(log)
-        if not _fault_applied(log):
+        recorded = {change.number: change for change in _changes(log)}
+        where = _fault_applied(log)
+        if where is None:
             return Outcome(case, False, "?", f"the run never reached change #{case.change.number} ({last})")
-        reached = recorded[case.change.number - 1]
+        reached = recorded[case.change.number]
         if (reached.kind, reached.shape) != (case.change.kind, case.change.shape):
             return Outcome(case, False, "?", f"change #{case.change.number} was {reached}, not the recorded one")
         if "Traceback" in faulted.stderr:
             return Outcome(case, False, "?", f"a traceback: {last}")
+        # A SIGKILLed run says nothing; a background process's fault leaves the run's own line to judge.
+        run = _Run(faulted, said, last, killed=case.fault == "kill" and where == "main")
+        judged = self.judge_undo(case, slot, run) if path.undoes else self.judge_restore(case, slot, path, run)
+        if isinstance(judged, Outcome):
+            return judged
+        state = judged
+        again = self.restoredump(slot, path, "again")
+        if again.returncode != 0:
+            return Outcome(case, False, state, f"the next restoredump failed: {_last(again)}")
+        if self.fingerprint(slot.target) != self.new or _files_of(slot.media) != self.new_files:
+            return Outcome(case, False, state, "the next restoredump did not leave the dump and its files")
+        left = self.left_behind(slot, log, path)
+        if left:
+            return Outcome(case, False, state, f"left behind: {', '.join(left)}")
+        if path.start == MISSING and (lost := self.old_files_after(slot, path)):
+            return Outcome(case, False, state, lost)
+        return Outcome(case, True, state)
+
+    def judge_restore(self, case: Case, slot: Slot, path: Path_, run: _Run) -> Outcome | str:
+        """A restore path's invariant, up to the next restore: the old state and said, or the dump and said
+        with what the path's undo does (see the module docstring). Returns the state, or the broken outcome."""
+        faulted, said, last = run.done, run.said, run.last
         rows = self.fingerprint(slot.target)
         files = _files_of(slot.media)
-        killed = case.fault == "kill"
-        if rows == self.old and files == OLD_FILES:
+        old_database = not self.exists(slot.target) if path.start == MISSING else rows == self.old
+        if old_database and files == OLD_FILES:
             state = "old"
-            if killed:
+            if run.killed:
                 pass
             elif faulted.returncode == 0 or "now holds" in said:
                 return Outcome(
                     case, False, state, f"the old state is intact but the run said: exit {faulted.returncode}, {last}"
                 )
             elif not ("not changed" in said or "interrupted" in said):
-                return Outcome(case, False, state, f"the old state is intact; the line says neither: {last}")
-        elif rows == self.new and files in (self.new_files, OLD_FILES):
+                return Outcome(case, False, state, f"the old state is intact; the line says neither: {_last(faulted)}")
+            return state
+        if rows == self.new and files in (self.new_files, OLD_FILES):
             state = "new" if files == self.new_files else "new (media exchange to finish)"
-            if killed:
+            if run.killed:
                 pass
             elif faulted.returncode not in (0, 3) or (faulted.returncode == 3 and "now holds" not in said):
                 return Outcome(
@@ -400,28 +516,176 @@ class Matrix:
                 )
             elif faulted.returncode == 0 and files != self.new_files:
                 return Outcome(case, False, state, "exit 0 with the old files in MEDIA_ROOT")
+            if path.start == MISSING:
+                return self.first_undo(case, slot, path, run, state, rows, files)
+            if not path.keeps_undo:
+                return self.nothing_to_undo(case, slot, path, state, rows, files)
             undone = self.restoredump(slot, path, "undo", "--undo")
             if undone.returncode != 0:
                 return Outcome(case, False, state, f"--undo failed: {_last(undone)}")
             if self.fingerprint(slot.target) != self.old or _files_of(slot.media) != OLD_FILES:
                 return Outcome(case, False, state, "--undo did not bring the old database and files back")
-        else:
-            what = "old" if rows == self.old else "the dump's" if rows == self.new else f"other rows {rows!r:.80}"
-            return Outcome(
-                case, False, "mixed", f"the database holds {what}, MEDIA_ROOT {_which_files(files, self.new_files)}"
-            )
-        again = self.restoredump(slot, path, "again")
-        if again.returncode != 0:
-            return Outcome(case, False, state, f"the next restoredump failed: {_last(again)}")
-        if self.fingerprint(slot.target) != self.new or _files_of(slot.media) != self.new_files:
-            return Outcome(case, False, state, "the next restoredump did not leave the dump and its files")
-        left = self.left_behind(slot, log)
-        if left:
-            return Outcome(case, False, state, f"left behind: {', '.join(left)}")
-        return Outcome(case, True, state)
+            return state
+        what = (
+            "no database"
+            if path.start == MISSING and old_database
+            else "old"
+            if rows == self.old
+            else "the dump's"
+            if rows == self.new
+            else f"other rows {rows!r:.80}"
+        )
+        return Outcome(
+            case, False, "mixed", f"the database holds {what}, MEDIA_ROOT {_which_files(files, self.new_files)}"
+        )
 
-    def left_behind(self, slot: Slot, log: Path) -> list[str]:
-        from seeddump import finishing, undo
+    def nothing_to_undo(
+        self, case: Case, slot: Slot, path: Path_, state: str, rows: tuple[Any, ...], files: dict[str, bytes]
+    ) -> Outcome | str:
+        """Without an undo copy (SEEDDUMP_UNDO off): --undo refuses, saying there is nothing to undo, and
+        changes nothing (but for finishing a media exchange the run recorded)."""
+        undone = self.restoredump(slot, path, "undo", "--undo")
+        said = undone.stderr + undone.stdout
+        if undone.returncode == 0:
+            return Outcome(case, False, state, f"--undo succeeded though nothing was kept for it: {_last(undone)}")
+        if "Nothing to undo" not in said:
+            return Outcome(case, False, state, f"--undo refused, not saying there is nothing to undo: {_last(undone)}")
+        if self.fingerprint(slot.target) != rows or _files_of(slot.media) not in (files, self.new_files):
+            return Outcome(case, False, state, f"--undo refused but changed the target: {_last(undone)}")
+        return state
+
+    def first_undo(
+        self,
+        case: Case,
+        slot: Slot,
+        path: Path_,
+        run: _Run,
+        state: str,
+        rows: tuple[Any, ...],
+        files: dict[str, bytes],
+    ) -> Outcome | str:
+        """After a first restore, the old files are in MEDIA_ROOT still, or kept aside beside it (no database
+        was replaced to keep them with, so --undo cannot put them back: it must refuse, change nothing, and
+        name the folder that holds them)."""
+        kept = self.kept_aside(slot)
+        holding = [name for name, content in kept.items() if content == OLD_FILES]
+        if files != OLD_FILES and not holding:  # what becomes of them, said with the evidence
+            elsewhere = self.holding_old_files(slot)
+            again = self.restoredump(slot, path, "again")
+            after = self.holding_old_files(slot)
+            fate = (
+                f"; the next restoredump (exit {again.returncode}) removed them"
+                if elsewhere and not after
+                else f"; after the next restoredump (exit {again.returncode}) they are in {', '.join(after)}"
+                if after
+                else ""
+            )
+            return Outcome(
+                case,
+                False,
+                state,
+                f"the old files are not kept: MEDIA_ROOT holds the dump's, the old files are only in "
+                f"{', '.join(elsewhere) or 'no folder beside it'}{fate}"
+                + ("" if run.killed else f" (the run said: exit {run.done.returncode}, {run.last})"),
+            )
+        undone = self.restoredump(slot, path, "undo", "--undo")
+        said = undone.stderr + undone.stdout
+        if undone.returncode == 0:
+            if self.exists(slot.target) or _files_of(slot.media) != OLD_FILES:
+                return Outcome(case, False, state, f"--undo said it put back the old state, not so: {_last(undone)}")
+            return state
+        if self.fingerprint(slot.target) != rows or _files_of(slot.media) != files:
+            return Outcome(case, False, state, f"--undo refused but changed the target: {_last(undone)}")
+        if holding and not any(str(slot.folder / name) in said for name in holding):
+            return Outcome(case, False, state, f"--undo does not say where the old files are: {_last(undone)}")
+        return state
+
+    def judge_undo(self, case: Case, slot: Slot, run: _Run) -> Outcome | str:
+        """The undo path's invariant, up to the next restore: the dump still in place (the run said it did not
+        change it) and a second --undo brings the old back; or the old database back (the run said so) with the
+        old files, or with the dump's while the media exchange is recorded, which the next --undo finishes."""
+        path = PATHS[case.path]
+        faulted, said, last = run.done, run.said, run.last
+        rows = self.fingerprint(slot.target)
+        files = _files_of(slot.media)
+        if rows == self.new and files == self.new_files:
+            state = "restored"
+            if run.killed:
+                pass
+            elif faulted.returncode == 0 or "now holds" in said:
+                return Outcome(
+                    case, False, state, f"the dump is still there but the run said: exit {faulted.returncode}, {last}"
+                )
+            elif not ("not changed" in said or "interrupted" in said):
+                return Outcome(case, False, state, f"the dump is still there; the line says neither: {_last(faulted)}")
+            second = self.restoredump(slot, path, "undo-again", "--undo")
+            if second.returncode != 0:
+                return Outcome(case, False, state, f"a second --undo failed: {_last(second)}")
+            if self.fingerprint(slot.target) != self.old or _files_of(slot.media) != OLD_FILES:
+                return Outcome(case, False, state, "a second --undo did not bring the old database and files back")
+            return state
+        if rows == self.old and files in (OLD_FILES, self.new_files):
+            state = "undone" if files == OLD_FILES else "undone (media exchange to finish)"
+            if run.killed:
+                pass
+            elif faulted.returncode not in (0, 3) or (faulted.returncode == 3 and "now holds" not in said):
+                return Outcome(
+                    case, False, state, f"the old state is back but the run said: exit {faulted.returncode}, {last}"
+                )
+            elif faulted.returncode == 0 and files != OLD_FILES:
+                return Outcome(case, False, state, "exit 0 with the dump's files in MEDIA_ROOT")
+            if files != OLD_FILES:
+                second = self.restoredump(slot, path, "undo-again", "--undo")
+                if self.fingerprint(slot.target) != self.old or _files_of(slot.media) != OLD_FILES:
+                    return Outcome(
+                        case, False, state, f"the next --undo did not put the old files back: {_last(second)}"
+                    )
+            return state
+        what = "old" if rows == self.old else "the dump's" if rows == self.new else f"other rows {rows!r:.80}"
+        return Outcome(
+            case, False, "mixed", f"the database holds {what}, MEDIA_ROOT {_which_files(files, self.new_files)}"
+        )
+
+    def old_files_after(self, slot: Slot, path: Path_) -> str | None:
+        """After the next restore of the first path: the old files are kept aside, or kept in the undo folder
+        (the faulted run left them in MEDIA_ROOT, the next restore replaced its database), and then --undo must
+        put them back. Why not, or None."""
+        from seeddump import finishing
+
+        if OLD_FILES in self.kept_aside(slot).values():
+            return None
+        if _files_of(slot.folder / f".media.seeddump-undo.{finishing.tag(slot.target)}") == OLD_FILES:
+            undone = self.restoredump(slot, path, "undo", "--undo")
+            if undone.returncode != 0 or _files_of(slot.media) != OLD_FILES:
+                return f"the old files are kept for an undo, but --undo did not put them back: {_last(undone)}"
+            return None
+        beside = ", ".join(sorted(entry.name for entry in slot.folder.iterdir() if entry.name != "media"))
+        return f"the old files are lost after the next restore (beside MEDIA_ROOT: {beside or 'nothing'})"
+
+    def holding_old_files(self, slot: Slot) -> list[str]:
+        """The folders beside MEDIA_ROOT that hold exactly the old files."""
+        return [
+            entry.name
+            for entry in sorted(slot.folder.iterdir())
+            if entry.name != "media" and entry.is_dir() and _files_of(entry) == OLD_FILES
+        ]
+
+    def kept_aside(self, slot: Slot) -> dict[str, dict[str, bytes]]:
+        """The folders beside MEDIA_ROOT where a first restore keeps what MEDIA_ROOT held, and their files."""
+        if not slot.folder.is_dir():
+            return {}
+        return {
+            entry.name: _files_of(entry)
+            for entry in sorted(slot.folder.iterdir())
+            if entry.name.startswith(".media.seeddump-kept.")
+        }
+
+    def exists(self, database: str) -> bool:
+        with self.server.connect() as admin:
+            return bool(self.databases_like(admin, database.replace("_", "\\_")))
+
+    def left_behind(self, slot: Slot, log: Path, path: Path_) -> list[str]:
+        from seeddump import finishing, snapshots, undo
 
         left: list[str] = []
         pids = [int(line.split("\t")[1]) for line in log.read_text().splitlines() if line.startswith("PID\t")]
@@ -433,14 +697,23 @@ class Matrix:
                 (undo.prefix(slot.target).replace("_", "\\_") + "%",),
             ).fetchall()
             left += [f"{name} (pending)" for name, label in copies if undo.PENDING in (label or "")]
+            if not path.keeps_undo:
+                left += [f"{name} (kept for an undo)" for name, label in copies if undo.PENDING not in (label or "")]
+            empty = admin.execute(
+                "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname LIKE %s",
+                (snapshots.empty_name(slot.target, "", self.dumps).replace("_", "\\_") + "%",),
+            ).fetchall()
+            left += [f"{name} (unlabelled)" for name, label in empty if '"empty"' not in (label or "")]
             roles = admin.execute(
                 "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname LIKE"
                 " 'seeddump\\_sandbox\\_%' AND rolcanlogin AND (rolvaliduntil IS NULL OR rolvaliduntil > now())"
             ).fetchall()
             left += [f"role {name}" for name, label in roles if any(f'"{pid}' in (label or "") for pid in pids)]
         beside = sorted(entry.name for entry in slot.folder.iterdir() if entry.name != "media")
-        kept = [name for name in beside if name.startswith(".media.seeddump-undo.")]  # the undo copy's files
-        left += [f"{name} beside MEDIA_ROOT" for name in beside if name not in kept[:1]]
+        allowed = [name for name in beside if name.startswith(".media.seeddump-undo.")][: int(path.keeps_undo)]
+        if path.start == MISSING:  # the first restore's folder of the old files, which no restore removes
+            allowed += [name for name, files in self.kept_aside(slot).items() if files == OLD_FILES][:1]
+        left += [f"{name} beside MEDIA_ROOT" for name in beside if name not in allowed]
         return left
 
     def fingerprint(self, database: str) -> tuple[Any, ...]:
@@ -471,7 +744,7 @@ def run_matrix(
     server: Server,
     dump: Path,
     *,
-    paths: Iterable[str] = ("cold", "warm", "in-place"),
+    paths: Iterable[str] = tuple(PATHS),
     faults: Iterable[str] = FAULTS,
     jobs: int = 2,
     workdir: Path | None = None,
@@ -486,6 +759,7 @@ def run_matrix(
         matrix.prepare()
         faults = tuple(faults)
         for path in paths:
+            began = time.monotonic()
             changes = matrix.record(PATHS[path])
             report.changes[path] = changes
             with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -493,6 +767,7 @@ def run_matrix(
                     report.outcomes.append(outcome)
                     if progress:
                         progress(outcome)
+            report.path_seconds[path] = time.monotonic() - began
     finally:
         matrix.cleanup()
         if workdir is None:
@@ -536,8 +811,61 @@ def _changes(log: Path) -> list[Change]:
     return changes
 
 
-def _fault_applied(log: Path) -> bool:
-    return log.exists() and any(line.startswith("FAULT\t") for line in log.read_text().splitlines())
+def _fault_applied(log: Path) -> str | None:
+    """Which process the fault was applied in ("main": the run's own, "child": a process it started), or None."""
+    if not log.exists():
+        return None
+    for line in log.read_text().splitlines():
+        if line.startswith("FAULT\t"):
+            parts = line.split("\t")
+            return parts[2] if len(parts) > 2 else "main"
+    return None
+
+
+def _run_args(path: Path_) -> tuple[str, ...]:
+    """The arguments of the path's run that is recorded and faulted (the path's own are ``Path_.args``)."""
+    return ("--undo",) if path.undoes else ()
+
+
+def _forget(log: Path) -> None:
+    """A probe log and its counter, gone before the run that writes them."""
+    log.unlink(missing_ok=True)
+    Path(f"{log}.count").unlink(missing_ok=True)
+
+
+def _alive(pid: int, started: str) -> bool:
+    """Whether the process ``pid`` that started at ``started`` (/proc's clock ticks) still runs (a zombie does not;
+    a pid since reused by another process does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] != "Z" and (started == "?" or fields[19] == started)
+
+
+def _wait_for_spawned(log: Path, timeout: float = TIMEOUT) -> list[str]:
+    """Waits for every process a probed run started (its ``SPAWN`` lines, the background process's own too) to
+    end: the background process that finishes a restore, or a program a killed run left running. Past
+    ``timeout`` the ones still running are killed; returns them."""
+    deadline = time.monotonic() + timeout
+    killed: list[str] = []
+    waited: set[tuple[int, str]] = set()
+    while True:
+        lines = log.read_text().splitlines() if log.exists() else []
+        spawned = [line.split("\t") for line in lines if line.startswith("SPAWN\t")]
+        running = [(int(pid), start, program) for _, pid, start, program in spawned if (int(pid), start) not in waited]
+        if not running:
+            return killed
+        for pid, start, program in running:
+            while _alive(pid, start):
+                if time.monotonic() > deadline:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                    killed.append(f"{program} (pid {pid})")
+                    break
+                time.sleep(0.05)
+            waited.add((pid, start))
 
 
 def _last(done: subprocess.CompletedProcess[str]) -> str:
@@ -603,11 +931,15 @@ def _make_dump(server: Server, workdir: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
-    parser.add_argument("--paths", default="cold,warm,in-place")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"of: {', '.join(PATHS)}")
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--dump", type=Path, help="a dump made with --media (default: seed and make one)")
+    parser.add_argument("--workdir", type=Path, help="keep the matrix's folder (each case's probe log) here")
     options = parser.parse_args()
+    unknown = [name for name in options.paths.split(",") if name not in PATHS]
+    if unknown:
+        parser.error(f"unknown path(s) {', '.join(unknown)}; the paths are {', '.join(PATHS)}")
     sys.path[:0] = [str(HOOK), str(REPO)]
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crashmatrix_settings")
     if options.database_url:
@@ -625,6 +957,7 @@ def main() -> int:
             paths=options.paths.split(","),
             faults=options.faults.split(","),
             jobs=options.jobs,
+            workdir=options.workdir,
             progress=lambda outcome: print("." if outcome.held else "F", end="", flush=True),
         )
     print()

@@ -3,21 +3,31 @@ after one of them (seeds/scripts/crashmatrix.py).
 
 A state change is:
 - ``sql``: a statement one of seeddump's own psycopg connections (``seeddump.driver.Connection``) executes,
-  but for SELECT, SHOW, SET and RESET; and the COMMIT of every transaction such a connection commits;
+  but for SELECT, SHOW, SET and RESET (a session's settings are no state: ``postgres.advisory_lock`` sets and
+  resets lock_timeout only when it has to wait, which would shift the numbers of the changes after it when
+  cases run side by side); and the COMMIT of every transaction such a connection commits;
 - ``file``: ``os.rename``, ``os.replace``, ``os.unlink``/``os.remove``, ``os.rmdir``, ``shutil.rmtree``, and
   seeddump's ``renameat2`` (the media exchange);
 - ``exit``: a child process seen to exit (``subprocess.Popen.wait``/``poll``, which ``communicate`` and
   ``subprocess.run`` call).
 
+A Python process the restore starts (the background process that finishes it, ``seeddump.background``)
+inherits the environment and this folder on its import path, so it is probed too: the changes of every
+probed process are numbered in one sequence (a counter beside the log, taken under a lock), and the fault
+lands in whichever process makes change N. Its ``where`` ends with `` [child]``.
+
 Environment: CRASHMATRIX_LOG, the file each change is appended to (``N<TAB>kind<TAB>shape<TAB>where``);
 CRASHMATRIX_FAULT_AT=N and CRASHMATRIX_FAULT=kill|term|sessions: right after change N, SIGKILL or SIGTERM this
 process, or end every server session whose application_name starts with CRASHMATRIX_APPNAME (this restore's:
-its own, pg_restore's, psql's) over a connection of the probe's own. The line ``FAULT<TAB>N`` is written
-just before the fault, so the harness knows it was applied. ``PID<TAB>n`` lines name the server processes of
-seeddump's sessions."""
+its own, pg_restore's, psql's) over a connection of the probe's own. The line ``FAULT<TAB>N<TAB>main|child``
+is written just before the fault, so the harness knows it was applied and in which process. ``PID<TAB>n``
+lines name the server processes of seeddump's sessions; ``SPAWN<TAB>pid<TAB>start time<TAB>program`` every
+process started (so that the harness waits for the ones that outlive the restore before judging);
+``PROC<TAB>pid<TAB>main|child`` each probed process."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib.abc
 import importlib.machinery
 import os
@@ -34,13 +44,29 @@ _FAULT_AT = int(os.environ.get("CRASHMATRIX_FAULT_AT") or 0)
 _FAULT = os.environ.get("CRASHMATRIX_FAULT", "")
 _APPNAME = os.environ.get("CRASHMATRIX_APPNAME", "")
 _READ_ONLY = {"SELECT", "SHOW", "SET", "RESET"}  # a session's settings change nothing that outlives it
-_count = 0
+# The first probed process of a run is its main one; the Python processes it starts find this set.
+_ROLE = "child" if os.environ.get("CRASHMATRIX_MAIN_PID") else "main"
 _busy = False  # the probe's own work (its log, the fault's connection) is never counted
 
 
 def _write(line: str) -> None:
     with open(_LOG, "a", encoding="utf-8") as log:
         log.write(line + "\n")
+
+
+def _count_and_write(kind: str, shape: str, where: str) -> int:
+    """The next number of the run's one sequence (shared by every probed process), its line written under the
+    same lock so that the log is in that order."""
+    fd = os.open(_LOG + ".count", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        number = int(os.read(fd, 32) or b"0") + 1
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, str(number).encode())
+        _write(f"{number}\t{kind}\t{shape}\t{where}")
+        return number
+    finally:
+        os.close(fd)  # and the lock with it
 
 
 def _where() -> str:
@@ -62,14 +88,14 @@ def _shape(text: str) -> str:
 
 
 def changed(kind: str, detail: str) -> None:
-    global _count, _busy
-    _count += 1
+    global _busy
     _busy = True
     try:
-        _write(f"{_count}\t{kind}\t{_shape(detail)}\t{_where()}")
-        if _count != _FAULT_AT:
+        where = _where() + (" [child]" if _ROLE == "child" else "")
+        number = _count_and_write(kind, _shape(detail), where)
+        if number != _FAULT_AT:
             return
-        _write(f"FAULT\t{_count}")
+        _write(f"FAULT\t{number}\t{_ROLE}")
         if _FAULT == "sessions":
             _end_sessions()
             return
@@ -86,12 +112,13 @@ def _end_sessions() -> None:
         conn.autocommit = True
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name LIKE %s AND pid <> pg_backend_pid()",
-            (_APPNAME.replace("_", r"\_") + "%",),
+            " WHERE (application_name LIKE %s OR pid = ANY(%s)) AND pid <> pg_backend_pid()",
+            (_APPNAME.replace("_", r"\_") + "%", _backends),
         )
 
 
 _connection_params: dict[str, Any] = {}
+_backends: list[int] = []  # this process's own sessions (a background process names its sessions otherwise)
 
 
 def _statement(conn: Any, query: Any) -> str:
@@ -148,6 +175,7 @@ def _patch_psycopg() -> None:
                 _connection_params.update(conn.info.get_parameters())
                 if conn.info.password:
                     _connection_params["password"] = conn.info.password
+            _backends.append(conn.info.backend_pid)
             _write(f"PID\t{conn.info.backend_pid}")
         return conn
 
@@ -170,12 +198,21 @@ def _patch_psycopg() -> None:
     psycopg.Connection.commit = commit_counted  # type: ignore[method-assign]
 
 
+# tempfile's random names (``tempfile.TemporaryFile`` unlinks its file at once where O_TMPFILE is not used).
+_TEMPORARY = re.compile(r"(tmp)?[a-z0-9_]{8}")
+
+
+def _file_name(path: Any) -> str:
+    name = os.path.basename(str(path))
+    return "(a temporary file)" if _TEMPORARY.fullmatch(name) else name
+
+
 def _patch_files() -> None:
     def counting(name: str, function: Any) -> Any:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             done = function(*args, **kwargs)
             if not _busy:
-                changed("file", f"{name} {os.path.basename(str(args[0]))}" if args else name)
+                changed("file", f"{name} {_file_name(args[0])}" if args else name)
             return done
 
         return wrapped
@@ -198,8 +235,22 @@ def _patch_media(module: Any) -> None:
     module._renameat2 = counted
 
 
+def _start_time(pid: int) -> str:
+    """The process's start time (/proc/<pid>/stat, field 22): with the pid, names it even if the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
 def _patch_processes() -> None:
-    wait, poll = subprocess.Popen.wait, subprocess.Popen.poll
+    wait, poll, init = subprocess.Popen.wait, subprocess.Popen.poll, subprocess.Popen.__init__
+
+    def init_noted(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        argv = self.args if isinstance(self.args, (list, tuple)) else [self.args]
+        _write(f"SPAWN\t{self.pid}\t{_start_time(self.pid)}\t{os.path.basename(str(argv[0]))}")
 
     def noted(process: Any, before: Any) -> None:
         if before is None and process.returncode is not None and not _busy:
@@ -218,6 +269,7 @@ def _patch_processes() -> None:
         noted(self, before)
         return done
 
+    subprocess.Popen.__init__ = init_noted  # type: ignore[method-assign]
     subprocess.Popen.wait = wait_counted  # type: ignore[method-assign]
     subprocess.Popen.poll = poll_counted  # type: ignore[method-assign]
 
@@ -253,6 +305,8 @@ def install() -> None:
     # Python's tempfile tries a randomly named file in the temporary folder the first time it is used: no state
     # change of a restore, and a different name each run. Done before the file functions are watched.
     tempfile.gettempdir()
+    os.environ.setdefault("CRASHMATRIX_MAIN_PID", str(os.getpid()))  # for the processes it starts
+    _write(f"PROC\t{os.getpid()}\t{_ROLE}")
     _patch_psycopg()
     _patch_files()
     _patch_processes()
