@@ -479,13 +479,17 @@ class Exchange:
     incoming_inode: int
     root_inode: int | None  # None: there was no MEDIA_ROOT
     contents: bool = False
+    # Nothing records it (no database is replaced, so no label: a first restore's files kept aside): the old
+    # files go to ``outgoing`` before the new ones come in, so that no stop leaves them under a name that a
+    # later run removes. MEDIA_ROOT is missing in between.
+    unrecorded: bool = False
 
     @classmethod
-    def plan(cls, root: Path, incoming: Path, outgoing: Path) -> Exchange:
+    def plan(cls, root: Path, incoming: Path, outgoing: Path, *, unrecorded: bool = False) -> Exchange:
         root = _resolved(root)
         inode = _inode(incoming)
         assert inode is not None
-        return cls(root, incoming, outgoing, inode, _inode(root), is_mount_point(root))
+        return cls(root, incoming, outgoing, inode, _inode(root), is_mount_point(root), unrecorded)
 
     def as_label(self) -> dict[str, object]:
         return {
@@ -539,12 +543,32 @@ class Exchange:
         """Does what is left of the exchange; SeeddumpError (saying where the files are) if it cannot. Returns
         the folders it set aside to drop (an earlier undo's)."""
         try:
+            if self.unrecorded:
+                return self._out_first()
             return self._contents() if self.contents else self._folders()
         except OSError as exc:
             raise SeeddumpError(
                 f"could not swap the media into {self.root}: {exc.strerror or exc}; the incoming files are in "
                 f"{self.incoming}"
             ) from None
+
+    def _out_first(self) -> list[Path]:
+        if self.contents:
+            if self.incoming.exists():
+                self.outgoing.mkdir(mode=0o700, exist_ok=True)
+                for entry in os.scandir(self.root):
+                    if not entry.name.startswith(_OURS_INSIDE):
+                        os.rename(entry.path, self.outgoing / entry.name)
+                for entry in os.scandir(self.incoming):
+                    os.rename(entry.path, self.root / entry.name)
+                os.rmdir(self.incoming)
+            return []
+        if self.root_inode is not None and _inode(self.root) == self.root_inode and _inode(self.outgoing) is None:
+            os.rename(self.root, self.outgoing)
+        moves_in = _inode(self.root) is None and _inode(self.incoming) == self.incoming_inode
+        if moves_in and not _renameat2(self.incoming, self.root, _RENAME_NOREPLACE):
+            os.rename(self.incoming, self.root)
+        return []
 
     def _folders(self) -> list[Path]:
         aside = []

@@ -977,13 +977,14 @@ class _MediaSwap:
         to a folder no restore removes (``media.kept_aside``, said in ``kept_aside``)."""
         if self.root is None or self.unpacked is None:
             return None
-        if not replaces and media.holds_files(self.root):
+        unrecorded = not replaces and media.holds_files(self.root)
+        if unrecorded:
             self.kept_aside = outgoing = media.kept_aside(self.root)
         elif keep:
             outgoing = media.undo_folder(self.root, finishing.tag(target))
         else:
             outgoing = media.leftover(self.root)
-        self.planned = media.Exchange.plan(self.root, self.unpacked, outgoing)
+        self.planned = media.Exchange.plan(self.root, self.unpacked, outgoing, unrecorded=unrecorded)
         return self.planned
 
     def abandon(self) -> None:

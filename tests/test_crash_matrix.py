@@ -26,19 +26,7 @@ import crashmatrix
 
 # Cases the matrix finds broken in seeddump, each with why ("path #change fault": reason). Strict: a case
 # listed here that holds fails the test too, so that the list is shortened the day seeddump is mended.
-EXPECTED_BROKEN: dict[str, str] = {
-    # A first restore (no target database) keeps MEDIA_ROOT's files aside (.<media>.seeddump-kept.<time>), but
-    # no label records that exchange (databases.swap labels the replaced database, and there is none): between
-    # its renameat2(RENAME_EXCHANGE) and the rename of the old files to the kept folder, they sit under the
-    # unpacked folder's name (.<media>.seeddump-new.<pid>.<hex>), which the next restore removes as a dead
-    # run's leftover (media.drop_leftovers). The old files are lost.
-    "first #19 kill": "the old files are lost: left as .media.seeddump-new.<dead pid>, removed by the next restore",
-    "first #19 term": "the old files are lost: left as .media.seeddump-new.<pid>, removed by the next restore "
-    "(the run says the next restoredump finishes it)",
-    # restoredump --undo looks for the copy (restore.find_undo) before it lets SIGTERM unwind as an interruption
-    # (interrupt_on_sigterm): a SIGTERM there ends it by the signal's default action, saying nothing.
-    "undo #1 term": "SIGTERM before interrupt_on_sigterm (find_undo): the run dies silently, exit -15",
-}
+EXPECTED_BROKEN: dict[str, str] = {}
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 

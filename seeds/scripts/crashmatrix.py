@@ -37,7 +37,9 @@ Per path:
 - ``first``: the old state is no database and the old files in MEDIA_ROOT. The old files are never lost: in
   MEDIA_ROOT, or in the folder beside it where seeddump keeps them when there was no database to keep them
   with (``.<media>.seeddump-kept.<time>``; ``--undo`` cannot put them back, by design, and must refuse while
-  naming that folder), or in the undo folder after the next restore, where ``--undo`` must bring them back;
+  naming that folder), or in the undo folder after the next restore, where ``--undo`` must bring them back.
+  The dump's database with no MEDIA_ROOT at all (the old files moved out, the dump's not yet in) is the new
+  state with its media still to put in place, which the next restore does;
 - ``finishing``: as ``cold``; the next restoredump, and the ``--undo``, run with ``--wait``.
 
 Without --database-url the project's embedded server is used; without --dump the script seeds a database and
@@ -506,8 +508,17 @@ class Matrix:
             elif not ("not changed" in said or "interrupted" in said):
                 return Outcome(case, False, state, f"the old state is intact; the line says neither: {_last(faulted)}")
             return state
-        if rows == self.new and files in (self.new_files, OLD_FILES):
-            state = "new" if files == self.new_files else "new (media exchange to finish)"
+        # A first restore moves the old files out to the folder it keeps them in before the dump's come in (no
+        # label records that exchange): stopped between the two, MEDIA_ROOT is missing, nothing is lost.
+        missing_media = path.start == MISSING and files == {} and not slot.media.exists()
+        if rows == self.new and (files in (self.new_files, OLD_FILES) or missing_media):
+            state = (
+                "new"
+                if files == self.new_files
+                else "new (media to put in place)"
+                if missing_media
+                else "new (media exchange to finish)"
+            )
             if run.killed:
                 pass
             elif faulted.returncode not in (0, 3) or (faulted.returncode == 3 and "now holds" not in said):

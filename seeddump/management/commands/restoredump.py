@@ -124,34 +124,36 @@ class Command(BaseCommand):
             )
         shared_storage = "pull" if options["pull"] else ("offline" if options["offline"] else "auto")
         try:
-            plan = plan_restore(
-                options["environment"],
-                dump=options["dump"],
-                using=options["database"],
-                force=options["force"],
-                shared_storage=shared_storage,
-                with_media=options["media"],
-                trust=options["trust"],
-                progress=progress,
-            )
-            for note in plan.notes:
-                self.stderr.write(self.style.WARNING(note))
-            if options["interactive"] and not self._confirmed(plan):
-                raise CommandError("Restore cancelled; the database was not changed.")
-            in_background = conf.BACKGROUND if options["background"] is None else options["background"]
-            with interrupt_on_sigterm(), interruptions_judged():
-                choices = RestoreOptions(
-                    jobs=options["jobs"],
-                    use_snapshots=None if options["snapshot"] else False,
-                    defer=in_background,
-                    in_place=options["in_place"],
-                    migrate=options["migrate"],
+            # from the first step on, SIGTERM (docker stop, a cancelled job) is an interruption, said in a line
+            with interrupt_on_sigterm():
+                plan = plan_restore(
+                    options["environment"],
+                    dump=options["dump"],
+                    using=options["database"],
+                    force=options["force"],
+                    shared_storage=shared_storage,
+                    with_media=options["media"],
+                    trust=options["trust"],
+                    progress=progress,
                 )
-                result = restore(plan, choices, progress=progress)
-                if result.followup is not None:
-                    with after_swap(result.database, plan.dump_path.name, result.undo_copy, {}):
-                        pid = background.finish_later(result.followup, progress)
-                    result = replace(result, followup=result.followup if pid else None, background_pid=pid)
+                for note in plan.notes:
+                    self.stderr.write(self.style.WARNING(note))
+                if options["interactive"] and not self._confirmed(plan):
+                    raise CommandError("Restore cancelled; the database was not changed.")
+                in_background = conf.BACKGROUND if options["background"] is None else options["background"]
+                with interruptions_judged():
+                    choices = RestoreOptions(
+                        jobs=options["jobs"],
+                        use_snapshots=None if options["snapshot"] else False,
+                        defer=in_background,
+                        in_place=options["in_place"],
+                        migrate=options["migrate"],
+                    )
+                    result = restore(plan, choices, progress=progress)
+                    if result.followup is not None:
+                        with after_swap(result.database, plan.dump_path.name, result.undo_copy, {}):
+                            pid = background.finish_later(result.followup, progress)
+                        result = replace(result, followup=result.followup if pid else None, background_pid=pid)
         except SeeddumpError as exc:
             raise CommandError(str(exc), returncode=getattr(exc, "exit_status", 1)) from None
         except KeyboardInterrupt:
@@ -246,13 +248,15 @@ class Command(BaseCommand):
             raise CommandError(f"--undo puts back the replaced database as it was; it does not take {shown}.")
         using = options["database"]
         try:
-            copy = find_undo(using)
-            if options["interactive"] and not self._confirmed_undo(using, copy):
-                raise CommandError("Undo cancelled; the database was not changed.")
-            with interrupt_on_sigterm(), interruptions_judged():
-                result = undo_last(
-                    using, environment=options["environment"], with_media=options["media"], progress=progress
-                )
+            # find_undo may finish an earlier run's work: SIGTERM is an interruption from here on
+            with interrupt_on_sigterm():
+                copy = find_undo(using)
+                if options["interactive"] and not self._confirmed_undo(using, copy):
+                    raise CommandError("Undo cancelled; the database was not changed.")
+                with interruptions_judged():
+                    result = undo_last(
+                        using, environment=options["environment"], with_media=options["media"], progress=progress
+                    )
         except SeeddumpError as exc:
             raise CommandError(str(exc), returncode=getattr(exc, "exit_status", 1)) from None
         except KeyboardInterrupt:
