@@ -507,14 +507,8 @@ class Matrix:
         old_database = not self.exists(slot.target) if path.start == MISSING else rows == self.old
         if old_database and files == OLD_FILES:
             state = "old"
-            if run.killed:
-                pass
-            elif faulted.returncode == 0 or "now holds" in said:
-                return Outcome(
-                    case, False, state, f"the old state is intact but the run said: exit {faulted.returncode}, {last}"
-                )
-            elif not ("not changed" in said or "interrupted" in said):
-                return Outcome(case, False, state, f"the old state is intact; the line says neither: {_last(faulted)}")
+            if (wrong := _said_unchanged(case, state, run, "the old state is intact")) is not None:
+                return wrong
             return state
         # A first restore moves the old files out to the folder it keeps them in before the dump's come in (no
         # label records that exchange): stopped between the two, MEDIA_ROOT is missing, nothing is lost.
@@ -629,14 +623,8 @@ class Matrix:
         files = _files_of(slot.media)
         if rows == self.new and files == self.new_files:
             state = "restored"
-            if run.killed:
-                pass
-            elif faulted.returncode == 0 or "now holds" in said:
-                return Outcome(
-                    case, False, state, f"the dump is still there but the run said: exit {faulted.returncode}, {last}"
-                )
-            elif not ("not changed" in said or "interrupted" in said):
-                return Outcome(case, False, state, f"the dump is still there; the line says neither: {_last(faulted)}")
+            if (wrong := _said_unchanged(case, state, run, "the dump is still there")) is not None:
+                return wrong
             second = self.restoredump(slot, path, "undo-again", "--undo")
             if second.returncode != 0:
                 return Outcome(case, False, state, f"a second --undo failed: {_last(second)}")
@@ -885,6 +873,18 @@ def _wait_for_spawned(log: Path, timeout: float = TIMEOUT) -> list[str]:
                     break
                 time.sleep(0.05)
             waited.add((pid, start))
+
+
+def _said_unchanged(case: Case, state: str, run: _Run, found: str) -> Outcome | None:
+    """The broken outcome when a run that left the target unchanged said otherwise (a SIGKILLed run says
+    nothing); None when it said "not changed" or "interrupted"."""
+    if run.killed:
+        return None
+    if run.done.returncode == 0 or "now holds" in run.said:
+        return Outcome(case, False, state, f"{found} but the run said: exit {run.done.returncode}, {run.last}")
+    if not ("not changed" in run.said or "interrupted" in run.said):
+        return Outcome(case, False, state, f"{found}; the line says neither: {_last(run.done)}")
+    return None
 
 
 def _last(done: subprocess.CompletedProcess[str]) -> str:
