@@ -291,6 +291,16 @@ class Settings:
         return _int("SNAPSHOTS_KEEP", 3)
 
     @property
+    def TEST_CACHE(self) -> bool:
+        """Django's test databases (pytest-django, manage.py test) come from the cache of migrated ones."""
+        return _bool("TEST_CACHE", True)
+
+    @property
+    def TEST_CACHE_KEEP(self) -> int:
+        """How many migrated test databases (states of the migrations) of this dumps folder to keep on a server."""
+        return _int("TEST_CACHE_KEEP", 4)
+
+    @property
     def READY_COPIES(self) -> bool:
         """Keep one more copy of the last restored dump per database, so that restoring it again is two renames."""
         return _bool("READY_COPIES", True)

@@ -173,11 +173,13 @@ def _add_note(notes: list[str], note: str) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """In the xdist controller, before the workers start: pulls a newer shared dump once, and checks an
-    explicitly configured environment's dump."""
+    """In a session or xdist worker that makes test databases: pytest-django's come from the cache of migrated
+    test databases. In the xdist controller, before the workers start: pulls a newer shared dump once, and
+    checks an explicitly configured environment's dump."""
     config = session.config
     controller = bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
     if not controller:
+        _cache_test_databases(config)
         return
     from seeddump import shared, testdatabases
     from seeddump.exceptions import NoDump, SeeddumpError
@@ -193,6 +195,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return  # the workers skip (or fail) the seeded tests alone, each with the line
     except SeeddumpError as exc:
         raise pytest.UsageError(f"seeddump: cannot build the seeded test databases: {exc}") from None
+
+
+def _cache_test_databases(config: pytest.Config) -> None:
+    """pytest-django's test databases are copies of the migrated state its code's migrations make (see
+    ``seeddump.testcache``), where Django is set up with PostgreSQL databases and SEEDDUMP_TEST_CACHE is on."""
+    from django.apps import apps
+    from django.conf import settings
+
+    if not settings.configured or not apps.ready:
+        return
+    from seeddump import testcache
+
+    seeding = config.stash[_SEEDING]
+    testcache.install(say=lambda line: _add_note(seeding.notes, line), report=seeding.built.append)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

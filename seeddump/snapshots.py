@@ -38,7 +38,14 @@ PREFIX = "seeddump_snap_"
 READY_PREFIX = "seeddump_ready_"
 BUILD_PREFIX = "seeddump_build_"
 EMPTY_PREFIX = "seeddump_empty_"
-_KINDS = {PREFIX: "snapshot", READY_PREFIX: "ready", BUILD_PREFIX: "build", EMPTY_PREFIX: "empty"}
+TEST_PREFIX = "seeddump_tdb_"  # migrated test databases (``seeddump.testcache``), dropped with the folder's copies
+_KINDS = {
+    PREFIX: "snapshot",
+    READY_PREFIX: "ready",
+    BUILD_PREFIX: "build",
+    EMPTY_PREFIX: "empty",
+    TEST_PREFIX: "migrated",
+}
 _LOCK_CLASS = 0x5EEE  # the second key is the dumps folder's name prefix: one lock per folder and server
 _RESTORING_CLASS = 0x5EEF  # held shared by every running restore of the folder (see ``restoring``)
 
@@ -357,9 +364,12 @@ def prune(
 
 
 def drop_all(admin: driver.Connection, directory: Path | None = None) -> list[str]:
-    """Drops every snapshot, ready copy, build and prepared empty database of the dumps folder that is ours."""
+    """Drops every snapshot, ready copy, build, prepared empty database and migrated test database of the dumps
+    folder that is ours."""
     dropped = prune(admin, directory, keep=0)
-    for empty in list_snapshots(admin, directory, EMPTY_PREFIX, sizes=False):
+    for empty in list_snapshots(admin, directory, EMPTY_PREFIX, sizes=False) + list_snapshots(
+        admin, directory, TEST_PREFIX, sizes=False
+    ):
         if databases.drop(admin, empty.name):
             dropped.append(empty.name)
     return dropped

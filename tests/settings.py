@@ -46,6 +46,8 @@ SEEDDUMP_CONNECT_TIMEOUT = 3
 SEEDDUMP_LOCK_TIMEOUT = 60  # a stuck test fails alone, long before CI's limit
 # Restores finish before returning unless a test asks for the background (tests/test_background.py).
 SEEDDUMP_BACKGROUND = False
+# This suite's own test databases are migrated by Django; the cache has tests of its own (test_testcache.py).
+SEEDDUMP_TEST_CACHE = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # The demo seed writes files: never into the checkout's media/. Each test gets its own (conftest.py).
 MEDIA_ROOT = tempfile.mkdtemp(prefix="seeddump-test-media-")

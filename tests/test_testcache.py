@@ -1,0 +1,234 @@
+"""The cache of migrated test databases: a project's pytest-django and ``manage.py test`` sessions, in
+subprocesses, get their empty test database as a copy of the state its migrations made, on both servers."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.db import connections
+from psycopg import sql
+
+from seeddump import databases, postgres, testcache
+from tests.conftest import REPO, database_names, database_url, run_bounded, shell_env
+from tests.settings import RUN
+
+sys.path.insert(0, str(REPO / "seeds" / "scripts"))
+import migrations_project
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+@dataclass
+class Project:
+    folder: Path
+    alias: str
+    name: str  # its database's NAME; Django's test database is test_<name>
+    dumps: Path
+
+    @property
+    def test_database(self) -> str:
+        return f"test_{self.name}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return shell_env(
+            DATABASE_URL=database_url(self.alias, self.name),
+            SEEDDUMP_DIR=str(self.dumps),
+            PYTHONPATH=str(REPO),
+            PYTHONUNBUFFERED="1",
+            PYTHONDONTWRITEBYTECODE="1",  # a branch's migration file of the same size must not come from a .pyc
+            **extra,
+        )
+
+    def pytest(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "-v", "tests", *args]
+        return self._run(argv, env)
+
+    def manage_test(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "manage.py", "test", "tests", "--noinput", "-v", "2", *args]
+        return self._run(argv, env)
+
+    def _run(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        connections.close_all()
+        result = run_bounded(argv, cwd=self.folder, env=self.env(**env), timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result
+
+    def states(self) -> list[testcache.State]:
+        with postgres.connect_maintenance(connections[self.alias].settings_dict) as admin:
+            return testcache.states(admin, directory=self.dumps)
+
+
+@pytest.fixture
+def project(alias: str, tmp_path: Path) -> Iterator[Project]:
+    """A project with a short migration history (3 apps, 4 models each, 6 migrations each, plus Django's),
+    whose test databases and cache are its own on the alias's server."""
+    folder = tmp_path / "project"
+    migrations_project.write_project(folder, apps=3, models=4, migrations=6)
+    name = f"tcache_{RUN}_{hashlib.sha256(str(tmp_path).encode()).hexdigest()[:8]}"
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    yield Project(folder, alias, name, dumps)
+    with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
+        testcache.drop_all(admin, dumps)
+        for (database,) in admin.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (f"test_{name}",)
+        ).fetchall():
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+def made_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return re.findall(r"seeddump: test database \S+ [^\n]*", result.stdout + result.stderr)
+
+
+def test_a_later_session_copies_the_migrated_state_instead_of_migrating(project: Project) -> None:
+    first = project.pytest("--create-db")
+    (line,) = made_lines(first)
+    assert "migrated from an empty database" in line, line
+    (state,) = project.states()
+    assert (("app002", "0006_model000_added_0006") in state.migrations) and len(state.migrations) > 18
+    assert state.name in line  # "kept as <state>"
+
+    second = project.pytest("--create-db")
+    assert made_lines(second) == [f"seeddump: test database {project.test_database} copied from {state.name}."]
+    assert "3 passed" in second.stdout
+    # The state stays closed to connections (as kept) and is the only one.
+    assert [s.name for s in project.states()] == [state.name]
+    with postgres.connect_maintenance(connections[project.alias].settings_dict) as admin:
+        (allowed,) = admin.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", (state.name,)).fetchone()
+    assert allowed is False
+    # Nothing else of the session is left: pytest-django drops its test database without --reuse-db.
+    assert project.test_database not in database_names(project.alias)
+
+
+def test_an_added_migration_is_applied_alone_on_a_copy_and_kept(project: Project) -> None:
+    project.pytest()
+    (base,) = project.states()
+    added = migrations_project.add_migration(project.folder, "app001", "on_this_branch")
+
+    result = project.pytest()
+
+    (line,) = made_lines(result)
+    assert f"copied from {base.name}, 1 migration(s) applied; kept as " in line, line
+    newest = project.states()[0]
+    assert set(newest.migrations) == set(base.migrations) | {("app001", added)}
+    # The next session copies the new state, with nothing left to apply.
+    again = project.pytest()
+    assert made_lines(again) == [f"seeddump: test database {project.test_database} copied from {newest.name}."]
+
+
+def test_another_branch_never_uses_a_state_that_holds_a_migration_it_lacks_or_changed(project: Project) -> None:
+    project.pytest()
+    (base,) = project.states()
+    app = project.folder / "app001"
+    pristine = {path: path.read_bytes() for path in app.rglob("*.py")}
+    migrations_project.add_migration(project.folder, "app001", "branch_a")
+    project.pytest()
+    branch_a = project.states()[0]
+    for path, content in pristine.items():  # back to the base, then branch B: same name, other content
+        path.write_bytes(content)
+    for stale in set(app.rglob("*.py")) - set(pristine):
+        stale.unlink()
+    migrations_project.add_migration(project.folder, "app001", "branch_b")
+    (app / "migrations" / "0007_branch_b.py").rename(app / "migrations" / "0007_branch_a.py")
+
+    result = project.pytest()
+
+    (line,) = made_lines(result)
+    assert f"copied from {base.name}, 1 migration(s) applied" in line, line  # never branch A's state
+    assert branch_a.name not in line
+
+
+def test_reuse_db_remakes_a_database_from_another_branch_and_says_so_once(project: Project) -> None:
+    project.pytest("--reuse-db")
+    pristine = {path: path.read_bytes() for path in (project.folder / "app002").rglob("*.py")}
+    added = migrations_project.add_migration(project.folder, "app002", "feature")
+    migrated = project.pytest("--reuse-db")
+    assert "kept from an earlier run, 1 migration(s) applied" in made_lines(migrated)[0]
+    for path, content in pristine.items():  # the branch switched back: the kept database holds its migration
+        path.write_bytes(content)
+    (project.folder / "app002" / "migrations" / f"{added}.py").unlink()
+
+    result = project.pytest("--reuse-db")
+
+    said = [line for line in result.stdout.splitlines() if "held migrations that this code lacks" in line]
+    assert said == [
+        f"seeddump: the kept test database {project.test_database} held migrations that this code lacks or has "
+        f"changed (app002.{added}); it was made again from the cache of migrated test databases."
+    ]
+    with postgres.connect(connections[project.alias].settings_dict, project.test_database) as conn:
+        recorded = conn.execute("SELECT name FROM public.django_migrations WHERE app = 'app002'").fetchall()
+    assert (added,) not in recorded and ("0006_model000_added_0006",) in recorded
+
+
+def test_xdist_workers_each_copy_the_state_one_worker_made(project: Project) -> None:
+    cold = project.pytest("-n", "2")
+    warm = project.pytest("-n", "2")
+
+    assert sorted(re.sub(r"_gw\d", "_gwN", line).split(" ")[4] for line in made_lines(cold)) == ["copied", "migrated"]
+    (state,) = project.states()  # one worker migrated, the other waited and copied
+    assert sorted(made_lines(warm)) == [
+        f"seeddump: test database {project.test_database}_gw{n} copied from {state.name}." for n in (0, 1)
+    ]
+
+
+def test_manage_py_test_with_parallel_workers_and_keepdb(project: Project) -> None:
+    project.pytest()
+    (state,) = project.states()
+
+    parallel = project.manage_test("--parallel", "2")
+    kept = project.manage_test("--keepdb")
+    again = project.manage_test("--keepdb")
+
+    assert f"seeddump: test database {project.test_database} copied from {state.name}." in parallel.stderr
+    assert "Ran 2 tests" in parallel.stderr and "Cloning test database" in parallel.stderr
+    assert f"seeddump: test database {project.test_database} copied from {state.name}." in kept.stderr
+    assert f"seeddump: test database {project.test_database} kept from an earlier run." in again.stderr
+
+
+def test_a_foreign_database_under_the_cache_name_is_never_used(project: Project, alias: str) -> None:
+    """A database named and labelled as a state of this cache, made by another role (anyone on a shared server
+    with CREATEDB can), is never copied: the test database is migrated, by this project's own migrations."""
+    project.pytest()
+    (state,) = project.states()
+    settings_dict = connections[alias].settings_dict
+    role = f"tcache_other_{RUN}"
+    with postgres.connect_maintenance(settings_dict) as admin:
+        label = admin.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (state.name,)
+        ).fetchone()[0]
+        testcache.drop_all(admin, project.dumps)
+        admin.execute(sql.SQL("CREATE ROLE {} CREATEDB").format(sql.Identifier(role)))
+        try:
+            admin.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(state.name)))
+            databases.label(admin, state.name, __import__("json").loads(label))
+            admin.execute("RESET ROLE")
+
+            result = project.pytest()
+
+            (line,) = made_lines(result)
+            assert "migrated from an empty database" in line, line
+            assert not databases.is_ours(admin, state.name)  # left alone: not ours to drop either
+        finally:
+            admin.execute("RESET ROLE")
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(state.name)))
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def test_the_cache_is_bounded_and_migrations_turned_off_are_not_cached(project: Project) -> None:
+    project.pytest("--no-migrations")
+    assert project.states() == []  # the tables came from the models: nothing to key a state by
+    project.pytest()
+    migrations_project.add_migration(project.folder, "app000", "one")
+    project.pytest(SEEDDUMP_TEST_CACHE_KEEP="1")
+    (kept,) = project.states()
+    assert ("app000", "0007_one") in kept.migrations
+    result = project.pytest(SEEDDUMP_TEST_CACHE="false")
+    assert made_lines(result) == []
