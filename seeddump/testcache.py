@@ -155,7 +155,7 @@ def _labelled(kind: str) -> dict[str, str]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")  # a state made after a copy is newer
 
 
 def states(admin: driver.Connection, key: str | None = None, directory: Path | None = None) -> list[State]:

@@ -39,10 +39,10 @@ url = urlsplit(os.environ["DATABASE_URL"])
 DATABASES = {{
     "default": {{
         "ENGINE": "django.db.backends.postgresql",
-        "NAME": url.path.lstrip("/"),
+        "NAME": url.path.rsplit("/", 1)[-1],
         "USER": unquote(url.username or ""),
         "PASSWORD": unquote(url.password or ""),
-        "HOST": unquote(url.hostname or "") or os.environ.get("PGHOST", ""),
+        "HOST": unquote(url.hostname or "") or unquote(url.path.rsplit("/", 1)[0]),  # or a socket folder
         "PORT": str(url.port or ""),
     }}
 }}
