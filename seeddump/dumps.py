@@ -91,15 +91,17 @@ def generate_dump(
     note: str = "",
     allow_empty: bool = False,
     with_media: bool | None = None,
+    extra: Mapping[str, Any] | None = None,
     progress: Progress = _quiet,
 ) -> GeneratedDump:
     """Dumps the alias's database; with ``with_media`` (default: SEEDDUMP_MEDIA) MEDIA_ROOT is archived
-    beside it, while pg_dump runs (see ``seeddump.media``)."""
+    beside it, while pg_dump runs (see ``seeddump.media``). ``extra`` goes into the metadata as it is (signed
+    with the rest)."""
     dumpfiles.validate_environment(environment)
     settings_dict = postgres.settings_for(using)
     media_root = media.media_root() if (conf.MEDIA if with_media is None else with_media) else None
     with postgres.user_errors(settings_dict):
-        return _generate(environment, settings_dict, using, note, allow_empty, media_root, progress)
+        return _generate(environment, settings_dict, using, note, allow_empty, media_root, progress, extra or {})
 
 
 def _generate(
@@ -110,6 +112,7 @@ def _generate(
     allow_empty: bool,
     media_root: Path | None,
     progress: Progress,
+    extra: Mapping[str, Any],
 ) -> GeneratedDump:
     directory = dumpfiles.ensure_directory(conf.DIR)
     for leftover in dumpfiles.remove_abandoned_partials(directory):
@@ -223,6 +226,7 @@ def _generate(
             media=media_info,
             excluded_table_data=tuple(excluded),
             extensions=extensions,
+            extra=dict(extra),
         )
     metadata = signing.sign(metadata)
     try:

@@ -205,10 +205,15 @@ def _cache_test_databases(config: pytest.Config) -> None:
 
     if not settings.configured or not apps.ready:
         return
-    from seeddump import testcache
+    from seeddump import sharedtestcache, testcache
 
     seeding = config.stash[_SEEDING]
-    testcache.install(say=lambda line: _add_note(seeding.notes, line), report=seeding.built.append)
+
+    def say(line: str) -> None:
+        _add_note(seeding.notes, line)
+
+    pull = sharedtestcache.puller(say, trust=_trusted(config), stands_for=seeding.declared)
+    testcache.install(say=say, report=seeding.built.append, pull=pull)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

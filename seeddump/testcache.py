@@ -65,6 +65,12 @@ class Code:
 
     migrations: Mapping[Migration, str]
     key: str
+    portable: str  # the key but the role: for a state shared through the storage (restored as any role)
+
+    def lacks(self, state: State | None) -> int:
+        """How many of the code's migration files ``state`` (None: an empty database) has not applied."""
+        held = state.migrations if state is not None else {}
+        return sum(1 for key, digest in self.migrations.items() if key not in held and not _replaced(digest))
 
     def holds(self, migrations: Mapping[Migration, str]) -> bool:
         """Every one of ``migrations`` is in the code, unchanged."""
@@ -88,6 +94,16 @@ class State:
     migrations: Mapping[Migration, str]
     used: str  # ISO time it was last copied (or made)
     created: str
+    dump: str = ""  # the checksum of the shared dump it was restored from ("": migrated here)
+    owner: str = ""  # of a state from a dump: the role its code runs as (the objects' owner)
+
+    def derived(self) -> dict[str, str]:
+        """What a state made from this one carries on: the dump it came from, whose code it holds."""
+        return {"dump": self.dump, "owner": self.owner} if self.dump else {}
+
+
+def _replaced(digest: str) -> bool:
+    return digest.startswith("squashed into ")
 
 
 def _file_hash(module_name: str) -> str:
@@ -123,14 +139,13 @@ def code(connection: Any, role: str) -> Code | None:
     unmigrated = [f"{label}:{_models_hash(label)}" for label in sorted(loader.unmigrated_apps)]
     what = [
         django.get_version(),
-        role,
         test.get("CHARSET"),
         test.get("COLLATION"),
         test.get("TEMPLATE"),
         str(getattr(settings, "AUTH_USER_MODEL", "")),
         unmigrated,
     ]
-    return Code(migrations, _hash(json.dumps(what), 8))
+    return Code(migrations, _hash(json.dumps([role, *what]), 8), _hash(json.dumps(what), 8))
 
 
 # --- The states on the server --------------------------------------------------------------------------
@@ -140,11 +155,11 @@ def prefix(directory: Path | None = None) -> str:
     return snapshots.folder_prefix(directory, PREFIX)
 
 
-def _state_name(key: str, migrations: Mapping[Migration, str], directory: Path | None = None) -> str:
-    return f"{prefix(directory)}{key}_{_hash(json.dumps(_listed(migrations)), 16)}"
+def state_name(key: str, migrations: Mapping[Migration, str], directory: Path | None = None) -> str:
+    return f"{prefix(directory)}{key}_{_hash(json.dumps(listed(migrations)), 16)}"
 
 
-def _listed(migrations: Mapping[Migration, str]) -> list[list[str]]:
+def listed(migrations: Mapping[Migration, str]) -> list[list[str]]:
     return sorted([app, name, digest] for (app, name), digest in migrations.items())
 
 
@@ -171,7 +186,9 @@ def states(admin: driver.Connection, key: str | None = None, directory: Path | N
         except (TypeError, ValueError):
             continue
         created = str(label.get("created") or "")
-        found.append(State(database.name, migrations, str(label.get("used") or created), created))
+        used = str(label.get("used") or created)
+        dump, owner = str(label.get("dump") or ""), str(label.get("owner") or "")
+        found.append(State(database.name, migrations, used, created, dump, owner))
     return sorted(found, key=lambda state: state.used, reverse=True)
 
 
@@ -201,17 +218,30 @@ def _changing(admin: driver.Connection, directory: Path | None = None) -> Any:
     )
 
 
-def keep(admin: driver.Connection, source: str, code: Code, migrations: Mapping[Migration, str]) -> str | None:
-    """Keeps a copy of the migrated test database ``source`` (no session may be connected to it) as the state
-    of ``migrations``, unless that state is kept already; then drops states over SEEDDUMP_TEST_CACHE_KEEP.
-    Returns the name of the new state, or None."""
-    name = _state_name(code.key, migrations)
+def keep(
+    admin: driver.Connection,
+    source: str,
+    code: Code,
+    migrations: Mapping[Migration, str],
+    derived: Mapping[str, str] | None = None,
+    *,
+    move: bool = False,
+) -> str | None:
+    """Keeps a copy of the migrated test database ``source`` (no session may be connected to it; with ``move``,
+    ``source`` itself) as the state of ``migrations``, unless that state is kept already; then drops states over
+    SEEDDUMP_TEST_CACHE_KEEP. ``derived``: the shared dump it came from (``State.derived``). Returns the name of the
+    new state, or None."""
+    name = state_name(code.key, migrations)
     with _changing(admin):
         if databases.exists(admin, name):
             return None
-        databases.clone(admin, source, name, closed=True)
-        label = {"key": code.key, "created": _now(), "used": _now(), "migrations": _listed(migrations)}
-        databases.label(admin, name, {**_labelled(KIND), **label})
+        if move:
+            databases.rename(admin, source, name)
+            databases.close(admin, name)
+        else:
+            databases.clone(admin, source, name, closed=True)
+        label = {"key": code.key, "created": _now(), "used": _now(), "migrations": listed(migrations)}
+        databases.label(admin, name, {**_labelled(KIND), **label, **(derived or {})})
         _prune(admin, conf.TEST_CACHE_KEEP)
     return name
 
@@ -220,8 +250,8 @@ def _used(admin: driver.Connection, state: State, code: Code) -> None:
     """Records that ``state`` was just copied (pruning keeps the most recently used)."""
     with _changing(admin):
         if databases.is_ours(admin, state.name):
-            label = {"key": code.key, "created": state.created, "used": _now(), "migrations": _listed(state.migrations)}
-            databases.label(admin, state.name, {**_labelled(KIND), **label})
+            label = {"key": code.key, "created": state.created, "used": _now(), "migrations": listed(state.migrations)}
+            databases.label(admin, state.name, {**_labelled(KIND), **label, **state.derived()})
 
 
 def prune(admin: driver.Connection, keep: int | None = None, directory: Path | None = None) -> list[str]:
@@ -247,7 +277,7 @@ def drop_all(admin: driver.Connection, directory: Path | None = None) -> list[st
 # --- The test database ---------------------------------------------------------------------------------
 
 
-def _applied(conn: driver.Connection) -> list[Migration] | None:
+def applied(conn: driver.Connection) -> list[Migration] | None:
     """The migrations recorded in the database ``conn`` is connected to; None without Django's table."""
     table = postgres.project_table(conn, "django_migrations")
     if table is None:
@@ -276,8 +306,8 @@ def _label_of(admin: driver.Connection, name: str) -> tuple[str, dict[Migration,
 def _stale(admin: driver.Connection, settings_dict: Mapping[str, Any], name: str, code: Code) -> list[str]:
     """The migrations of the kept test database ``name`` that the code lacks or has changed."""
     with postgres.connect(settings_dict, name) as conn:
-        applied = _applied(conn) or []
-    return code.foreign(applied, _label_of(admin, name)[1])
+        recorded = applied(conn) or []
+    return code.foreign(recorded, _label_of(admin, name)[1])
 
 
 @dataclass
@@ -287,7 +317,7 @@ class Made:
     name: str
     source: str  # "cache", "kept", "migrated"
     applied: int  # migrations migrate applied on top of it
-    state: str | None = None  # the cached state it was copied from
+    state: State | None = None  # the cached state it was copied from
     kept: str | None = None  # the state this session added to the cache
 
 
@@ -338,7 +368,7 @@ def _describe(made: Made) -> str:
     if made.source == "kept":
         how = "kept from an earlier run"
     elif made.source == "cache":
-        how = f"copied from {made.state}"
+        how = f"copied from {made.state.name if made.state else '?'}"
     else:
         how = "migrated from an empty database"
     then = f", {made.applied} migration(s) applied" if made.applied else ""
@@ -362,11 +392,16 @@ def _make(creation: Any, code: Code, name: str, keepdb: bool, say: Say) -> Made:
             )
         if databases.exists(admin, name):  # Django's clobbering, or a stale kept one
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-        if (state := nearest(admin, code)) is not None:
+        state = nearest(admin, code)
+        pull = getattr(creation, "_seeddump_pull", None)
+        if state is not None and (pull is None or not code.lacks(state)):
             return _copied(creation, code, state, name, admin)
         try:
             with _building(admin, code, say):
-                if (state := nearest(admin, code)) is not None:  # another worker made it while this one waited
+                state = nearest(admin, code)  # another worker may have made (or pulled) it while this one waited
+                if pull is not None and code.lacks(state) and pull(creation.connection, code, state):
+                    state = nearest(admin, code)
+                if state is not None:
                     return _copied(creation, code, state, name, admin)
                 _create_empty(admin, creation, name)
                 return _migrated(creation, code, Made(name, "migrated", 0), admin)
@@ -384,7 +419,7 @@ def _create_empty(admin: driver.Connection, creation: Any, name: str) -> None:
 def _copied(creation: Any, code: Code, state: State, name: str, admin: driver.Connection) -> Made:
     databases.clone(admin, state.name, name)
     _used(admin, state, code)
-    return _migrated(creation, code, Made(name, "cache", 0, state=state.name), admin)
+    return _migrated(creation, code, Made(name, "cache", 0, state=state), admin)
 
 
 def _migrated(creation: Any, code: Code, made: Made, admin: driver.Connection) -> Made:
@@ -403,17 +438,24 @@ def _migrated(creation: Any, code: Code, made: Made, admin: driver.Connection) -
     plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
     same_apps = made.source == "cache" or (made.source == "kept" and _label_of(admin, made.name)[0] == code.key)
     migrated = bool(plan) or not same_apps
-    if migrated:
+    derived = made.state.derived() if made.state is not None else {}
+    if migrated and derived:  # a shared dump's code is in it: migrate with its owner's rights at most
+        from seeddump import testdatabases
+
+        trusted = conf.TRUST_DUMPS or bool(conf.SIGNING_KEYS)
+        testdatabases.migrate_as(connection.alias, made.name, derived["owner"], trusted=trusted)
+        made.applied = len(plan)
+    elif migrated:
         verbosity = max(int(getattr(creation, "_seeddump_verbosity", 1)) - 1, 0)
         call_command("migrate", verbosity=verbosity, interactive=False, database=connection.alias, run_syncdb=True)
         made.applied = len(plan)
     applied = _recorded_by_django(connection)
     migrations = {migration: code.migrations[migration] for migration in applied if migration in code.migrations}
-    databases.label(admin, made.name, {**_labelled("test"), "key": code.key, "migrations": _listed(migrations)})
+    databases.label(admin, made.name, {**_labelled("test"), "key": code.key, "migrations": listed(migrations)})
     if migrated and len(migrations) == len(applied):  # a state of the code's own migrations only
         connection.close()
         try:
-            made.kept = keep(admin, made.name, code, migrations)
+            made.kept = keep(admin, made.name, code, migrations, derived)
         except (driver.Error, postgres.LockBusy):
             made.kept = None  # another session is connected to it (a mirror alias): a later run keeps it
     return made
@@ -428,10 +470,16 @@ def _recorded_by_django(connection: Any) -> list[Migration]:
 # --- Installing ----------------------------------------------------------------------------------------
 
 
-def install(say: Say = _quiet, report: Say | None = None, aliases: Iterator[str] | None = None) -> list[str]:
+Pull = Callable[[Any, Code, "State | None"], bool]
+
+
+def install(
+    say: Say = _quiet, report: Say | None = None, aliases: Iterator[str] | None = None, pull: Pull | None = None
+) -> list[str]:
     """Makes the test databases of Django's PostgreSQL connections (all, or ``aliases``) come from the cache;
     returns the aliases it did. ``say`` is given what the user should hear once (a stale kept database);
-    ``report`` how each test database was made (default: Django's log, at verbosity 2). Idempotent;
+    ``report`` how each test database was made (default: Django's log, at verbosity 2); ``pull(connection, code,
+    nearest)`` is asked for a better state than ``nearest`` before migrating (``seeddump.sharedtestcache``). Idempotent;
     SEEDDUMP_TEST_CACHE off does nothing."""
     from django.db import connections
 
@@ -453,6 +501,7 @@ def install(say: Say = _quiet, report: Say | None = None, aliases: Iterator[str]
             creation._seeddump_cache = True
         creation._seeddump_say = say
         creation._seeddump_report = report
+        creation._seeddump_pull = pull
         done.append(alias)
     return done
 

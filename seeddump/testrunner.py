@@ -13,15 +13,19 @@ from typing import Any
 
 from django.test.runner import DiscoverRunner as DjangoDiscoverRunner
 
-from seeddump import testcache
+from seeddump import sharedtestcache, testcache
 
 
 class CachedTestDatabases:
     """A test runner mixin: its test databases come from seeddump's cache of migrated test databases."""
 
     def setup_databases(self, **kwargs: Any) -> Any:
+        from django.conf import settings
+
         log = getattr(self, "log", None)
-        testcache.install(say=(lambda line: log(line)) if callable(log) else testcache.say_on_stderr)
+        say = (lambda line: log(line)) if callable(log) else testcache.say_on_stderr
+        declared = {alias: str(values.get("NAME") or "") for alias, values in settings.DATABASES.items()}
+        testcache.install(say=say, pull=sharedtestcache.puller(say, stands_for=declared))
         return super().setup_databases(**kwargs)  # type: ignore[misc]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -54,6 +55,9 @@ class Project:
         argv = [sys.executable, "manage.py", "test", "tests", "--noinput", "-v", "2", *args]
         return self._run(argv, env)
 
+    def manage(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+        return self._run([sys.executable, "manage.py", *args], env)
+
     def _run(self, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
         connections.close_all()
         result = run_bounded(argv, cwd=self.folder, env=self.env(**env), timeout=300)
@@ -65,22 +69,43 @@ class Project:
             return testcache.states(admin, directory=self.dumps)
 
 
+def _project(alias: str, folder: Path, made: list[Project]) -> Project:
+    name = f"tcache_{RUN}_{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
+    dumps = folder.parent / f"{folder.name}-dumps"
+    dumps.mkdir()
+    made.append(Project(folder, alias, name, dumps))
+    return made[-1]
+
+
 @pytest.fixture
-def project(alias: str, tmp_path: Path) -> Iterator[Project]:
+def projects(alias: str) -> Iterator[list[Project]]:
+    """The projects a test made: their test databases, declared databases and caches are dropped after it."""
+    made: list[Project] = []
+    yield made
+    with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
+        for project in made:
+            testcache.drop_all(admin, project.dumps)
+            for (database,) in admin.execute(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s) OR datname = %s",
+                (f"test_{project.name}", project.name),
+            ).fetchall():
+                admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+@pytest.fixture
+def project(alias: str, tmp_path: Path, projects: list[Project]) -> Project:
     """A project with a short migration history (3 apps, 4 models each, 6 migrations each, plus Django's),
     whose test databases and cache are its own on the alias's server."""
     folder = tmp_path / "project"
     migrations_project.write_project(folder, apps=3, models=4, migrations=6)
-    name = f"tcache_{RUN}_{hashlib.sha256(str(tmp_path).encode()).hexdigest()[:8]}"
-    dumps = tmp_path / "dumps"
-    dumps.mkdir()
-    yield Project(folder, alias, name, dumps)
-    with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
-        testcache.drop_all(admin, dumps)
-        for (database,) in admin.execute(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (f"test_{name}",)
-        ).fetchall():
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
+    return _project(alias, folder, projects)
+
+
+def checkout_elsewhere(project: Project, folder: Path, projects: list[Project]) -> Project:
+    """The same project on another machine (a fresh CI checkout): its own folder, dumps folder and databases,
+    hence no state of the cache of its own."""
+    shutil.copytree(project.folder, folder)
+    return _project(project.alias, folder, projects)
 
 
 def made_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -232,3 +257,108 @@ def test_the_cache_is_bounded_and_migrations_turned_off_are_not_cached(project: 
     assert ("app000", "0007_one") in kept.migrations
     result = project.pytest(SEEDDUMP_TEST_CACHE="false")
     assert made_lines(result) == []
+
+
+def test_a_fresh_ci_machine_pulls_the_shared_state_instead_of_migrating(
+    project: Project, projects: list[Project], tmp_path: Path
+) -> None:
+    storage = {"SEEDDUMP_STORAGE": "shared", "SHARED_DUMPS": str(tmp_path / "shared")}
+    project.pytest(**storage)  # a CI job on main: nothing shared yet, migrated and kept here
+    pushed = project.manage("testcache", "--push", **storage)
+    assert re.search(r"Pushed migrated-\S+\.dump\.", pushed.stdout), pushed.stdout
+    ci = checkout_elsewhere(project, tmp_path / "ci", projects)
+    added = migrations_project.add_migration(ci.folder, "app002", "on_this_branch")
+
+    result = ci.pytest(**storage)
+
+    assert re.search(
+        r"seeddump: pulled the shared migrated test database migrated-\S+\.dump \(\d+ migrations; 1 more applied "
+        r"here\)\.",
+        result.stdout,
+    ), result.stdout
+    (state,) = ci.states()
+    assert state.dump.startswith("sha256:") and ("app002", added) in state.migrations
+    assert made_lines(result) == [f"seeddump: test database {ci.test_database} copied from {state.name}."]
+
+
+def test_no_shared_state_or_no_storage_is_one_line_and_a_migrated_database(project: Project, tmp_path: Path) -> None:
+    storage = {"SEEDDUMP_STORAGE": "shared", "SHARED_DUMPS": str(tmp_path / "shared")}
+    push = [sys.executable, "manage.py", "testcache", "--push"]
+    nothing_kept = run_bounded(push, cwd=project.folder, env=project.env(**storage), timeout=120)
+    assert nothing_kept.returncode == 1 and "Traceback" not in nothing_kept.stderr
+    assert nothing_kept.stderr.strip().splitlines() == [
+        "CommandError: No migrated test database of this code's migrations is kept on this server yet: run the tests "
+        "once (pytest or manage.py test), then push."
+    ]
+    project.pytest()
+    listed = project.manage("testcache")
+    (state,) = project.states()
+    assert listed.stdout.startswith(f"{state.name}  ") and "(fits this code)" in listed.stdout
+    nowhere = run_bounded(push, cwd=project.folder, env=project.env(), timeout=120)
+    assert nowhere.returncode == 1
+    assert nowhere.stderr.strip().splitlines() == [
+        "CommandError: SEEDDUMP_STORAGE is not set: there is nowhere to push the migrated test database."
+    ]
+    assert project.manage("testcache", "--drop-all").stdout == f"Dropped {state.name}\n"
+    assert project.states() == []
+
+
+def test_a_hostile_shared_state_runs_its_code_as_the_owner_at_most(
+    project: Project, projects: list[Project], tmp_path: Path, alias: str
+) -> None:
+    """A shared migrated state is a dump, and a dump is code: a trigger in it that tries to make the project's
+    role a superuser, fired by the migration the CI machine applies on top, runs as a throwaway member of the
+    owner of the database the test database stands for, and is refused."""
+    storage = {"SEEDDUMP_STORAGE": "shared", "SHARED_DUMPS": str(tmp_path / "shared")}
+    settings_dict = connections[alias].settings_dict
+    app = f"tcache_app_{RUN}"
+    project.pytest()
+    (state,) = project.states()
+    with postgres.connect_maintenance(settings_dict) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(app)))
+        try:
+            admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(state.name)))
+            with postgres.connect(settings_dict, state.name) as conn:
+                conn.execute(
+                    sql.SQL(
+                        """
+                        CREATE TABLE public.escalation (outcome text);
+                        CREATE FUNCTION public.escalate() RETURNS trigger LANGUAGE plpgsql AS $$
+                        BEGIN
+                            BEGIN
+                                EXECUTE 'ALTER ROLE {} SUPERUSER';
+                                INSERT INTO public.escalation VALUES ('escalated as ' || current_user);
+                            EXCEPTION WHEN OTHERS THEN
+                                INSERT INTO public.escalation VALUES ('refused to ' || current_user);
+                            END;
+                            RETURN NEW;
+                        END $$;
+                        CREATE TRIGGER escalate AFTER INSERT ON public.django_migrations
+                            FOR EACH ROW EXECUTE FUNCTION public.escalate();
+                        """
+                    ).format(sql.Identifier(app))
+                )
+            admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(state.name)))
+            project.manage("testcache", "--push", **storage)
+            ci = checkout_elsewhere(project, tmp_path / "ci", projects)
+            # The database the CI's test database stands for belongs to the project's role.
+            admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(ci.name), sql.Identifier(app)))
+            migrations_project.add_migration(ci.folder, "app000", "fires_the_trigger")
+
+            result = ci.pytest("--reuse-db", **storage)  # kept, to read what the trigger did
+
+            assert "seeddump: pulled the shared migrated test database" in result.stdout, result.stdout
+            (super_,) = admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (app,)).fetchone()
+            assert super_ is False
+            with postgres.connect(settings_dict, ci.test_database) as conn:
+                (outcome,) = conn.execute("SELECT outcome FROM public.escalation").fetchone()
+            assert outcome == f"refused to {app}", outcome  # the sandbox's login acts as the owner, no more
+            (pulled,) = ci.states()
+            assert pulled.owner == app
+        finally:
+            for made in projects:  # before the role: what it owns goes first
+                testcache.drop_all(admin, made.dumps)
+                for name in (made.name, made.test_database):
+                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(app)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(app)))

@@ -47,6 +47,15 @@ DATABASES = {{
     }}
 }}
 SEEDDUMP_DIR = os.environ.get("SEEDDUMP_DIR", str(BASE_DIR / "seeds" / "dumps"))
+# The team's shared storage (SEEDDUMP_STORAGE=shared): a folder here, a bucket in a real project.
+STORAGES = {{
+    "default": {{"BACKEND": "django.core.files.storage.FileSystemStorage"}},
+    "staticfiles": {{"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}},
+    "shared": {{
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {{"location": os.environ.get("SHARED_DUMPS", str(BASE_DIR / "shared"))}},
+    }},
+}}
 """
 
 TESTS = """\
