@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connections
 from psycopg import sql
 
@@ -41,6 +42,7 @@ class Project:
         return shell_env(
             DATABASE_URL=database_url(self.alias, self.name),
             SEEDDUMP_DIR=str(self.dumps),
+            SEEDDUMP_PG_BIN_DIRS=",".join(str(p) for p in django_settings.SEEDDUMP_PG_BIN_DIRS),  # the server's
             PYTHONPATH=str(REPO),
             PYTHONUNBUFFERED="1",
             PYTHONDONTWRITEBYTECODE="1",  # a branch's migration file of the same size must not come from a .pyc
