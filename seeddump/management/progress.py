@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import django
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 
 import seeddump
 
@@ -73,25 +73,24 @@ class SeeddumpCommand(BaseCommand):
     def get_version(self) -> str:
         return version_line()
 
-    def add_base_argument(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+    def add_base_argument(self, parser: CommandParser, *args: Any, **kwargs: Any) -> None:
         if "--version" in args:
             kwargs.update(action=_VersionAction, programs=self.version_programs)
             kwargs["help"] = "Show seeddump's version (and Django's, Python's) and exit."
-        super().add_base_argument(parser, *args, **kwargs)  # type: ignore[misc]
+        super().add_base_argument(parser, *args, **kwargs)
 
 
 def how_to_run(command: str) -> str:
     """``command`` (such as ``restoredump --undo``) as the user can type it again in the same shell: with the
-    interpreter and the script that ran this one (``.venv/bin/python manage.py …`` when that is what ran,
-    ``python manage.py …`` when ``python`` on PATH is that interpreter; ``seeddump restore …`` and
-    ``python -m seeddump restore …`` for seeddump's own entry point)."""
-    script = sys.argv[0] if sys.argv and sys.argv[0] else "manage.py"
+    interpreter and the manage.py that ran this one (``.venv/bin/python manage.py …`` when that is what ran,
+    ``python manage.py …`` when ``python`` on PATH is that interpreter), or django-admin. Run any other way
+    (``python -m seeddump``, ``call_command`` in a project's code or tests): ``python manage.py …``."""
+    script = sys.argv[0] if sys.argv else ""
     name = Path(script).name
-    if name in ("__main__.py", "seeddump"):  # python -m seeddump, the seeddump console script
-        command = command.replace("restoredump", "restore", 1)
-        return f"seeddump {command}" if name == "seeddump" else f"{_interpreter()} -m seeddump {command}"
-    if not name.endswith(".py") and shutil.which(script) is not None:  # a console script such as django-admin
-        return f"{script} {command}"
+    if name == "django-admin":
+        return f"django-admin {command}"
+    if name != "manage.py":
+        return f"python manage.py {command}"
     return f"{_interpreter()} {script} {command}"
 
 
