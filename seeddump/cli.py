@@ -32,7 +32,7 @@ COMMANDS = (
     "  -h, --help             show this help and exit\n"
     "  --version              show seeddump's version (and Django's, Python's) and exit\n"
     "The other commands run through the project's manage.py: generatedump, listdumps, prunedumps, restoredump,\n"
-    "smoketest, snapshots (python manage.py help COMMAND).\n"
+    "smoketest, snapshots, testcache (python manage.py help COMMAND).\n"
 )
 _PROG = "python -m seeddump"
 _MANAGE_DEFAULT = re.compile(

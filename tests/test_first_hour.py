@@ -226,7 +226,7 @@ def test_the_undo_hint_names_the_interpreter_and_script_that_ran_the_restore(
 
 # --- the command line -----------------------------------------------------------------------------------------
 
-COMMANDS = ["generatedump", "listdumps", "prunedumps", "restoredump", "smoketest", "snapshots"]
+COMMANDS = ["generatedump", "listdumps", "prunedumps", "restoredump", "smoketest", "snapshots", "testcache"]
 
 
 def run_manage_py(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
