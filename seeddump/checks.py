@@ -28,6 +28,7 @@ def check_dumps(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if _said_after_migrate():
         return []
     statuses, errors = latest_statuses(conf.DIR)
+    regenerating = _regenerating()
     messages: list[CheckMessage] = [
         Warning(
             f"{status.label[0].upper()}{status.label[1:]} is stale: {status.problems()}.",
@@ -36,7 +37,7 @@ def check_dumps(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             id="seeddump.W001",
         )
         for status in statuses
-        if status.stale
+        if status.stale and status.environment not in regenerating
     ]
     messages += [
         Warning(
@@ -67,6 +68,20 @@ def _said_after_migrate() -> bool:
             return not quiet and not any(options.get(name) for name in ("plan", "check_unapplied", "prune"))
         frame = frame.f_back
     return False
+
+
+def _regenerating() -> set[str]:
+    """The environments whose dump this process is making (a generatedump, or a project's subclass of it that
+    runs every check): W001 would tell the user to run what they are running."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        command, options = frame.f_locals.get("self"), frame.f_locals.get("options")
+        classes = type(command).__mro__
+        generating = any(kind.__module__ == "seeddump.management.commands.generatedump" for kind in classes)
+        if generating and isinstance(options, dict) and options.get("environment"):
+            return {str(options["environment"])}
+        frame = frame.f_back
+    return set()
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:

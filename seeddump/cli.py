@@ -1,4 +1,5 @@
-"""``python -m seeddump restore ENV [options]``: restoredump without Django's start-up.
+"""``python -m seeddump restore ENV [options]``: restoredump without Django's start-up (``--help`` lists the
+commands, ``--version`` says seeddump's).
 
 ``manage.py restoredump`` first runs ``django.setup()``, which imports every installed app's models: seconds
 in a large project, for a restore whose own work can be a rename. This entry point imports the settings
@@ -22,9 +23,16 @@ import re
 import sys
 from pathlib import Path
 
-USAGE = (
-    "usage: python -m seeddump restore ENV [options]   (the options of manage.py restoredump; "
-    "python -m seeddump restore --help lists them)\n"
+USAGE = "usage: python -m seeddump COMMAND [options]   (the same as: seeddump COMMAND [options])\n"
+COMMANDS = (
+    "commands:\n"
+    "  restore ENV [options]  restore the latest dump of ENV (such as dev) into the project's database: manage.py\n"
+    "                         restoredump without Django's start-up (python -m seeddump restore --help: its options)\n"
+    "options:\n"
+    "  -h, --help             show this help and exit\n"
+    "  --version              show seeddump's version (and Django's, Python's) and exit\n"
+    "The other commands run through the project's manage.py: generatedump, listdumps, prunedumps, restoredump,\n"
+    "smoketest, snapshots, testcache (python manage.py help COMMAND).\n"
 )
 _PROG = "python -m seeddump"
 _MANAGE_DEFAULT = re.compile(
@@ -34,12 +42,20 @@ _MANAGE_DEFAULT = re.compile(
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        sys.stdout.write(USAGE)
+    if not argv:
+        sys.stderr.write(f"{USAGE}Name a command.\n{COMMANDS}")
+        return 2
+    if argv[0] in ("-h", "--help"):
+        sys.stdout.write(f"{USAGE}\n{COMMANDS}")
+        return 0
+    if argv[0] == "--version":
+        from seeddump.management.progress import version_line
+
+        sys.stdout.write(version_line() + "\n")
         return 0
     verb, rest = argv[0], argv[1:]
     if verb != "restore":
-        sys.stderr.write(f"Unknown command '{verb}': python -m seeddump has one, restore.\n{USAGE}")
+        sys.stderr.write(f"Unknown command '{verb}': python -m seeddump has one, restore.\n{USAGE}{COMMANDS}")
         return 2
     given = _early_options(rest)
     problem = _load_settings(given)

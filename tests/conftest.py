@@ -25,7 +25,8 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connections
 
-from seeddump import dumpfiles, finishing, postgres, snapshots, undo
+from seeddump import driver, dumpfiles, finishing, postgres, snapshots, undo
+from tests import suite_runs
 
 REPO = Path(__file__).resolve().parent.parent
 ALIASES = ["default", "system"]
@@ -47,6 +48,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("alias") == "system":
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _this_run_marked_alive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """First drops what interrupted earlier runs of the suite left on each server (theirs only: runs still going
+    are left alone), then says there that this run is alive until it ends (tests/suite_runs.py)."""
+    temporary = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        temporary = temporary.parent  # the run's folder, above each worker's
+    held = []
+    for alias in connections.settings:
+        settings_dict = connections[alias].settings_dict
+        admin = postgres.connect_maintenance(settings_dict)
+        suite_runs.drop_what_ended_runs_left(admin, settings_dict)
+        suite_runs.mark_alive(admin, django_settings.RUN, temporary)
+        held.append(admin)
+    yield
+    for admin in held:
+        with contextlib.suppress(driver.Error):
+            suite_runs.mark_ended(admin, django_settings.RUN)
+        admin.close()
 
 
 @pytest.fixture(params=ALIASES)

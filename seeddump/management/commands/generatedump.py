@@ -5,16 +5,17 @@ import json
 from typing import Any
 
 from django.core.checks import Tags
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from seeddump import dumpfiles, shared
 from seeddump.dumps import generate_dump
 from seeddump.exceptions import SeeddumpError
-from seeddump.management.progress import progress_writer
+from seeddump.management.progress import SeeddumpCommand, progress_writer
 
 
-class Command(BaseCommand):
+class Command(SeeddumpCommand):
+    version_programs = True  # --version names the pg_dump and pg_restore it would choose from
     # Fast commands that check what they need themselves; `check` and `migrate` report stale dumps.
     requires_system_checks = [Tags.compatibility]  # seeddump.E001: an older Django, said in one line
     help = "Dumps the seeded database to a versioned, checksummed file in SEEDDUMP_DIR and points 'latest' at it."

@@ -4,14 +4,15 @@ import json
 from typing import Any
 
 from django.core.checks import Tags
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from seeddump import catalog, dumpfiles
 from seeddump.exceptions import SeeddumpError
+from seeddump.management.progress import SeeddumpCommand
 
 
-class Command(BaseCommand):
+class Command(SeeddumpCommand):
     help = (
         "Lists every dump, local and shared, with whether it is the latest, the one restoredump chooses for this "
         "code, stale, made on another branch, or cached as a snapshot."

@@ -3,14 +3,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.checks import Tags
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from seeddump import catalog, snapshots
 from seeddump.exceptions import SeeddumpError
+from seeddump.management.progress import SeeddumpCommand
 
 
-class Command(BaseCommand):
+class Command(SeeddumpCommand):
     help = (
         "Deletes older local dumps of an environment (never the latest), with their metadata, media, admin records, "
         "and the snapshots and ready copies of them this role keeps on the server."
@@ -18,7 +19,9 @@ class Command(BaseCommand):
     requires_system_checks = [Tags.compatibility]  # seeddump.E001: an older Django, said in one line
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("environment")
+        parser.add_argument(
+            "environment", help="Environment whose older dumps go, such as dev (the latest one always stays)."
+        )
         parser.add_argument("--keep", type=int, required=True, help="How many of the newest dumps to keep.")
         parser.add_argument("--dry-run", action="store_true", help="Only say what would be deleted.")
         parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Whose server and admin records.")

@@ -7,13 +7,13 @@ from typing import Any
 
 from django.core.checks import Tags
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from seeddump import background, dumpfiles
 from seeddump.conf import conf, restore_jobs_problem
 from seeddump.exceptions import SeeddumpError
-from seeddump.management.progress import progress_writer
+from seeddump.management.progress import SeeddumpCommand, how_to_run, progress_writer
 from seeddump.restore import (
     RestoreOptions,
     RestorePlan,
@@ -28,7 +28,8 @@ from seeddump.restore import (
 from seeddump.undo import UndoCopy
 
 
-class Command(BaseCommand):
+class Command(SeeddumpCommand):
+    version_programs = True  # --version names the pg_dump and pg_restore it would choose from
     # Fast commands that check what they need themselves; `check` and `migrate` report stale dumps.
     requires_system_checks = [Tags.compatibility]  # seeddump.E001: an older Django, said in one line
     help = (
@@ -171,6 +172,11 @@ class Command(BaseCommand):
                     f"{result.tables} tables, {result.seconds:.1f}s."
                 )
             )
+            if result.migrated:  # before the swap, so said before what follows it
+                self.stdout.write(
+                    f"Applied {len(result.migrated)} migration(s) to the restored database before the swap: "
+                    f"{', '.join(result.migrated)}."
+                )
             for line in result.hooks:
                 self.stdout.write(line)
             if result.media_root is not None and plan.metadata.media is not None:
@@ -186,7 +192,7 @@ class Command(BaseCommand):
             if result.roles_note:
                 self.stderr.write(self.style.WARNING(result.roles_note))
             if result.undo_copy is not None:
-                self.stdout.write("Undo it with: python manage.py restoredump --undo (until the next restore)")
+                self.stdout.write(f"Undo it with: {how_to_run('restoredump --undo')} (until the next restore)")
             elif result.undo_note:
                 self.stdout.write(f"The replaced database is not kept for an undo: {result.undo_note}.")
             if result.followup is not None:
@@ -306,12 +312,7 @@ class Command(BaseCommand):
     ) -> bool:
         """Says how the restored database stands against the code's migrations; True if it migrated."""
         status = plan.status
-        if before_swap:
-            if options["verbosity"] >= 1 and not options["json"]:
-                self.stdout.write(
-                    f"Applied {len(before_swap)} migration(s) to the restored database before the swap: "
-                    f"{', '.join(before_swap)}."
-                )
+        if before_swap:  # said with the restore's own lines (handle)
             return True
         if status.unknown:
             self.stderr.write(
@@ -354,7 +355,7 @@ class Command(BaseCommand):
             + ".\nEverything in that database"
             + (" and folder" if plan.media_archive else "")
             + (
-                " now is kept until the next restore: python manage.py restoredump --undo puts it back."
+                f" now is kept until the next restore: {how_to_run('restoredump --undo')} puts it back."
                 if conf.UNDO
                 else " now will be lost."
             )

@@ -5,17 +5,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from django.core.checks import Tags
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from seeddump import dumpfiles
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
+from seeddump.management.progress import SeeddumpCommand
 from seeddump.restore import interrupt_on_sigterm
 from seeddump.smoke import FAIL, NOTE, PASS, SKIP, CheckResult, SmokeTest
 
 
-class Command(BaseCommand):
+class Command(SeeddumpCommand):
+    version_programs = True  # --version names the pg_dump and pg_restore it would choose from
     help = (
         "Checks the whole stack end to end in a database of its own: PostgreSQL programs, a restore of the "
         "latest dump, its row counts, migrations, a running web server, its API and pages."
@@ -23,7 +25,11 @@ class Command(BaseCommand):
     requires_system_checks = [Tags.compatibility]  # seeddump.E001: an older Django, said in one line
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--env", default="dev", dest="environment", help="Environment of the dump. Default: dev.")
+        # ENV positionally as the other commands take it; --env as before.
+        parser.add_argument(
+            "environment", nargs="?", default=None, help="Environment of the dump, such as dev. Default: dev."
+        )
+        parser.add_argument("--env", default=None, dest="env_option", metavar="ENV", help="The same as ENV.")
         parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="Database alias. Default: 'default'.")
         parser.add_argument(
             "--overwrite",
@@ -51,6 +57,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         as_json, verbosity = options["json"], options["verbosity"]
+        given, option = options["environment"], options.pop("env_option")
+        if given and option and given != option:
+            raise CommandError(f"Two environments given ({given} and --env {option}): pass one.")
+        options["environment"] = given or option or "dev"
         if options["overwrite"] and options["skip_dump_restore"]:
             raise CommandError("--overwrite restores the dump; --skip-dump-restore does not. Pass one of them.")
         try:

@@ -4,15 +4,17 @@ import contextlib
 from typing import Any
 
 from django.core.checks import Tags
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from seeddump import background, databases, driver, finishing, footprint, postgres, sandbox, serverdisk, snapshots, undo
 from seeddump.conf import conf
 from seeddump.exceptions import SeeddumpError
+from seeddump.management.progress import SeeddumpCommand
 
 
-class Command(BaseCommand):
+class Command(SeeddumpCommand):
+    version_programs = True  # --version names the pg_dump and pg_restore it would choose from
     # Fast commands that check what they need themselves; `check` and `migrate` report stale dumps.
     requires_system_checks = [Tags.compatibility]  # seeddump.E001: an older Django, said in one line
     help = (

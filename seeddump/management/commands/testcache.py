@@ -3,14 +3,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.checks import Tags
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from seeddump import databases, postgres, sharedtestcache, testcache
 from seeddump.exceptions import SeeddumpError
+from seeddump.management.progress import SeeddumpCommand
 
 
-class Command(BaseCommand):
+class Command(SeeddumpCommand):
     help = (
         "Lists the migrated test databases that seeddump keeps on the server for pytest-django and manage.py test "
         "(the states of the code's migrations), pushes this code's to the shared storage, or drops them."
