@@ -360,8 +360,18 @@ def create_test_db(creation: Any, original: Callable[..., str], say: Say, *args:
     return name
 
 
-def _options(verbosity: int = 1, autoclobber: bool = False, serialize: bool = True, keepdb: bool = False) -> dict:
-    return {"verbosity": verbosity, "autoclobber": autoclobber, "serialize": serialize, "keepdb": keepdb}
+def _options(
+    verbosity: int = 1, autoclobber: bool = False, serialize: bool | None = None, keepdb: bool = False
+) -> dict[str, Any]:
+    """``create_test_db``'s arguments by name. ``serialize`` unset: Django 6.1 serializes in ``serialize_test_db``
+    (None), older Djangos here (True), as each one's own default."""
+    if serialize is None:
+        import inspect
+
+        from django.db.backends.base.creation import BaseDatabaseCreation
+
+        serialize = inspect.signature(BaseDatabaseCreation.create_test_db).parameters["serialize"].default
+    return {"verbosity": verbosity, "autoclobber": autoclobber, "serialize": bool(serialize), "keepdb": keepdb}
 
 
 def _describe(made: Made) -> str:
