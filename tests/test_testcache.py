@@ -296,6 +296,7 @@ def test_no_shared_state_or_no_storage_is_one_line_and_a_migrated_database(proje
     listed = project.manage("testcache")
     (state,) = project.states()
     assert listed.stdout.startswith(f"{state.name}  ") and "(fits this code)" in listed.stdout
+    assert f"{state.name}  " in project.manage("snapshots").stdout  # the server's copies, listed in one place
     nowhere = run_bounded(push, cwd=project.folder, env=project.env(), timeout=120)
     assert nowhere.returncode == 1
     assert nowhere.stderr.strip().splitlines() == [

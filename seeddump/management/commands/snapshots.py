@@ -88,6 +88,7 @@ class Command(SeeddumpCommand):
                 found = snapshots.list_snapshots(admin, all_folders=all_folders)
                 ready = snapshots.list_snapshots(admin, kind=snapshots.READY_PREFIX, all_folders=all_folders)
                 empty = snapshots.list_snapshots(admin, kind=snapshots.EMPTY_PREFIX, all_folders=all_folders)
+                migrated = snapshots.list_snapshots(admin, kind=snapshots.TEST_PREFIX, all_folders=all_folders)
                 kept = undo.list_copies(admin, target) if target else []
                 seen = footprint.of(admin, target)
                 database_size = databases.size_of(admin, target)
@@ -101,6 +102,11 @@ class Command(SeeddumpCommand):
                 f"{undo_copy.name}  {undo_copy.size_bytes / 1e6:8.1f} MB  (for an undo: {undo_copy.describe()}"
                 + (", with its media folder" if undo_copy.media == "kept" else "")
                 + ")"
+            )
+        for state in migrated:  # seeddump.testcache: the test runners' migrated databases
+            self.stdout.write(
+                f"{state.name}  {state.size_bytes / 1e6:8.1f} MB  (a migrated test database: manage.py testcache)"
+                + (f"  [{state.folder or 'folder not recorded'}]" if all_folders else "")
             )
         if not found and not ready and not empty:
             self.stdout.write("No cached snapshots." if not kept else f"No cached snapshots; {_mb(kept)} for undo.")
