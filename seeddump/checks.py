@@ -20,6 +20,7 @@ from seeddump.staleness import latest_statuses
 
 # Django 4.2 left support in April 2026; pyproject.toml says the same to pip.
 MIN_DJANGO = (5, 2)
+_SETTINGS_REFERENCE = "The settings reference (docs/reference/settings.md)"
 
 
 def check_dumps(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -103,9 +104,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         try:
             getattr(conf, name)
         except SeeddumpError as exc:
-            messages.append(
-                Error(str(exc), hint="The README's Settings table says what each takes.", id="seeddump.E003")
-            )
+            messages.append(Error(str(exc), hint=_SETTINGS_REFERENCE + " says what each takes.", id="seeddump.E003"))
     return messages + _dumps_folder_in_installed_packages()
 
 
@@ -120,7 +119,7 @@ def check_setting_names(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
         messages.append(
             Warning(
                 f"{name} is not a seeddump setting; seeddump ignores it.",
-                hint=f"Did you mean {close[0]}?" if close else "The README's Settings table lists them all.",
+                hint=f"Did you mean {close[0]}?" if close else _SETTINGS_REFERENCE + " lists them all.",
                 id="seeddump.W005",
             )
         )
@@ -195,7 +194,7 @@ def _unknown_plugin_options() -> list[CheckMessage]:
         if key in readable:
             continue
         close = difflib.get_close_matches(key.upper().removeprefix("SEEDDUMP_"), sorted(conf_module.NAMES), n=1)
-        hint = "The README's Settings table lists them all; here they go without the SEEDDUMP_ prefix."
+        hint = _SETTINGS_REFERENCE + " lists them all; here they go without the SEEDDUMP_ prefix."
         if close:  # said as the key was written: prefixed, lower case or upper case
             meant = f"SEEDDUMP_{close[0]}" if key.startswith("SEEDDUMP_") else close[0]
             hint = f"Did you mean {(meant.lower() if key.islower() else meant)!r}?"
@@ -218,7 +217,7 @@ def _unknown_environment_variables(known: set[str]) -> list[CheckMessage]:
         messages.append(
             Warning(
                 f"The environment variable {name} is not a seeddump setting; seeddump ignores it.",
-                hint=f"Did you mean {close[0]}?" if close else "The README's Settings table lists them all.",
+                hint=f"Did you mean {close[0]}?" if close else _SETTINGS_REFERENCE + " lists them all.",
                 id="seeddump.W007",
             )
         )

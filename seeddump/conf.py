@@ -1,7 +1,7 @@
 """seeddump's settings, read lazily so that ``override_settings`` works in tests.
 
-Every setting is optional; the README lists them all. Each ``SEEDDUMP_<NAME>`` is looked for in Django's settings,
-then in ``PLUGINS_CONFIG["seeddump"]`` (as ``<NAME>`` or ``<name>``: a NetBox-style plugin list, see
+Every setting is optional; docs/reference/settings.md lists them all. Each ``SEEDDUMP_<NAME>`` is looked for in
+Django's settings, then in ``PLUGINS_CONFIG["seeddump"]`` (as ``<NAME>`` or ``<name>``: a NetBox-style plugin list, see
 ``seeddump.netbox``), then in the environment variable of the same full name, typed: lists comma-separated (or a
 JSON list), booleans ``true``/``false``, numbers as numbers. The first source that has a setting wins, whatever
 its value (``None`` included): Django's settings, then PLUGINS_CONFIG, then the environment.

@@ -60,7 +60,8 @@ def hook_problem(hooks: Sequence[object]) -> str | None:
             return (
                 f"The restore hook {_shown(hook)!r} (SEEDDUMP_RESTORE_HOOKS) would make a user with an unusable "
                 "password: DJANGO_SUPERUSER_PASSWORD is not set in the environment. Set it (in the shell or the "
-                "project's .env), or use a hook that sets the password (README: Restore hooks); nothing was changed."
+                "project's .env), or use a hook that sets the password (docs/how-to/pre-swap-hooks.md); nothing was "
+                "changed."
             )
     return None
 
