@@ -194,6 +194,8 @@ class Seeding:
         """Says the run's notes, and drops its seeded databases unless they are kept (--keepdb)."""
         from seeddump import testdatabases
 
+        for klass in list(self.pointed):  # left pointed by an interruption: Django's teardown needs its own names
+            self._point_back(klass)
         for note in self.notes:
             say(note)
         if not self.keep:

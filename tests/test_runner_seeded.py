@@ -229,7 +229,12 @@ def test_keepdb_reuses_the_seeded_database_while_it_still_holds_the_seed(project
     assert saw(rebuilt)["SeededTests.test_sees_the_seed"] == (seeded, NODES)
 
 
-@pytest.mark.parametrize("workers", [(), ("--parallel", "2")], ids=["one", "parallel"])
+@pytest.mark.parametrize(
+    ("alias", "workers"),
+    [("default", ()), ("system", ()), ("default", ("--parallel", "2"))],
+    ids=["default-one", "system-one", "default-parallel"],
+    indirect=["alias"],
+)
 def test_without_a_dump_the_seeded_classes_skip_with_one_line(project: Project, workers: tuple[str, ...]) -> None:
     """A fresh clone has no dumps (they are git-ignored): its test suite still runs."""
     for path in project.dumps.iterdir():
@@ -246,6 +251,7 @@ def test_without_a_dump_the_seeded_classes_skip_with_one_line(project: Project, 
     assert project.left() == set()
 
 
+@pytest.mark.parametrize("alias", ["default"])
 def test_seeddump_require_stops_the_run_with_one_line_when_there_is_no_dump(project: Project) -> None:
     for path in project.dumps.iterdir():
         path.unlink()
