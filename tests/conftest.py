@@ -469,3 +469,17 @@ def s3_server() -> Iterator[str]:
     yield url
     server.terminate()
     server.wait(timeout=10)
+
+
+@dataclass
+class InnerProject:
+    """A project of a test's own, run in subprocesses against a database named for it on the alias's server."""
+
+    folder: Path
+    alias: str
+    name: str  # its database's NAME; Django's test database is test_<name>
+    dumps: Path
+
+    @property
+    def test_database(self) -> str:
+        return f"test_{self.name}"

@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from django.db import connections
 from psycopg import sql
 
 from seeddump import postgres, snapshots, testcache
-from tests.conftest import REPO, copy_dump, database_names, database_url, run_bounded, shell_env
+from tests.conftest import REPO, InnerProject, copy_dump, database_names, database_url, run_bounded, shell_env
 from tests.settings import RUN
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -96,17 +95,7 @@ SEEDED_TESTS = 5  # of INNER_TESTS
 TESTCASES = ("seeded_tests.tests.SeededTests", "seeded_tests.tests.UnseededTests")
 
 
-@dataclass
-class Project:
-    folder: Path
-    alias: str
-    name: str  # its database's NAME; Django's test database is test_<name>
-    dumps: Path
-
-    @property
-    def test_database(self) -> str:
-        return f"test_{self.name}"
-
+class Project(InnerProject):
     def test(self, *args: str, expect: int | None = 0, **env: str) -> subprocess.CompletedProcess:
         """``manage.py test`` of the inner tests (or of the labels in ``args``); output is stdout + stderr."""
         labels = () if any(arg.startswith("seeded_tests") for arg in args) else ("seeded_tests",)

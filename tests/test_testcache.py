@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from django.db import connections
 from psycopg import sql
 
 from seeddump import databases, postgres, testcache
-from tests.conftest import REPO, database_names, database_url, run_bounded, shell_env
+from tests.conftest import REPO, InnerProject, database_names, database_url, run_bounded, shell_env
 from tests.settings import RUN
 
 sys.path.insert(0, str(REPO / "seeds" / "scripts"))
@@ -27,17 +26,7 @@ import migrations_project
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
-@dataclass
-class Project:
-    folder: Path
-    alias: str
-    name: str  # its database's NAME; Django's test database is test_<name>
-    dumps: Path
-
-    @property
-    def test_database(self) -> str:
-        return f"test_{self.name}"
-
+class Project(InnerProject):
     def env(self, **extra: str) -> dict[str, str]:
         return shell_env(
             DATABASE_URL=database_url(self.alias, self.name),
