@@ -160,7 +160,9 @@ def main() -> None:
         except ImportError:
             subprocess.run([sys.executable, "-m", "pip", "install", "-q", MIGRATIONS_CI], check=True)
         settings = folder / "many" / "settings.py"
-        settings.write_text(settings.read_text() + '\nINSTALLED_APPS.append("django_migrations_ci")\n')
+        # Its cache files in the project (its default, ~/.migrateci, would carry one run's into the next).
+        added = '\nINSTALLED_APPS.append("django_migrations_ci")\nMIGRATECI_LOCATION = str(BASE_DIR / "migrateci")\n'
+        settings.write_text(settings.read_text() + added)
         r["migrations_ci_first"] = project.pytest("--migrateci", "--reuse-db", **off)
 
         def cached() -> tuple[float, float]:  # a fresh CI machine: its cache files, no test database
