@@ -685,7 +685,10 @@ def _restore(
             fate = _fate_of_replaced(admin, plan, target, record, exchange, media_swap, journal.restored_oid)
             progress(f"Swapping the restored database in for '{target}'")
             settings_before = current.settings if current is not None else None
-            swapped = databases.swap(admin, target, scratch, fate, owner, settings_before)
+            # A database restored for seeddump's own use (a seeded test database) is the connecting role's from
+            # the swap's commit: once the owner's, a run stopped before taking it back left one no run would use.
+            owned_by = owner if record else databases.current_user(admin)
+            swapped = databases.swap(admin, target, scratch, fate, owned_by, settings_before)
             journal.seen, journal.kept_as = True, fate.name if exists and fate.closed else None
         except BaseException as exc:
             journal.judge(exc)  # past the swap's commit, nothing below is undone

@@ -186,9 +186,8 @@ def build(
                     "or replaced. Drop it, or run the tests against another database name."
                 )
             _forget(admin, name)
-            with restoring_as(owner):
+            with restoring_as(owner):  # the dump's code runs as the owner; the database is ours (the swap)
                 source = restore.restore(plan, restore.RestoreOptions(database=name), progress=progress).source
-            databases.take_back(admin, name)
     # Migrations newer than the dump (or than a reused database) are applied, as pytest-django does.
     migrated = migrate_as(alias, name, owner, trusted=plan.trusted).count("... OK")
     if not reused or migrated:
