@@ -346,9 +346,16 @@ class _Journal:
         except (KeyboardInterrupt, Exception) as exc:
             self.judge(exc)
             # A session of the restore ended, or the server went away: the server says the target is as it
-            # was, and the line says so too (other failures say what they left already).
-            if type(exc) is SeeddumpError and self.verdict is False and str(exc).startswith("PostgreSQL said:"):
-                raise SeeddumpError(f"{str(exc).rstrip('.')}; '{self.target}' was not changed.") from None
+            # was, and the line says so too, or that it could not say (other failures say what they left).
+            if type(exc) is SeeddumpError and str(exc).startswith("PostgreSQL said:"):
+                said = str(exc).rstrip(".")
+                if self.verdict is False:
+                    raise SeeddumpError(f"{said}; '{self.target}' was not changed.") from None
+                if self.verdict is None:  # it went away (a server stop) before it could say
+                    raise SeeddumpError(
+                        f"{said}; the restore was interrupted before the server could say whether '{self.target}' "
+                        "changed. Run restoredump again once the server is back."
+                    ) from None
             raise
 
     def judge(self, exc: BaseException) -> None:
