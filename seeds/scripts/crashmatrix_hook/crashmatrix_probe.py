@@ -9,7 +9,10 @@ A state change is:
 - ``file``: ``os.rename``, ``os.replace``, ``os.unlink``/``os.remove``, ``os.rmdir``, ``shutil.rmtree``, and
   seeddump's ``renameat2`` (the media exchange);
 - ``exit``: a child process seen to exit (``subprocess.Popen.wait``/``poll``, which ``communicate`` and
-  ``subprocess.run`` call).
+  ``subprocess.run`` call);
+- ``start``: a child process started (``subprocess.Popen``): no state change itself, but the sessions fault
+  there ends the child's session once it has one (pg_restore's or psql's load, mid-load). The harness
+  applies only the sessions fault there.
 
 A Python process the restore starts (the background process that finishes it, ``seeddump.background``)
 inherits the environment and this folder on its import path, so it is probed too: the changes of every
@@ -17,19 +20,23 @@ probed process are numbered in one sequence (a counter beside the log, taken und
 lands in whichever process makes change N. Its ``where`` ends with `` [child]``.
 
 Environment: CRASHMATRIX_LOG, the file each change is appended to (``N<TAB>kind<TAB>shape<TAB>where``);
-CRASHMATRIX_FAULT_AT=N and CRASHMATRIX_FAULT=kill|term|sessions: right after change N, SIGKILL or SIGTERM this
-process, or end every server session whose application_name starts with CRASHMATRIX_APPNAME (this restore's:
-its own, pg_restore's, psql's) over a connection of the probe's own. The line ``FAULT<TAB>N<TAB>main|child``
-is written just before the fault, so the harness knows it was applied and in which process. ``PID<TAB>n``
+CRASHMATRIX_FAULT_AT=N and CRASHMATRIX_FAULT=kill|term|sessions|stop: right after change N, SIGKILL or SIGTERM
+this process, or end every server session whose application_name starts with CRASHMATRIX_APPNAME (this
+restore's: its own, pg_restore's, psql's) over a connection of the probe's own, or stop the server at once
+(CRASHMATRIX_STOP, pg_ctl's argv); after a ``start``, once the child has a session of its own (or has ended).
+The line ``FAULT<TAB>N<TAB>main|child`` is written just before the fault, so the harness knows it was
+applied and in which process. ``PID<TAB>n``
 lines name the server processes of seeddump's sessions; ``SPAWN<TAB>pid<TAB>start time<TAB>program`` every
 process started (so that the harness waits for the ones that outlive the restore before judging);
 ``PROC<TAB>pid<TAB>main|child`` each probed process."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib.abc
 import importlib.machinery
+import json
 import os
 import re
 import shutil
@@ -37,6 +44,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 _LOG = os.environ.get("CRASHMATRIX_LOG", "")
@@ -87,8 +95,21 @@ def _shape(text: str) -> str:
     return re.sub(r"[0-9a-f]{6,}|\d+", "#", text)[:90]
 
 
-def changed(kind: str, detail: str) -> None:
+def _others_leftovers() -> bool:
+    """The change drops what other runs left (``sandbox.drop_stale``: the throwaway roles of killed runs, as many
+    as cases side by side left): no step of this run's, and counted it would shift the numbers of the rest."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == "drop_stale" and frame.f_code.co_filename.endswith("/seeddump/sandbox.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def changed(kind: str, detail: str, started: subprocess.Popen[Any] | None = None) -> None:
     global _busy
+    if _others_leftovers():
+        return
     _busy = True
     try:
         where = _where() + (" [child]" if _ROLE == "child" else "")
@@ -97,19 +118,48 @@ def changed(kind: str, detail: str) -> None:
             return
         _write(f"FAULT\t{number}\t{_ROLE}")
         if _FAULT == "sessions":
-            _end_sessions()
+            _end_sessions(started)
+            return
+        if _FAULT == "stop":  # an immediate stop of the server (the harness starts it again)
+            _wait_for_session(started)
+            subprocess.run(json.loads(os.environ["CRASHMATRIX_STOP"]), capture_output=True, timeout=120)
             return
     finally:
         _busy = False
     os.kill(os.getpid(), signal.SIGKILL if _FAULT == "kill" else signal.SIGTERM)
 
 
-def _end_sessions() -> None:
+def _maintenance() -> Any:
+    """A connection of the probe's own to the server."""
     import psycopg
 
     params = {k: v for k, v in _connection_params.items() if k != "application_name"}
-    with psycopg.connect(**{**params, "dbname": os.environ.get("CRASHMATRIX_MAINTENANCE_DB", "postgres")}) as conn:
-        conn.autocommit = True
+    dbname = os.environ.get("CRASHMATRIX_MAINTENANCE_DB", "postgres")
+    return psycopg.connect(**{**params, "dbname": dbname}, autocommit=True)
+
+
+def _wait_for_session(started: subprocess.Popen[Any] | None, conn: Any = None) -> None:
+    """Returns once the child ``started`` has a session of this restore's on the server (mid-load), or has ended."""
+    if started is None:
+        return
+    with contextlib.ExitStack() as stack:
+        conn = conn or stack.enter_context(_maintenance())
+        deadline = time.monotonic() + 60
+        while started.poll() is None and time.monotonic() < deadline:
+            found = conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE %s AND NOT pid = ANY(%s)"
+                " AND pid <> pg_backend_pid()",
+                (_APPNAME.replace("_", r"\_") + "%", _backends),
+            ).fetchone()
+            if found:
+                return
+            time.sleep(0.005)  # polls the server for the child's session, with a deadline
+
+
+def _end_sessions(started: subprocess.Popen[Any] | None = None) -> None:
+    """Ends this restore's sessions; with ``started``, once that child has one too (or has ended)."""
+    with _maintenance() as conn:
+        _wait_for_session(started, conn)
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE (application_name LIKE %s OR pid = ANY(%s)) AND pid <> pg_backend_pid()",
@@ -251,6 +301,8 @@ def _patch_processes() -> None:
         init(self, *args, **kwargs)
         argv = self.args if isinstance(self.args, (list, tuple)) else [self.args]
         _write(f"SPAWN\t{self.pid}\t{_start_time(self.pid)}\t{os.path.basename(str(argv[0]))}")
+        if not _busy:
+            changed("start", os.path.basename(str(argv[0])), started=self)
 
     def noted(process: Any, before: Any) -> None:
         if before is None and process.returncode is not None and not _busy:
