@@ -27,9 +27,9 @@ two files in MEDIA_ROOT):
 - ``finishing``: a restore with SEEDDUMP_BACKGROUND=true, whose background process is probed and faulted too;
 - ``mount``: a restore whose MEDIA_ROOT is a mount point (a loop-mounted ext4 image; needs root): the media go
   in by moving its contents (``media.Exchange``), seeddump's folders inside it;
-- ``pytest``: a pytest session (``--reuse-db``, its test database kept from an earlier session) whose seeded
-  test builds the plugin's seeded test database (``testdatabases.build``); the database it stands for is owned
-  by a role of its own, so the dump's code runs as a throwaway member of it.
+- ``pytest``: a pytest session (``--reuse-db``, its test database kept from an earlier session; no cache of
+  migrated test databases) whose seeded test builds the plugin's seeded test database (``testdatabases.build``);
+  the database it stands for is owned by a role of its own, so the dump's code runs as a throwaway member of it.
 
 The invariant of a restore path, after each case: the target holds either the old state (its rows and
 MEDIA_ROOT's files as before) and the run failed saying "not changed" or "interrupted", or the dump (the media
@@ -132,7 +132,9 @@ PATHS = {
     "first": Path_("first", (), start=MISSING),
     "finishing": Path_("finishing", (), env=(("SEEDDUMP_BACKGROUND", "true"),), background=True),
     "mount": Path_("mount", (), mount=True),
-    "pytest": Path_("pytest", (), keeps_undo=False, pytest=True),
+    # The cache of migrated test databases (SEEDDUMP_TEST_CACHE) is shared by the cases side by side: what one
+    # case's session caches, the next one's finds, which shifts the numbers; this path is the seeded database's.
+    "pytest": Path_("pytest", (), env=(("SEEDDUMP_TEST_CACHE", "false"),), keeps_undo=False, pytest=True),
 }
 
 
@@ -486,6 +488,7 @@ class Matrix:
             self.serial += 1
             appname = f"cm{self.run}n{self.serial}"
         env = {
+            **dict(path.env),
             "CRASHMATRIX_APPNAME": appname,
             "CRASHMATRIX_MAINTENANCE_DB": self.server.maintenance_db,
             "CRASHMATRIX_EXPECTED": json.dumps(self.new),
