@@ -40,8 +40,9 @@ runs=()
 runs_after=()
 MATRIX=tests/test_crash_matrix.py
 # Whole files that run in the background queue, after the core runs, beside the whole suite (each minutes of its
-# own; the suite is CI's longest part): the crash matrix, and the test database cache's project sessions.
-TESTCACHE=tests/test_testcache.py
+# own; the suite is CI's longest part): the crash matrix, and the test runners' project sessions (the test database
+# cache, seeded classes under manage.py test).
+RUNNERS=(tests/test_testcache.py tests/test_runner_seeded.py)
 main=()
 first=1
 while read -r py django psycopg pg tests; do
@@ -87,9 +88,9 @@ while read -r py django psycopg pg tests; do
   else
     # The crash matrix (minutes of restores killed one after another) goes in the background queue, after the
     # core runs, instead of lengthening the suite: where the suite leaves a core idle.
-    args+=(--durations=25 "--ignore=$MATRIX" "--ignore=$TESTCACHE")
+    args+=(--durations=25 "--ignore=$MATRIX" "${RUNNERS[@]/#/--ignore=}")
     runs_after+=("$pg|$venv|the crash matrix on $label|-p no:cacheprovider -q $MATRIX")
-    runs_after+=("$pg|$venv|the test database cache on $label|-p no:cacheprovider -q $TESTCACHE")
+    runs_after+=("$pg|$venv|the test runners' project sessions on $label|-p no:cacheprovider -q ${RUNNERS[*]}")
   fi
   if [ "$tests" = core ]; then
     runs+=("$pg|$venv|core tests on $label|${args[*]}")
