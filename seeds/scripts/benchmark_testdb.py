@@ -103,6 +103,16 @@ def machine() -> str:
 def main() -> None:
     args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="seeddump-bench-testdb-"))
+    try:
+        measure(args, work)
+    finally:  # a failed run leaves nothing on the server either: its states, test databases and project database
+        if (work / "project" / "manage.py").is_file():
+            Project(work / "project", args.url).run([sys.executable, "manage.py", "testcache", "--drop-all"])
+        drop_databases(args.url, "%bench_testdb%")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
     folder = work / "project"
     migrations_project.write_project(folder, args.apps, args.models, args.migrations)
     (folder / "dumps").mkdir()
@@ -170,11 +180,9 @@ def main() -> None:
             return project.pytest("--migrateci", "--reuse-db", **off)
 
         r["migrations_ci_hit"] = median(args.repeat, cached)
-    drop_databases(args.url, "%bench_testdb%")
     report(r)
     if args.json:
         args.json.write_text(json.dumps(r, indent=2))
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def drop_databases(url: str, pattern: str) -> None:
