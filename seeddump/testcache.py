@@ -326,16 +326,15 @@ def create_test_db(creation: Any, original: Callable[..., str], say: Say, *args:
     options = _options(*args, **kwargs)
     connection = creation.connection
     settings_dict = dict(connection.settings_dict)
+    name = creation._get_test_db_name()
     try:
         with postgres.connect_maintenance(settings_dict) as admin:
-            role = databases.current_user(admin)
+            found = code(connection, databases.current_user(admin))
+            asks = databases.exists(admin, name) and not options["keepdb"] and not options["autoclobber"]
     except (driver.Error, SeeddumpError):
         return original(*args, **kwargs)  # Django says what is wrong with the server, as without seeddump
-    found = code(connection, role)
-    name = creation._get_test_db_name()
-    with postgres.connect_maintenance(settings_dict) as admin:
-        if found is None or (databases.exists(admin, name) and not options["keepdb"] and not options["autoclobber"]):
-            return original(*args, **kwargs)  # nothing to cache by, or Django asks before it drops a database
+    if found is None or asks:
+        return original(*args, **kwargs)  # nothing to cache by, or Django asks before it drops a database
     if options["verbosity"] >= 1:
         action = "Using existing" if options["keepdb"] else "Creating"
         creation.log(
