@@ -320,11 +320,12 @@ def advisory_lock(
     *,
     waiting: Callable[[str], None],
     busy: Callable[[str], str],
+    wait: bool = True,
 ) -> Iterator[None]:
     """Holds the session advisory lock ``key`` (a text second part is hashed), released if the process dies.
 
     When another session holds it, calls ``waiting`` with a description of the holder and waits up to
-    SEEDDUMP_LOCK_TIMEOUT seconds; then raises SeeddumpError(``busy(holder)``)."""
+    SEEDDUMP_LOCK_TIMEOUT seconds (not at all, without ``wait``); then raises SeeddumpError(``busy(holder)``)."""
     first, second = sql.Literal(key[0]), sql.Literal(key[1])  # type: sql.Composable, sql.Composable
     if isinstance(key[1], str):
         second = sql.SQL("hashtext({})").format(second)
@@ -332,6 +333,8 @@ def advisory_lock(
     (acquired,) = conn.execute(sql.SQL("SELECT pg_try_advisory_lock({})").format(args)).fetchone()  # type: ignore[misc]
     if not acquired:
         holder = _lock_holder(conn, first, second)
+        if not wait:
+            raise LockBusy(busy(holder))
         waiting(holder)
         if not _wait_for_lock(conn, sql.SQL("SELECT pg_advisory_lock({})").format(args)):
             raise LockBusy(busy(holder))
@@ -352,6 +355,17 @@ def _wait_for_lock(conn: driver.Connection, statement: sql.Composed) -> bool:
     finally:
         conn.execute("RESET lock_timeout")
     return True
+
+
+@contextlib.contextmanager
+def lock_or_give_up(conn: driver.Connection) -> Iterator[None]:
+    """Statements that give up (LockNotAvailable) at once rather than wait for a lock another session holds."""
+    conn.execute("SET lock_timeout = '1ms'")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(driver.Error):
+            conn.execute("RESET lock_timeout")
 
 
 def _lock_args(key: tuple[int, int | str]) -> sql.Composable:

@@ -23,6 +23,7 @@ are used: nothing from a dump or another role reaches it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -208,13 +209,14 @@ def _building(admin: driver.Connection, code: Code, say: Say) -> Any:
     )
 
 
-def _changing(admin: driver.Connection, directory: Path | None = None) -> Any:
-    """The lock for keeping, labelling and dropping this folder's states (each a moment)."""
+def _changing(admin: driver.Connection, directory: Path | None = None, *, wait: bool = True) -> Any:
+    """The lock for keeping, labelling and dropping this folder's states (each a moment, or a copy)."""
     return postgres.advisory_lock(
         admin,
         (_CHANGE_LOCK_CLASS, prefix(directory)),
         waiting=_quiet,
         busy=lambda holder: f"The cache of migrated test databases was still in use by {holder}. Try again.",
+        wait=wait,
     )
 
 
@@ -239,7 +241,7 @@ def keep(
             databases.rename(admin, source, name)
             databases.close(admin, name)
         else:
-            databases.clone(admin, source, name, closed=True)
+            databases.clone(admin, source, name, closed=True, small=True)
         label = {"key": code.key, "created": _now(), "used": _now(), "migrations": listed(migrations)}
         databases.label(admin, name, {**_labelled(KIND), **label, **(derived or {})})
         _prune(admin, conf.TEST_CACHE_KEEP)
@@ -247,10 +249,14 @@ def keep(
 
 
 def _used(admin: driver.Connection, state: State, code: Code) -> None:
-    """Records that ``state`` was just copied (pruning keeps the most recently used)."""
-    with _changing(admin):
+    """Records that ``state`` was just copied (pruning keeps the most recently used), unless that would wait: an
+    xdist worker copying the same state at this moment blocks the comment until its copy ends (and records the
+    use itself then), and a session keeping a state holds the cache's lock for a copy. Waiting serialised the
+    workers."""
+    label = {"key": code.key, "created": state.created, "used": _now(), "migrations": listed(state.migrations)}
+    giving_up = contextlib.suppress(postgres.LockBusy, driver.errors.LockNotAvailable)
+    with giving_up, _changing(admin, wait=False), postgres.lock_or_give_up(admin):
         if databases.is_ours(admin, state.name):
-            label = {"key": code.key, "created": state.created, "used": _now(), "migrations": listed(state.migrations)}
             databases.label(admin, state.name, {**_labelled(KIND), **label, **state.derived()})
 
 
@@ -426,7 +432,7 @@ def _create_empty(admin: driver.Connection, creation: Any, name: str) -> None:
 
 
 def _copied(creation: Any, code: Code, state: State, name: str, admin: driver.Connection) -> Made:
-    databases.clone(admin, state.name, name)
+    databases.clone(admin, state.name, name, small=True)
     _used(admin, state, code)
     return _migrated(creation, code, Made(name, "cache", 0, state=state), admin)
 
@@ -443,6 +449,13 @@ def _migrated(creation: Any, code: Code, made: Made, admin: driver.Connection) -
     connection.close()
     settings.DATABASES[connection.alias]["NAME"] = made.name
     connection.settings_dict["NAME"] = made.name
+    if made.source == "cache" and made.state is not None and not code.lacks(made.state):
+        # A copy of a state holding every migration of the code: nothing to plan (Django's loader would build
+        # the graph again), and what it holds is the state's label. Each xdist worker saves that CPU.
+        databases.label(
+            admin, made.name, {**_labelled("test"), "key": code.key, "migrations": listed(made.state.migrations)}
+        )
+        return made
     executor = MigrationExecutor(connection)
     plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
     same_apps = made.source == "cache" or (made.source == "kept" and _label_of(admin, made.name)[0] == code.key)

@@ -183,6 +183,20 @@ def test_reuse_db_remakes_a_database_from_another_branch_and_says_so_once(projec
     assert (added,) not in recorded and ("0006_model000_added_0006",) in recorded
 
 
+def test_a_copy_never_waits_for_another_session_changing_the_cache(project: Project) -> None:
+    """Recording that a state was used is a courtesy for pruning: it is skipped rather than waited for. (Waiting
+    serialised xdist workers: a worker copying the state blocks the comment until its copy ends.)"""
+    project.pytest("--create-db")
+    (state,) = project.states()
+    with postgres.connect_maintenance(connections[project.alias].settings_dict) as other:  # keeping a state
+        key = (testcache._CHANGE_LOCK_CLASS, testcache.prefix(project.dumps))
+        other.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", key)
+        second = project.pytest("--create-db", SEEDDUMP_LOCK_TIMEOUT="1")
+
+    assert made_lines(second) == [f"seeddump: test database {project.test_database} copied from {state.name}."]
+    assert [(s.name, s.used) for s in project.states()] == [(state.name, state.used)]
+
+
 def test_xdist_workers_each_copy_the_state_one_worker_made(project: Project) -> None:
     cold = project.pytest("-n", "2")
     warm = project.pytest("-n", "2")

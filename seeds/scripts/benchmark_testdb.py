@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--migrations", type=int, default=25, help="per app")
     parser.add_argument("--url", default="postgres://postgres@127.0.0.1:5432", help="server, without a database")
-    parser.add_argument("--repeat", type=int, default=3, help="sessions per cache-hit figure (the median)")
+    parser.add_argument("--repeat", type=int, default=3, help="sessions per cache-hit and worker figure (the median)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--skip-migrations-ci", action="store_true")
     return parser.parse_args()
@@ -127,6 +127,9 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     create_database(args.url, "bench_testdb")
     project.manage("testcache", "--drop-all")
 
+    def runner(parallel: str) -> tuple[float, float]:
+        return project.manage("test", "tests", "--noinput", "--parallel", parallel), 0.0
+
     r["pytest_django_create_db"] = project.pytest("--create-db", **off)
     project.pytest("--reuse-db", **off)
     r["pytest_django_reuse_db"] = project.pytest("--reuse-db", **off)
@@ -134,10 +137,11 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     r["seeddump_hit"] = median(args.repeat, lambda: project.pytest("--create-db"))
     project.pytest("--reuse-db")
     r["seeddump_reuse_db"] = project.pytest("--reuse-db")
-    r["seeddump_n1"] = project.pytest("--create-db", "-n", "1")
-    r["seeddump_n2"] = project.pytest("--create-db", "-n", "2")
-    r["runner_parallel1"] = project.manage("test", "tests", "--noinput", "--parallel", "1")
-    r["runner_parallel2"] = project.manage("test", "tests", "--noinput", "--parallel", "2")
+    # Medians: one worker against two is a ratio of two short times, each within a few hundred milliseconds.
+    r["seeddump_n1"] = median(args.repeat, lambda: project.pytest("--create-db", "-n", "1"))
+    r["seeddump_n2"] = median(args.repeat, lambda: project.pytest("--create-db", "-n", "2"))
+    r["runner_parallel1"] = median(args.repeat, lambda: runner("1"))[0]
+    r["runner_parallel2"] = median(args.repeat, lambda: runner("2"))[0]
     r["runner_parallel2_off"] = project.manage("test", "tests", "--noinput", "--parallel", "2", **off)
 
     # One migration added: the copy of the state, then that migration alone (its own time measured by migrating
@@ -227,7 +231,8 @@ def report(r: dict[str, Any]) -> None:
     lines += [
         "",
         f"manage.py test --parallel 1 / 2 with seeddump: {r['runner_parallel1']:.2f} s / "
-        f"{r['runner_parallel2']:.2f} s; --parallel 2 without: {r['runner_parallel2_off']:.2f} s",
+        f"{r['runner_parallel2']:.2f} s ({r['runner_parallel2'] / r['runner_parallel1']:.2f} x); --parallel 2 "
+        f"without: {r['runner_parallel2_off']:.2f} s",
         f"cache hit set-up: {hit[1]:.2f} s = {100 * hit[1] / migrate:.1f} % of the migrating set-up ({migrate:.1f} s); "
         f"whole session {hit[0] / r['pytest_django_create_db'][0]:.3f} x",
         f"one migration added: set-up {r['added_migration'][1]:.2f} s; the hit's {hit[1]:.2f} s + migrate applying it "
