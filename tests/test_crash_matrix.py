@@ -8,10 +8,12 @@ run saying so) or the new one (the run saying so, ``--undo`` bringing the old ba
 undo), then the next restore succeeds and nothing is left behind; each path's own invariant is in the script's
 docstring. The cases are generated from what is recorded: a step written tomorrow is covered tomorrow. Here:
 every path (cold, warm, in-place, in-place-no-undo, undo, first, finishing, mount: MEDIA_ROOT a loop-mounted
-filesystem, pytest: the plugin's seeded test database), with media, each change x {SIGKILL, SIGTERM}, on the
-embedded server, one test per path; the in-place path's sessions fault (every server session of the restore
-ended, psql's mid-load among them); and the server-stop fault once psql loads in place, on a server of the
-matrix's own. The whole stop matrix (one case at a time, each with a restart): run the script."""
+filesystem, sandboxed: the superuser's restore of an application role's database, pytest: the plugin's seeded
+test database), with media, each change x {SIGKILL, SIGTERM}, one test per
+path, each path's cases shared between the embedded PostgreSQL 18 and the machine's 15 (every change runs on
+both, one fault on each; each server records the path's changes itself); the in-place path's sessions fault
+(every server session of the restore ended, psql's mid-load among them), shared the same way; and the
+server-stop fault once psql loads in place, on a server of the matrix's own. The whole stop matrix (one case at a time, each with a restart): run the script."""
 
 from __future__ import annotations
 
@@ -28,42 +30,52 @@ from tests.conftest import REPO, MediaDump, unavailable
 sys.path.insert(0, str(REPO / "seeds" / "scripts"))
 import crashmatrix
 
-# Cases the matrix finds broken in seeddump, each with why ("path #change fault": reason). Strict: a case
+SERVERS = ("default", "system")  # the embedded PostgreSQL 18, the machine's 15
+
+# Cases the matrix finds broken in seeddump, each with why ("server path #change fault": reason). Strict: a case
 # listed here that holds fails the test too, so that the list is shortened the day seeddump is mended.
 EXPECTED_BROKEN: dict[str, str] = {}
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
-def run(path: str, faults: tuple[str, ...], dump: Path, workdir: Path) -> crashmatrix.Report:
-    """The path's cases with ``faults`` on the embedded server; fails with every case broken but those listed."""
+def run(path: str, faults: tuple[str, ...], dumps: dict[str, MediaDump], workdir: Path) -> list[crashmatrix.Report]:
+    """The path's cases with ``faults``, half on the embedded PostgreSQL 18 and half on the machine's 15 (each
+    change alternates between them, and so do its faults: ``Matrix.cases``); fails with every case broken but
+    those listed. Returns each server's report."""
     if crashmatrix.PATHS[path].mount and os.geteuid() != 0:
         unavailable(f"mounting a filesystem as MEDIA_ROOT needs root (this runs as uid {os.geteuid()})")
-    server = crashmatrix.Server(
-        connections["default"].settings_dict, tuple(Path(p) for p in settings.SEEDDUMP_PG_BIN_DIRS)
-    )
+    if "system" not in connections.settings:
+        unavailable("the crash matrix takes half of its cases to the machine's PostgreSQL, which is not reachable")
+    bin_dirs = tuple(Path(p) for p in settings.SEEDDUMP_PG_BIN_DIRS)
+    reports, broken = [], {}
+    for part, alias in enumerate(SERVERS):
+        report = crashmatrix.run_matrix(
+            crashmatrix.Server(connections[alias].settings_dict, bin_dirs),
+            dumps[alias].path,
+            paths=(path,),
+            faults=faults,
+            jobs=3,
+            workdir=workdir / alias,
+            share=(part, len(SERVERS)),
+            progress=lambda o: print("." if o.held else f"\n{o.case}: {o.why}", end="", flush=True),
+        )
+        print(f"\n{alias}:\n{report.text()}")
+        assert report.outcomes, f"no case ran on {alias}"
+        broken.update({f"{alias} {o.case.key}": f"{alias} {o.case}: {o.why}" for o in report.broken()})
+        reports.append(report)
 
-    report = crashmatrix.run_matrix(
-        server,
-        dump,
-        paths=(path,),
-        faults=faults,
-        jobs=3,
-        workdir=workdir,
-        progress=lambda outcome: print("." if outcome.held else f"\n{outcome.case}: {outcome.why}", end="", flush=True),
-    )
-
-    print(report.text())
     expected = {
-        key: reason for key, reason in EXPECTED_BROKEN.items() if key.startswith(f"{path} #") and key.endswith(faults)
+        key: reason
+        for key, reason in EXPECTED_BROKEN.items()
+        if key.split(" ", 1)[1].startswith(f"{path} #") and key.endswith(faults)
     }
-    broken = {outcome.case.key: f"{outcome.case}: {outcome.why}" for outcome in report.broken()}
     unexpected = [why for key, why in broken.items() if key not in expected]
     now_holding = [f"{key} ({reason})" for key, reason in expected.items() if key not in broken]
     assert not unexpected and not now_holding, "\n".join(
         [*(f"BROKE {why}" for why in unexpected), *(f"NOW HOLDS {key}" for key in now_holding)]
     )
-    return report
+    return reports
 
 
 # Each path takes one to four minutes alone on two cores (cold about 3.5), and CI runs the core tests beside
@@ -73,29 +85,34 @@ def run(path: str, faults: tuple[str, ...], dump: Path, workdir: Path) -> crashm
 def test_every_change_of_the_path_survives_kill_and_sigterm(
     path: str, media_dumps: dict[str, MediaDump], tmp_path: Path
 ) -> None:
-    report = run(path, ("kill", "term"), media_dumps["default"].path, tmp_path / "matrix")
+    reports = run(path, ("kill", "term"), media_dumps, tmp_path / "matrix")
 
     # The probe sees seeddump's own connections (once it saw none of their SQL after their class moved, and the
     # matrix passed testing only the files): every path changes the server, the cold one by its swap's COMMIT.
-    changes = report.changes[path]
-    assert any(c.kind == "sql" for c in changes), changes
-    if path == "cold":
-        assert any(c.shape == "COMMIT" and "databases.py:swap" in c.where for c in changes), changes
-    if path == "mount":  # the media went in by moving MEDIA_ROOT's contents, not by renaming it
-        assert not any("renameat2" in c.shape for c in changes), changes
-    if path == "pytest":
-        assert any("testdatabases.py" in c.where for c in changes), changes
+    for report in reports:
+        changes = report.changes[path]
+        assert any(c.kind == "sql" for c in changes), changes
+        if path == "cold":
+            assert any(c.shape == "COMMIT" and "databases.py:swap" in c.where for c in changes), changes
+        if path == "mount":  # the media went in by moving MEDIA_ROOT's contents, not by renaming it
+            assert not any("renameat2" in c.shape for c in changes), changes
+        if path in ("pytest", "sandboxed"):  # the dump's code ran as a throwaway role, made and dropped
+            assert any("sandbox.py" in c.where for c in changes), changes
+        if path == "pytest":
+            assert any("testdatabases.py" in c.where for c in changes), changes
 
 
 @pytest.mark.timeout(900)
 def test_every_server_session_of_an_in_place_restore_ended_after_each_change(
     media_dumps: dict[str, MediaDump], tmp_path: Path
 ) -> None:
-    report = run("in-place", ("sessions",), media_dumps["default"].path, tmp_path / "matrix")
+    reports = run("in-place", ("sessions",), media_dumps, tmp_path / "matrix")
 
-    # Among the cases: psql's load session ended mid-load (once it has its session, after the start of psql).
-    starts = [c for c in report.changes["in-place"] if c.kind == "start" and c.shape == "psql"]
-    assert starts and {o.case.change for o in report.outcomes} >= set(starts)
+    # Among the cases: psql's load session ended mid-load (once it has its session, after the start of psql), on
+    # one server or the other.
+    starts = {(c.number, c.shape) for r in reports for c in r.changes["in-place"] if c.kind == "start"}
+    faulted = {(o.case.change.number, o.case.change.shape) for r in reports for o in r.outcomes}
+    assert any(shape == "psql" for _, shape in starts) and faulted >= starts
 
 
 @pytest.mark.timeout(600)

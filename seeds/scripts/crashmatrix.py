@@ -1,7 +1,7 @@
 """The crash matrix: every state change a restore makes, times every fault, judged by one invariant.
 
     .venv/bin/python seeds/scripts/crashmatrix.py [--database-url URL]
-        [--paths cold,warm,in-place,in-place-no-undo,undo,first,finishing,mount,pytest]
+        [--paths cold,warm,in-place,in-place-no-undo,undo,first,finishing,mount,sandboxed,pytest]
         [--faults kill,term,sessions,stop] [--jobs 2] [--dump PATH] [--workdir DIR] [--changes N,N]
 
 How: each path's run (``manage.py restoredump``, or ``restoredump --undo``) runs once with the probe
@@ -25,6 +25,8 @@ two files in MEDIA_ROOT):
 - ``undo``: ``restoredump --undo`` after a completed restore of the dump over the old state;
 - ``first``: the first restore into a target database that does not exist yet, the old files in MEDIA_ROOT;
 - ``finishing``: a restore with SEEDDUMP_BACKGROUND=true, whose background process is probed and faulted too;
+- ``sandboxed``: a restore (as ``cold``) of a target an application role owns, by the superuser: the dump's
+  code runs as a throwaway login role, a member of that owner, which no case may leave able to log in;
 - ``mount``: a restore whose MEDIA_ROOT is a mount point (a loop-mounted ext4 image; needs root): the media go
   in by moving its contents (``media.Exchange``), seeddump's folders inside it;
 - ``pytest``: a pytest session (``--reuse-db``, its test database kept from an earlier session; no cache of
@@ -120,6 +122,7 @@ class Path_:
     keeps_undo: bool = True
     background: bool = False
     mount: bool = False  # MEDIA_ROOT is a mount point (a loop-mounted filesystem of its own)
+    owned: bool = False  # the target is an application role's: the superuser's restore runs the dump sandboxed
     pytest: bool = False  # the run is a pytest session building the seeded test database, not restoredump
 
 
@@ -132,6 +135,7 @@ PATHS = {
     "first": Path_("first", (), start=MISSING),
     "finishing": Path_("finishing", (), env=(("SEEDDUMP_BACKGROUND", "true"),), background=True),
     "mount": Path_("mount", (), mount=True),
+    "sandboxed": Path_("sandboxed", (), owned=True),
     # The cache of migrated test databases (SEEDDUMP_TEST_CACHE) is shared by the cases side by side: what one
     # case's session caches, the next one's finds, which shifts the numbers; this path is the seeded database's.
     "pytest": Path_("pytest", (), env=(("SEEDDUMP_TEST_CACHE", "false"),), keeps_undo=False, pytest=True),
@@ -419,13 +423,17 @@ class Matrix:
                         sql.Identifier(slot.test_database), sql.Identifier(self.base)
                     )
                 )
-                # The database the seeded one stands for is the application's role's: the superuser that
-                # connects runs the dump's code as a throwaway member of it (the sandbox), as restoredump does.
+        if path.pytest or path.owned:
+            # The target (for pytest: the database the seeded one stands for) is the application's role's: the
+            # superuser that connects runs the dump's code as a throwaway member of it (the sandbox), whose
+            # login must not outlive the run.
+            with self.server.connect() as admin:
                 admin.execute(
                     sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
                         sql.Identifier(slot.target), sql.Identifier(self.owner)
                     )
                 )
+        if path.pytest:  # the project's tests
             slot.inner.mkdir(parents=True, exist_ok=True)
             (slot.inner / "pytest.ini").write_text("[pytest]\nDJANGO_SETTINGS_MODULE = crashmatrix_settings\n")
             (slot.inner / "test_seeded.py").write_text(INNER_TEST)
@@ -909,14 +917,20 @@ class Matrix:
 
     # --- the whole matrix ----------------------------------------------------------------------------------
 
-    def cases(self, path: str, changes: list[Change], faults: Iterable[str]) -> list[Case]:
+    def cases(
+        self, path: str, changes: list[Change], faults: Iterable[str], share: tuple[int, int] = (0, 1)
+    ) -> list[Case]:
         """Every change x fault, but: the sessions and stop faults only where the server is talked to (after SQL,
-        and once a started child has its session: mid-load), and a child's start only for them."""
+        and once a started child has its session: mid-load), and a child's start only for them. With ``share``
+        (part, parts): the part-th of ``parts`` interleaved shares, alternating both the changes and, for each
+        change, the faults (the shares on two servers give every change each server and each fault)."""
+        part, parts = share
         return [
             Case(path, change, fault)
-            for change in changes
-            for fault in faults
+            for c, change in enumerate(changes)
+            for f, fault in enumerate(faults)
             if (change.kind in ("sql", "start") if fault in SERVER_FAULTS else change.kind != "start")
+            and (c + f) % parts == part
         ]
 
 
@@ -952,9 +966,10 @@ def run_matrix(
     workdir: Path | None = None,
     progress: Callable[[Outcome], None] | None = None,
     only: Callable[[Change], bool] | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> Report:
     """Records each path's changes, runs every case (``jobs`` at a time; with ``only``, those of the changes it
-    takes), and returns what held and broke."""
+    takes; with ``share``, that share of them: ``Matrix.cases``), and returns what held and broke."""
     started = time.monotonic()
     report = Report()
     faults = tuple(faults)
@@ -972,7 +987,7 @@ def run_matrix(
             try:
                 changes = matrix.record(PATHS[path])
                 report.changes[path] = changes
-                cases = [c for c in matrix.cases(path, changes, faults) if only is None or only(c.change)]
+                cases = [c for c in matrix.cases(path, changes, faults, share) if only is None or only(c.change)]
                 # A server stop ends every case on the server: those cases run one at a time, after the others.
                 for one_by_one in (False, True):
                     mine = [case for case in cases if (case.fault == "stop") == one_by_one]
