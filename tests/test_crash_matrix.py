@@ -9,11 +9,12 @@ undo), then the next restore succeeds and nothing is left behind; each path's ow
 docstring. The cases are generated from what is recorded: a step written tomorrow is covered tomorrow. Here:
 every path (cold, warm, in-place, in-place-no-undo, undo, first, finishing, mount: MEDIA_ROOT a loop-mounted
 filesystem, sandboxed: the superuser's restore of an application role's database, pytest: the plugin's seeded
-test database), with media, each change x {SIGKILL, SIGTERM}, one test per
-path, each path's cases shared between the embedded PostgreSQL 18 and the machine's 15 (every change runs on
-both, one fault on each; each server records the path's changes itself); the in-place path's sessions fault
-(every server session of the restore ended, psql's mid-load among them), shared the same way; and the
-server-stop fault once psql loads in place, on a server of the matrix's own. The whole stop matrix (one case at a time, each with a restart): run the script."""
+test database), with media, each change x {SIGKILL, SIGTERM}, one test per path, each path's cases shared
+between the embedded PostgreSQL 18 and the machine's 15 (every change runs on both, one fault on each; each
+server records the path's changes itself); the in-place path's sessions fault (every server session of the
+restore ended, psql's mid-load among them), shared the same way; and the server-stop fault once psql loads in
+place, on a server of the matrix's own. The whole stop matrix (one case at a time, each with a restart): run
+the script. A matrix run killed mid-case leaves nothing the next one does not drop."""
 
 from __future__ import annotations
 
@@ -137,3 +138,39 @@ def test_a_server_stop_while_psql_loads_in_place_says_what_it_knows(
     print(report.text())
     assert report.outcomes and all(o.case.change.shape == "psql" for o in report.outcomes)
     assert not report.broken(), "\n".join(f"BROKE {o.case}: {o.why}" for o in report.broken())
+
+
+@pytest.mark.timeout(300)
+def test_a_matrix_run_that_ended_without_its_cleanup_is_cleaned_up_by_the_next(
+    media_dumps: dict[str, MediaDump], tmp_path: Path
+) -> None:
+    """The matrix shares the machine's server with whatever else runs there: a run killed mid-case (CI's time
+    limit) leaves its databases and roles, which the next run drops; a run still going is left alone."""
+    if "system" not in connections.settings:
+        unavailable("the crash matrix takes half of its cases to the machine's PostgreSQL, which is not reachable")
+    server = crashmatrix.Server(
+        connections["system"].settings_dict, tuple(Path(p) for p in settings.SEEDDUMP_PG_BIN_DIRS)
+    )
+    dump = media_dumps["system"].path
+    ended = crashmatrix.Matrix(server, dump, tmp_path / "ended", jobs=2)
+    going = crashmatrix.Matrix(server, dump, tmp_path / "going", jobs=1)
+    try:
+        ended.prepare()
+        with server.connect() as admin:  # mid-case: a target, and a throwaway login role of a restore
+            admin.execute(f'CREATE DATABASE "{ended.slots[1].target}"')
+            admin.execute(f'CREATE ROLE "seeddump_sandbox_{ended.run}00" LOGIN IN ROLE "{ended.slots[1].owner}"')
+        assert ended.alive is not None
+        ended.alive.close()  # the process died: the server lets go of its lock
+        going.prepare()  # the next run (this one stays alive) cleans up after the one that ended
+
+        with server.connect() as admin:
+            names = [n for (n,) in admin.execute("SELECT datname FROM pg_database").fetchall()]
+            roles = [n for (n,) in admin.execute("SELECT rolname FROM pg_roles").fetchall()]
+        assert not [n for n in names + roles if n.startswith(f"crashmatrix_{ended.run}_")]
+        assert f"seeddump_sandbox_{ended.run}00" not in roles
+        assert not (tmp_path / "ended").exists()
+        assert f"crashmatrix_{going.run}_old" in names and f"crashmatrix_{going.run}_owner0" in roles
+        assert crashmatrix.drop_ended_runs(server) == []  # the one going is not touched
+    finally:
+        going.cleanup()
+        ended.cleanup()

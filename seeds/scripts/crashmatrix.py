@@ -95,6 +95,7 @@ REPO = Path(__file__).resolve().parents[2]
 HOOK = Path(__file__).resolve().parent / "crashmatrix_hook"
 FAULTS = ("kill", "term", "sessions", "stop")
 SERVER_FAULTS = ("sessions", "stop")  # applied where the server is talked to: after SQL, and after a child's start
+RUN_LOCK = 0x5EE8  # first key of a matrix run's lock, held while it runs (the suite's runs use 0x5EE7)
 TIMEOUT = 120  # seconds a run may take before it is killed with what it started (a stuck case fails alone)
 OLD_TEAM = "crashmatrix: the old state"
 OLD_FILES = {"notes.txt": b"my notes", "emblems/mine.svg": b"<svg>the old state</svg>"}
@@ -266,6 +267,9 @@ class Slot:
     target: str
     folder: Path  # holds MEDIA_ROOT (media/) and nothing else (but the pytest path's inner/)
     image: Path | None = None  # the filesystem mounted as MEDIA_ROOT, while a mount path runs
+    # The owner of the target where a path makes it an application role's (``Path_.owned``, the pytest path): a
+    # role of the slot's own, so that the throwaway roles a case's runs make (members of it) are that case's.
+    owner: str = ""
 
     @property
     def media(self) -> Path:
@@ -289,16 +293,18 @@ class Slot:
 
 
 class Matrix:
-    def __init__(self, server: Server, dump: Path, workdir: Path, jobs: int = 2) -> None:
-        self.server, self.workdir, self.jobs = server, workdir, jobs
-        self.run = secrets.token_hex(3)
+    def __init__(self, server: Server, dump: Path | None, workdir: Path, jobs: int = 2, run: str | None = None) -> None:
+        """A matrix run (``dump`` None and ``run``: one that ended without its cleanup, to clean up after)."""
+        self.server, self.workdir, self.jobs, self.dump = server, workdir, jobs, dump
+        self.run = run or secrets.token_hex(3)
         self.dumps = workdir / "dumps"
         self.logs = workdir / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        _copy_dump(dump, self.dumps)
+        self.alive: psycopg.Connection | None = None
         self.base = f"crashmatrix_{self.run}_old"
-        self.owner = f"crashmatrix_{self.run}_owner"  # the pytest path's target's owner: not the connecting role
-        self.slots = [Slot(f"crashmatrix_{self.run}_t{n}", workdir / f"t{n}") for n in range(jobs)]
+        self.slots = [
+            Slot(f"crashmatrix_{self.run}_t{n}", workdir / f"t{n}", owner=f"crashmatrix_{self.run}_owner{n}")
+            for n in range(jobs)
+        ]
         self.free: list[Slot] = list(self.slots)
         self.lock = threading.Lock()
         self.snapshot_lock = threading.Lock()
@@ -310,10 +316,24 @@ class Matrix:
     # --- set-up -------------------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """The old state every case starts from: a migrated database holding one team of its own."""
+        """The old state every case starts from: a migrated database holding one team of its own. First, what
+        matrix runs on this server that ended without their cleanup (killed, a CI time limit) left behind."""
+        assert self.dump is not None
+        drop_ended_runs(self.server)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        _copy_dump(self.dump, self.dumps)
+        # Alive while this session lasts (the server lets go of the lock however the run ends); recorded by the
+        # first slot's owner role, whose comment says where its files are.
+        self.alive = self.server.connect()
+        self.alive.execute("SELECT pg_catalog.pg_advisory_lock(%s, hashtext(%s))", (RUN_LOCK, self.run))
         with self.server.connect() as admin:
+            with admin.transaction():  # the roles and their record at once: none unrecorded
+                for slot in self.slots:
+                    admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(slot.owner)))
+                record = json.dumps({"crashmatrix": self.run, "workdir": str(self.workdir), "jobs": self.jobs})
+                first = sql.Identifier(self.slots[0].owner)
+                admin.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(first, sql.Literal(record)))
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.base)))
-            admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(self.owner)))
         done = self.manage(self.base, self.workdir / "base-media", "migrate", "--no-input", "-v0")
         if done.returncode != 0:
             raise RuntimeError(f"migrate failed: {done.stderr}")
@@ -326,14 +346,30 @@ class Matrix:
         self.old = self.fingerprint(self.base)
 
     def cleanup(self) -> None:
+        """Drops what the run made: its databases and seeddump's for them, the throwaway roles its cases left
+        (none, unless a case broke), its roles; unmounts what it mounted."""
         for slot in self.slots:
+            if slot.image is None and os.path.ismount(slot.media):  # a run that ended mid-case (ended runs)
+                subprocess.run(["umount", str(slot.media)], check=False, capture_output=True, timeout=60)
             self.reset(slot, make=False)
         with self.server.connect() as admin:
             for name in self.databases_like(admin, f"crashmatrix\\_{self.run}\\_%"):
                 self.drop(admin, name)
             for name in self.cached(admin):
                 self.drop(admin, name)
-            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(self.owner)))
+            for slot in self.slots:
+                members = admin.execute(
+                    "SELECT r.rolname FROM pg_catalog.pg_roles r JOIN pg_catalog.pg_auth_members m ON m.member ="
+                    " r.oid JOIN pg_catalog.pg_roles o ON o.oid = m.roleid WHERE o.rolname = %s AND"
+                    " starts_with(r.rolname, 'seeddump_sandbox_')",
+                    (slot.owner,),
+                ).fetchall()
+                for (role,) in [*members, (slot.owner,)]:
+                    with contextlib.suppress(psycopg.Error):
+                        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        if self.alive is not None:
+            self.alive.close()
+            self.alive = None
 
     def snapshots(self, admin: psycopg.Connection) -> list[str]:
         """The snapshot cache's copies made for this matrix's dumps folder."""
@@ -430,7 +466,7 @@ class Matrix:
             with self.server.connect() as admin:
                 admin.execute(
                     sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
-                        sql.Identifier(slot.target), sql.Identifier(self.owner)
+                        sql.Identifier(slot.target), sql.Identifier(slot.owner)
                     )
                 )
         if path.pytest:  # the project's tests
@@ -867,7 +903,6 @@ class Matrix:
         from seeddump import finishing, snapshots, undo
 
         left: list[str] = []
-        pids = [int(line.split("\t")[1]) for line in log.read_text().splitlines() if line.startswith("PID\t")]
         target = slot.seeded if path.pytest else slot.target
         with self.server.connect() as admin:
             for prefix in (finishing.scratch_prefix(target), finishing.retired_prefix(target)):
@@ -884,11 +919,14 @@ class Matrix:
                 (snapshots.empty_name(slot.target, "", self.dumps).replace("_", "\\_") + "%",),
             ).fetchall()
             left += [f"{name} (unlabelled)" for name, label in empty if '"empty"' not in (label or "")]
+            # The throwaway roles of this case's runs: members of the slot's owner (its runs alone used it).
             roles = admin.execute(
-                "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname LIKE"
-                " 'seeddump\\_sandbox\\_%' AND rolcanlogin AND (rolvaliduntil IS NULL OR rolvaliduntil > now())"
+                "SELECT r.rolname FROM pg_catalog.pg_roles r JOIN pg_catalog.pg_auth_members m ON m.member = r.oid"
+                " JOIN pg_catalog.pg_roles o ON o.oid = m.roleid WHERE o.rolname = %s AND r.rolcanlogin"
+                " AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > now())",
+                (slot.owner,),
             ).fetchall()
-            left += [f"role {name}" for name, label in roles if any(f'"{pid}' in (label or "") for pid in pids)]
+            left += [f"role {name} (can log in)" for (name,) in roles]
         if path.pytest:  # no media
             return left
         if path.mount:  # seeddump's folders are inside MEDIA_ROOT, none beside it
@@ -1007,6 +1045,38 @@ def run_matrix(
             shutil.rmtree(folder, ignore_errors=True)
     report.seconds = time.monotonic() - started
     return report
+
+
+def drop_ended_runs(server: Server) -> list[str]:
+    """Cleans up after the matrix runs on ``server`` that ended without their own cleanup: a run is recorded by
+    its first slot's owner role (``crashmatrix_<run>_owner0``, commented with its folder) and alive while its
+    lock is held. Returns the runs cleaned up after."""
+    ended = []
+    with server.connect() as admin:
+        rows = admin.execute(
+            "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_catalog.pg_roles"
+            " WHERE rolname ~ '^crashmatrix_[0-9a-f]{6}_owner0$'"
+        ).fetchall()
+        for role, comment in rows:
+            try:
+                record = json.loads(comment or "")
+                run, workdir, jobs = str(record["crashmatrix"]), Path(record["workdir"]), int(record["jobs"])
+            except (ValueError, KeyError, TypeError):
+                continue  # not one of ours, or made before the record: left alone
+            if role != f"crashmatrix_{run}_owner0":
+                continue
+            (free,) = admin.execute(
+                "SELECT pg_catalog.pg_try_advisory_lock(%s, hashtext(%s))", (RUN_LOCK, run)
+            ).fetchone()
+            if not free:
+                continue  # still going
+            try:
+                Matrix(server, None, workdir, jobs, run=run).cleanup()
+                shutil.rmtree(workdir, ignore_errors=True)
+                ended.append(run)
+            finally:
+                admin.execute("SELECT pg_catalog.pg_advisory_unlock(%s, hashtext(%s))", (RUN_LOCK, run))
+    return ended
 
 
 @contextlib.contextmanager
