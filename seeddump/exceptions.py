@@ -6,6 +6,10 @@ class SeeddumpError(Exception):
     """
 
 
+class ProgramFailed(SeeddumpError):
+    """A PostgreSQL program (pg_restore, psql, pg_dump) exited with an error: its most useful line."""
+
+
 class UnfinishedAfterSwap(SeeddumpError):
     """The target holds what was swapped in, but a step after the swap did not finish.
 

@@ -100,7 +100,8 @@ def into_new(
                 pass_fds=archive.fds,
             )
         except SeeddumpError as exc:
-            raise SeeddumpError(f"{exc}{_hint(str(exc), metadata, postgres.server_major(admin))}") from None
+            hint = _hint(str(exc), metadata, postgres.server_major(admin))
+            raise type(exc)(f"{exc}{hint}") from None  # the same kind: pg_restore's failure stays one
     progress("Checking row counts against the metadata")
     with postgres.connect(settings_dict, database) as conn:
         if dump_code.needed:

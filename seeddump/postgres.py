@@ -24,7 +24,7 @@ from typing import Any
 from seeddump import driver
 from seeddump.conf import conf
 from seeddump.driver import sql
-from seeddump.exceptions import SeeddumpError
+from seeddump.exceptions import ProgramFailed, SeeddumpError
 
 # How seeddump's sessions show in pg_stat_activity (the background process says so).
 APPLICATION_NAME = "seeddump"
@@ -615,7 +615,7 @@ def run(
     except OSError as exc:
         raise SeeddumpError(f"Could not start {program.path}: {exc.strerror}.") from None
     if result.returncode != 0:
-        raise SeeddumpError(f"{what} failed: {program_error(result.stderr, settings_dict)}")
+        raise ProgramFailed(f"{what} failed: {program_error(result.stderr, settings_dict)}")
     return result
 
 

@@ -11,8 +11,8 @@ every path (cold, warm, in-place, in-place-no-undo, undo, first, finishing, moun
 filesystem, sandboxed: the superuser's restore of an application role's database, pytest: the plugin's seeded
 test database), with media, each change x {SIGKILL, SIGTERM}, one test per path, each path's cases shared
 between the embedded PostgreSQL 18 and the machine's 15 (every change runs on both, one fault on each; each
-server records the path's changes itself); the in-place path's sessions fault (every server session of the
-restore ended, psql's mid-load among them), shared the same way; and the server-stop fault once psql loads in
+server records the path's changes itself); the in-place and cold paths' sessions fault (every server session of
+the restore ended, the load's mid-load among them), shared the same way; and the server-stop fault once psql loads in
 place, on a server of the matrix's own. The whole stop matrix (one case at a time, each with a restart): run
 the script. A matrix run killed mid-case leaves nothing the next one does not drop."""
 
@@ -104,16 +104,18 @@ def test_every_change_of_the_path_survives_kill_and_sigterm(
 
 
 @pytest.mark.timeout(900)
-def test_every_server_session_of_an_in_place_restore_ended_after_each_change(
-    media_dumps: dict[str, MediaDump], tmp_path: Path
+@pytest.mark.parametrize("path", ["in-place", "cold"])
+def test_every_server_session_of_the_restore_ended_after_each_change(
+    path: str, media_dumps: dict[str, MediaDump], tmp_path: Path
 ) -> None:
-    reports = run("in-place", ("sessions",), media_dumps, tmp_path / "matrix")
+    reports = run(path, ("sessions",), media_dumps, tmp_path / "matrix")
 
-    # Among the cases: psql's load session ended mid-load (once it has its session, after the start of psql), on
-    # one server or the other.
-    starts = {(c.number, c.shape) for r in reports for c in r.changes["in-place"] if c.kind == "start"}
+    # Among the cases: the load's session ended mid-load (once it has its session, after the start of psql in
+    # place, of pg_restore cold), on one server or the other.
+    starts = {(c.number, c.shape) for r in reports for c in r.changes[path] if c.kind == "start"}
     faulted = {(o.case.change.number, o.case.change.shape) for r in reports for o in r.outcomes}
-    assert any(shape == "psql" for _, shape in starts) and faulted >= starts
+    load = "psql" if path == "in-place" else "pg_restore"
+    assert any(shape == load for _, shape in starts) and faulted >= starts
 
 
 @pytest.mark.timeout(600)
