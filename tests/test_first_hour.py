@@ -65,7 +65,7 @@ def test_test_sh_says_how_long_it_takes_and_which_servers_it_uses_before_anythin
 
     before_install = default.stdout.split("INSTALL RAN")[0]
     assert default.returncode == 7 and "INSTALL RAN" in default.stdout
-    assert "about 45 minutes on 2 cores" in before_install
+    assert "about 60 minutes on 2 cores" in before_install
     assert "embedded PostgreSQL" in before_install and "demo.sh stop" in before_install
     assert "postgres://postgres@127.0.0.1:5432/seeddump_system" in before_install
     assert "as a superuser by default" in before_install and "SEEDDUMP_TEST_SYSTEM_URL=" in before_install

@@ -13,7 +13,7 @@ system_shown=$(printf '%s' "$system" | sed -E 's#^([a-z]+://[^:@/]*):[^@/]*@#\1:
 if [ "$#" -gt 0 ]; then
   echo "test.sh: lint, types, then pytest $* on the newest combination of seeds/scripts/versions.txt."
 else
-  echo "test.sh: lint, types, then the whole suite, and its core on older Python and Django: about 45 minutes" \
+  echo "test.sh: lint, types, then the whole suite, and its core on older Python and Django: about 60 minutes" \
     "on 2 cores (CI's full run; bash seeds/scripts/test.sh tests/test_roundtrip.py runs one file)."
 fi
 echo "test.sh: servers: the embedded PostgreSQL (18; 16 for one core run) in .pgdata/, started by the tests and" \
