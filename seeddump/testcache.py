@@ -255,7 +255,7 @@ def _used(admin: driver.Connection, state: State, code: Code) -> None:
     workers."""
     label = {"key": code.key, "created": state.created, "used": _now(), "migrations": listed(state.migrations)}
     giving_up = contextlib.suppress(postgres.LockBusy, driver.errors.LockNotAvailable)
-    with giving_up, _changing(admin, wait=False), postgres.lock_or_give_up(admin):
+    with giving_up, _changing(admin, wait=False), postgres.lock_timeout(admin, "1ms"):
         if databases.is_ours(admin, state.name):
             databases.label(admin, state.name, {**_labelled(KIND), **label, **state.derived()})
 
