@@ -3,7 +3,7 @@
     .venv/bin/python seeds/scripts/crashmatrix.py [--database-url URL]
         [--paths cold,warm,in-place,in-place-no-undo,undo,first,finishing,mount,sandboxed,pytest]
         [--faults kill,term,sessions,stop] [--jobs 2] [--dump PATH] [--workdir DIR] [--changes N,N]
-        [--server-bin /usr/lib/postgresql/15/bin]
+        [--server-bin /usr/lib/postgresql/15/bin] [--share K/N]
 
 How: each path's run (``manage.py restoredump``, or ``restoredump --undo``) runs once with the probe
 (``crashmatrix_hook/``, first on PYTHONPATH) recording its state changes in order: every SQL statement
@@ -1336,6 +1336,12 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="keep the matrix's folder (each case's probe log) here")
     parser.add_argument("--changes", default="", help="only the cases of these change numbers (N,N,...)")
     parser.add_argument(
+        "--share",
+        default="0/1",
+        help="K/N: the K-th of N interleaved shares of the cases (each change's faults alternate too); N runs on "
+        "N servers, with shares 0/N to N-1/N, run the matrix once between them",
+    )
+    parser.add_argument(
         "--server-bin",
         type=Path,
         help="the stop fault's server of its own from these initdb and pg_ctl (default: the embedded PostgreSQL's; "
@@ -1344,6 +1350,12 @@ def main() -> int:
     options = parser.parse_args()
     # SIGTERM (a CI job cancelled, kill) ends the run through its cleanup: its databases, roles and private server.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        part, parts = (int(number) for number in options.share.split("/"))
+        if not 0 <= part < parts:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--share takes K/N with 0 <= K < N (as 0/2 and 1/2), not {options.share!r}")
     unknown = [name for name in options.paths.split(",") if name not in PATHS]
     if unknown:
         parser.error(f"unknown path(s) {', '.join(unknown)}; the paths are {', '.join(PATHS)}")
@@ -1372,6 +1384,7 @@ def main() -> int:
             workdir=options.workdir,
             progress=lambda outcome: print("." if outcome.held else "F", end="", flush=True),
             only=(lambda change: str(change.number) in options.changes.split(",")) if options.changes else None,
+            share=(part, parts),
         )
     print()
     print(report.text())
