@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -30,6 +31,13 @@ from tests import suite_runs
 
 REPO = Path(__file__).resolve().parent.parent
 ALIASES = ["default", "system"]
+
+
+def own_name(kind: str, token: str = "") -> str:
+    """A name for a database or role a test makes on a server the suite shares: ``sdt_<RUN>_<kind>_<token>`` (a
+    random token unless given), so that two runs at once never meet, and what a killed run made is dropped by the
+    next (tests/suite_runs.py). Keep ``kind`` short: PostgreSQL cuts names at 63 bytes."""
+    return f"{suite_runs.own_prefix(django_settings.RUN)}{kind}_{token or secrets.token_hex(3)}"
 
 
 def unavailable(reason: str) -> None:

@@ -4,7 +4,6 @@ over a superuser connection, from a template as the app role, or refused in one 
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from django.db import connections
 from psycopg import sql
 
 from seeddump import dumpfiles
-from tests.conftest import database_url, files_of, manage, unavailable
+from tests.conftest import database_url, files_of, manage, own_name, unavailable
 from tests.test_identity import Server, restoredump, superuser
 from tests.test_identity import server as server_fixture
 from tests.test_interruptions import stopped_restore
@@ -109,7 +108,7 @@ def test_as_the_app_role_a_template_holds_it_or_one_line_says_who_can(
     assert server.query(target, "SELECT to_regclass('mine') IS NOT NULL") == [(True,)]
 
     # The template_postgis habit: an administrator makes a template that holds it once.
-    template = f"sdt_template_postgis_{secrets.token_hex(3)}"
+    template = own_name("template_postgis")
     with superuser(alias) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(template), sql.Identifier(app)))
     server.execute(template, "CREATE EXTENSION postgis")

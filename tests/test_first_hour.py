@@ -21,11 +21,11 @@ from django.conf import settings as django_settings
 from django.core.management import ManagementUtility, call_command
 from django.db import connections
 
-from seeddump import databases, finishing, postgres, snapshots, undo
+from seeddump import databases, finishing, postgres, sandbox, snapshots, undo
 from seeddump.driver import sql
 from seeddump.management.commands import generatedump
 from tests import suite_runs
-from tests.conftest import REPO, manage, run_bounded, wait_for_exit
+from tests.conftest import REPO, manage, own_name, run_bounded, wait_for_exit
 from tests.test_smoketest import smoketest
 from tests.test_stale import MISSING, check_output, dump_behind_the_code, migrate
 
@@ -89,8 +89,9 @@ def test_this_run_says_on_each_server_that_it_is_alive() -> None:
         assert role is not None and not free, alias
 
 
-def _create(admin, name: str, label: dict[str, str] | None = None) -> None:
-    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+def _create(admin, name: str, label: dict[str, str] | None = None, owner: str | None = None) -> None:
+    owned = sql.SQL(" OWNER {}").format(sql.Identifier(owner)) if owner else sql.SQL("")
+    admin.execute(sql.SQL("CREATE DATABASE {}{}").format(sql.Identifier(name), owned))
     if label is not None:
         databases.label(admin, name, label)
 
@@ -99,17 +100,34 @@ def _names(admin, prefix: str) -> set[str]:
     return {database.name for database in databases.with_prefix(admin, prefix, sizes=False)}
 
 
+def _roles(admin) -> set[str]:
+    return {name for (name,) in admin.execute("SELECT rolname FROM pg_roles").fetchall()}
+
+
 @pytest.fixture
 def made_here(alias: str) -> Iterator[list[str]]:
-    """Databases and roles a test makes on the alias's server by hand, dropped afterwards."""
+    """Databases and roles a test makes on the alias's server by hand, dropped afterwards (the databases first:
+    the roles may own some; then what the roles still have in the maintenance database, privileges)."""
     made: list[str] = []
     yield made
     with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
+        roles, found = _roles(admin), _names(admin, "")
         for name in made:
-            if name.startswith(suite_runs.ROLE_PREFIX):
-                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-            else:
+            if name in found:
+                unlocked = sql.SQL("ALTER DATABASE {} IS_TEMPLATE false ALLOW_CONNECTIONS true")
+                admin.execute(unlocked.format(sql.Identifier(name)))
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        for name in made:
+            if name in roles:
+                admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def _table_of(alias: str, database: str, role: str, table: str) -> None:
+    """A table in ``database`` owned by ``role``."""
+    with postgres.connect(connections[alias].settings_dict, database) as conn:
+        conn.execute(sql.SQL("CREATE TABLE public.{} (id int)").format(sql.Identifier(table)))
+        conn.execute(sql.SQL("ALTER TABLE public.{} OWNER TO {}").format(sql.Identifier(table), sql.Identifier(role)))
 
 
 def test_the_next_run_drops_what_an_interrupted_run_left_and_nothing_of_a_run_still_going(
@@ -118,7 +136,16 @@ def test_the_next_run_drops_what_an_interrupted_run_left_and_nothing_of_a_run_st
     settings_dict = connections[alias].settings_dict
     admin = postgres.connect_maintenance(settings_dict)
     runs = {"killed": f"k{secrets.token_hex(4)}", "going": f"g{secrets.token_hex(4)}"}
+    # Another project on the same server, with seeddump's names: never the suite's to drop. Labelled for a
+    # database of this run, and for a folder of this run's, so that the next run drops them if this one is killed.
+    their_dev = own_name("their_dev")
+    their_folder = tmp_path / "theirs" / "dumps"
+    theirs = [undo.prefix(their_dev) + secrets.token_hex(4), snapshots.folder_prefix(their_folder)[:-1]]
+    _create(admin, theirs[0], {"seeddump": "undo", "database": their_dev})
+    _create(admin, theirs[1], {"seeddump": "snapshot", "folder": str(their_folder)})
+    made_here += theirs
     left: dict[str, list[str]] = {}
+    roles: dict[str, list[str]] = {}
     sessions = {}
     for kind, run in runs.items():
         sessions[kind] = postgres.connect_maintenance(settings_dict)
@@ -131,13 +158,30 @@ def test_the_next_run_drops_what_an_interrupted_run_left_and_nothing_of_a_run_st
         _create(admin, kept, {"seeddump": "undo", "database": target})
         _create(admin, scratch)
         _create(admin, snapshot, {"seeddump": "snapshot", "folder": str(tmp_path / kind / "test0" / "dumps")})
-        left[kind] = [target, kept, scratch, snapshot]
+        # What its tests made (conftest.own_name): a role and a database it owns, a throwaway member of the role
+        # (a restore's, or a look-alike), seeddump's copy of the database, a template, pytest-django's test
+        # database of an inner project; the role owns a table in, and may connect to, a database that stays.
+        own = suite_runs.own_prefix(run)
+        app, throwaway = own + "app", sandbox.PREFIX + secrets.token_hex(6)
+        admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(app)))
+        admin.execute(
+            sql.SQL("CREATE ROLE {} NOLOGIN IN ROLE {}").format(sql.Identifier(throwaway), sql.Identifier(app))
+        )
+        roles[kind] = [throwaway, app]
+        made_here += roles[kind]
+        app_target, template, inner = own + "target", own + "template", f"test_{own}inner"
+        copy = undo.prefix(app_target) + secrets.token_hex(4)
+        _create(admin, app_target, owner=app)
+        _create(admin, copy, {"seeddump": "undo", "database": app_target})
+        _create(admin, template)
+        admin.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE true").format(sql.Identifier(template)))
+        _create(admin, inner)
+        admin.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(theirs[0]), sql.Identifier(app))
+        )
+        _table_of(alias, theirs[0], app, f"{kind}_made_this")
+        left[kind] = [target, kept, scratch, snapshot, app_target, copy, template, inner]
         made_here += [*left[kind], suite_runs.ROLE_PREFIX + run]
-    # Another project on the same server, with seeddump's names: never the suite's to drop.
-    theirs = [undo.prefix("their_dev") + secrets.token_hex(4), snapshots.folder_prefix(Path("/srv/theirs"))[:-1]]
-    _create(admin, theirs[0], {"seeddump": "undo", "database": "their_dev"})
-    _create(admin, theirs[1], {"seeddump": "snapshot", "folder": "/srv/theirs/dumps"})
-    made_here += theirs
     # The killed run's session ends as a killed process's does (pg_terminate_backend waits until it has).
     admin.execute("SELECT pg_terminate_backend(%s, 30000)", (sessions["killed"].info.backend_pid,))
 
@@ -146,13 +190,47 @@ def test_the_next_run_drops_what_an_interrupted_run_left_and_nothing_of_a_run_st
     everything = _names(admin, "")
     assert set(left["killed"]) <= set(dropped) and not set(left["killed"]) & everything
     assert set(left["going"]) <= everything and set(theirs) <= everything
-    roles = {name for (name,) in admin.execute("SELECT rolname FROM pg_roles").fetchall()}
-    assert suite_runs.ROLE_PREFIX + runs["killed"] not in roles
-    assert suite_runs.ROLE_PREFIX + runs["going"] in roles
+    assert set(roles["killed"]) <= set(dropped) and not set(roles["killed"]) & _roles(admin)
+    assert set(roles["going"]) <= _roles(admin)
+    with postgres.connect(settings_dict, theirs[0]) as conn:
+        tables = {name for (name,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert tables == {"going_made_this"}  # what the killed run's role made in a database that stays is gone
+    assert suite_runs.ROLE_PREFIX + runs["killed"] not in _roles(admin)
+    assert suite_runs.ROLE_PREFIX + runs["going"] in _roles(admin)
     suite_runs.mark_ended(sessions["going"], runs["going"])  # a run that ends normally takes its role away
-    roles = {name for (name,) in admin.execute("SELECT rolname FROM pg_roles").fetchall()}
-    assert suite_runs.ROLE_PREFIX + runs["going"] not in roles
+    assert suite_runs.ROLE_PREFIX + runs["going"] not in _roles(admin)
     sessions["going"].close()
+    admin.close()
+
+
+def test_what_an_interrupted_run_left_that_cannot_be_dropped_is_said_and_tried_again_by_the_next_run(
+    alias: str, tmp_path: Path, made_here: list[str]
+) -> None:
+    settings_dict = connections[alias].settings_dict
+    admin = postgres.connect_maintenance(settings_dict)
+    run = f"k{secrets.token_hex(4)}"
+    session = postgres.connect_maintenance(settings_dict)
+    suite_runs.mark_alive(session, run, tmp_path)
+    app, target = suite_runs.own_prefix(run) + "app", suite_runs.own_prefix(run) + "target"
+    admin.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(app)))
+    _create(admin, target, owner=app)
+    # Its role owns a table in another project's database, which allows no connections now.
+    elsewhere = own_name("closed")
+    _create(admin, elsewhere)
+    _table_of(alias, elsewhere, app, "made_by_the_run")
+    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(elsewhere)))
+    made_here += [elsewhere, target, suite_runs.ROLE_PREFIX + run, app]
+    admin.execute("SELECT pg_terminate_backend(%s, 30000)", (session.info.backend_pid,))  # killed
+
+    with pytest.warns(UserWarning, match=f"interrupted test run {run} left .*: {app}$"):
+        dropped = suite_runs.drop_what_ended_runs_left(admin, settings_dict)
+
+    assert target in dropped and target not in _names(admin, "")
+    assert {app, suite_runs.ROLE_PREFIX + run} <= _roles(admin)  # recorded still: the next run tries again
+    admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(elsewhere)))
+    assert app in suite_runs.drop_what_ended_runs_left(admin, settings_dict)
+    assert not {app, suite_runs.ROLE_PREFIX + run} & _roles(admin)
+    assert elsewhere in _names(admin, "")  # not the run's: only what its role made there went
     admin.close()
 
 

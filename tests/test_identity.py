@@ -22,7 +22,7 @@ from psycopg import sql
 
 from seeddump import databases, dumpfiles, finishing, postgres, snapshots, undo
 from seeddump.exceptions import SeeddumpError
-from tests.conftest import as_the_project, database_names, database_url, manage, wait_for_exit
+from tests.conftest import as_the_project, database_names, database_url, manage, own_name, wait_for_exit
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -37,21 +37,26 @@ def connect_as(alias: str, role: str, dbname: str) -> psycopg.Connection:
 
 @dataclass
 class Server:
-    """Roles and databases one test makes on the alias's server; all dropped afterwards."""
+    """Roles and databases one test makes on the alias's server, named for the run (``own_name``); all dropped
+    afterwards."""
 
     alias: str
     suffix: str = field(default_factory=lambda: secrets.token_hex(3))
     roles: list[str] = field(default_factory=list)
 
     def role(self, kind: str, options: str = "LOGIN") -> str:
-        name = f"sdt_{kind}_{self.suffix}"
+        name = own_name(kind, self.suffix)
         with superuser(self.alias) as admin:
             admin.execute(sql.SQL(f"CREATE ROLE {{}} {options}").format(sql.Identifier(name)))
         self.roles.append(name)
         return name
 
+    def target_name(self, last: str) -> str:
+        """The name of one of the test's target databases (made by ``database`` or by a restore)."""
+        return own_name("target", f"{self.suffix}_{last}")
+
     def database(self, owner: str, options: str = "") -> str:
-        name = f"sdt_target_{self.suffix}_{secrets.token_hex(2)}"
+        name = self.target_name(secrets.token_hex(2))
         with superuser(self.alias) as admin:
             query = sql.SQL(f"CREATE DATABASE {{}} OWNER {{}} {options}")
             admin.execute(query.format(sql.Identifier(name), sql.Identifier(owner)))
@@ -69,7 +74,7 @@ class Server:
     def drop_everything(self) -> None:
         """Drops the test's targets, what seeddump left of them, and every database its roles own; then the roles."""
         with superuser(self.alias) as admin:
-            targets = [d.name for d in databases.with_prefix(admin, f"sdt_target_{self.suffix}_", sizes=False)]
+            targets = [d.name for d in databases.with_prefix(admin, self.target_name(""), sizes=False)]
             names = set(targets)
             for target in targets:
                 for prefix in (finishing.scratch_prefix(target), finishing.retired_prefix(target), undo.prefix(target)):
@@ -196,7 +201,7 @@ def test_the_owner_can_be_named(server: Server, seeded_dump: Path, dumps_dir: Pa
     """A superuser restoring a database that does not exist yet: by default it would be the superuser's."""
     admin_user = connections[server.alias].settings_dict["USER"]
     app = server.role("app", "LOGIN")
-    target = f"sdt_target_{server.suffix}_new"
+    target = server.target_name("new")
     url = database_url(server.alias, target, admin_user)
     env = {"SEEDDUMP_OWNER": app} if how == "SEEDDUMP_OWNER" else {}
     if how == "assume_role":  # Django 5.2's OPTIONS["assume_role"], from the URL's query (django-environ)
@@ -335,7 +340,7 @@ def test_a_new_target_belongs_to_the_connecting_role_with_default_privileges(
     server: Server, seeded_dump: Path, dumps_dir: Path
 ) -> None:
     app = server.role("app", "LOGIN CREATEDB")
-    target = f"sdt_target_{server.suffix}_new"
+    target = server.target_name("new")
 
     restoredump(server, dumps_dir, app, target)
 

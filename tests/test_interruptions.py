@@ -267,7 +267,7 @@ def test_the_files_of_a_first_restore_are_kept_and_never_deleted(
     copy_dump(media_dumps[server.alias].path, dumps_dir)
     media_root.mkdir()
     (media_root / "notes.txt").write_text("my notes")
-    target = f"sdt_target_{server.suffix}_new"  # dropped with the test's databases
+    target = server.target_name("new")  # dropped with the test's databases
     env = {"DATABASE_URL": database_url(server.alias, target, connections[server.alias].settings_dict["USER"])}
 
     first = restoredump(server, dumps_dir, connections[server.alias].settings_dict["USER"], target)

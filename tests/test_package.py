@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from django.db import connections
 from psycopg import sql
 
 from seeddump import postgres, snapshots, undo
-from tests.conftest import REPO, as_the_project, run_bounded, shell_env
+from tests.conftest import REPO, as_the_project, own_name, run_bounded, shell_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(databases="__all__")]
 
@@ -79,7 +78,7 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     if django_settings.SYSTEM_UNAVAILABLE:
         pytest.skip(f"system PostgreSQL not reachable: {django_settings.SYSTEM_UNAVAILABLE}")
     system = connections["system"].settings_dict
-    name = f"sdt_package_{secrets.token_hex(4)}"
+    name = own_name("package")
     folder = tmp_path / "someproject"
     folder.mkdir()
     (folder / "settings.py").write_text(

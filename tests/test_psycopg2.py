@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from django.db import connections
 
-from tests.conftest import database_url, manage
+from tests.conftest import database_url, manage, own_name
 from tests.test_fastpath import FAST, fast
 from tests.test_identity import Server, team_names
 from tests.test_identity import server as server_fixture
@@ -81,6 +81,7 @@ def test_every_path_runs_on_psycopg2_when_it_is_the_projects_driver(
     assert "mine" in team_names(server, target)
 
     # A failure is one line, through psycopg2's errors: a role that may not log in.
-    refused = run("restoredump", "dev", "--no-input", user="sdt_nobody_" + server.suffix, ok=False)
+    nobody = own_name("nobody", server.suffix)
+    refused = run("restoredump", "dev", "--no-input", user=nobody, ok=False)
     [line] = [text for text in refused.strip().splitlines() if text.strip()]
-    assert line.startswith("CommandError: Cannot connect to") and "sdt_nobody_" in line, line
+    assert line.startswith("CommandError: Cannot connect to") and nobody in line, line

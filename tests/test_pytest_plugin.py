@@ -10,14 +10,14 @@ from django.db import connections
 from psycopg import sql
 
 from seeddump import postgres, snapshots, testdatabases
-from tests.conftest import REPO, as_the_project, copy_dump, database_names, database_url, run_command
-from tests.settings import RUN
+from tests.conftest import REPO, as_the_project, copy_dump, database_names, database_url, own_name, run_command
 
 
 def inner_test_db(alias: str) -> str:
     """pytest-django's test database of the inner session on the alias's server: named for this run of the suite,
-    so that two runs on one server at once (CI's core runs beside the whole suite) never share it."""
-    return f"test_plugin_{RUN}_{alias}"
+    so that two runs on one server at once (CI's core runs beside the whole suite) never share it, and the next
+    run drops it (and the seeded databases named after it) if this one is killed."""
+    return f"test_{own_name('plugin', alias)}"
 
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")

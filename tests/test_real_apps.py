@@ -30,7 +30,7 @@ from django.conf import settings as django_settings
 from psycopg import sql
 
 from seeddump import postgres, snapshots
-from tests.conftest import REPO, files_of, run_bounded, shell_env, unavailable
+from tests.conftest import REPO, files_of, own_name, run_bounded, shell_env, unavailable
 from tests.realapps import contents, seeds
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(280)]
@@ -160,7 +160,7 @@ def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         unavailable(f"system PostgreSQL not reachable: {django_settings.SYSTEM_UNAVAILABLE}")
     kind = KINDS[request.param]
     folder = tmp_path_factory.mktemp(f"realapps-{request.param}")
-    name = f"sdt_realapps_{secrets.token_hex(4)}_{request.param}"
+    name = own_name(f"realapps_{request.param}")
     system = django_settings.DATABASES["system"]
     made = Project(kind, folder, name, folder / "media", folder / "seeds" / "dumps", {}, {}, Path())
     made.media_root.mkdir()

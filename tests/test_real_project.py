@@ -20,7 +20,7 @@ from django.db import connections
 from psycopg import sql
 
 from seeddump import postgres, snapshots
-from tests.conftest import as_the_project, run_bounded, shell_env
+from tests.conftest import as_the_project, own_name, run_bounded, shell_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(databases="__all__")]
 
@@ -107,7 +107,7 @@ def site(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     result = run([str(WAGTAIL), "start", "mysite", str(site)], tmp_path)
     assert result.returncode == 0, result.stderr
     system = connections["system"].settings_dict
-    name = f"sdt_wagtail_{secrets.token_hex(4)}"
+    name = own_name("wagtail")
     with postgres.connect_maintenance(system) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     with (site / "mysite" / "settings" / "base.py").open("a") as settings_file:

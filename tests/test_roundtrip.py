@@ -20,6 +20,7 @@ from tests.conftest import (
     demo_snapshot,
     leftovers,
     manage,
+    own_name,
     psycopg_connect,
     run_command,
     schema_snapshot,
@@ -126,7 +127,7 @@ def test_same_second_dumps_get_distinct_names(alias: str, dumps_dir: Path, setti
 def test_restore_into_a_missing_database_creates_it(
     alias: str, seeded_dump: Path, dumps_dir: Path, cleanup_databases: list
 ) -> None:
-    name = f"seeddump_test_new_{alias}"
+    name = own_name(f"new_{alias}")
     cleanup_databases.append((alias, name))
 
     result = manage(

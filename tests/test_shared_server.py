@@ -3,14 +3,12 @@ when another role keeps copies of the same database, and the cache's cost is sai
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
 import pytest
 from django.db import connections
 
-from seeddump import undo
-from tests.conftest import database_names, run_command
+from tests.conftest import database_names, own_name, run_command
 from tests.test_identity import Server
 from tests.test_identity import server as server_fixture
 from tests.test_undo import undo_copy_of
@@ -26,9 +24,12 @@ def restore(alias: str) -> str:
 @pytest.mark.usefixtures("seeded_dump")
 def test_other_projects_copies_are_one_line_and_listed_on_request(alias: str, server: Server) -> None:
     restore(alias)
-    # Another project's undo copy on the same server, made by the same role (a shared CI superuser).
-    elsewhere = undo.prefix(f"another_project_{secrets.token_hex(4)}") + "0badc0de"
-    server.execute("postgres", f'CREATE DATABASE "{elsewhere}"')
+    # Another project's undo copy on the same server, made by the same role (a shared CI superuser); labelled for
+    # a database named for this run, so that the next run drops it if this one is killed.
+    admin_user = connections[alias].settings_dict["USER"]
+    elsewhere = undo_copy_of(
+        server, admin_user, own_name("another_project"), "0badc0de", replaced_at="2026-01-01T00:00:00Z"
+    )
     try:
         listing = run_command("snapshots", database=alias)
         assert elsewhere not in listing.out + listing.err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import shutil
 from pathlib import Path
 
@@ -13,8 +12,8 @@ from django.db import connections
 from psycopg import sql
 
 from project.reality.models import Team
-from seeddump import postgres, snapshots, undo
-from tests.conftest import copy_dump, database_names, database_url, demo_snapshot, manage, run_command
+from seeddump import databases, postgres, snapshots, undo
+from tests.conftest import copy_dump, database_names, database_url, demo_snapshot, manage, own_name, run_command
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -146,13 +145,15 @@ def test_all_folders_does_not_go_with_drop_all(alias: str, dumps_dir: Path) -> N
 
 def test_a_database_merely_called_seeddump_is_no_other_projects_copy(alias: str, dumps_dir: Path) -> None:
     """A project whose own database is called seeddump_* (the demo's is seeddump_demo), and another project's
-    database of such a name, are nobody's copies; another project's undo copy is."""
-    tag = secrets.token_hex(3)
-    own, shop = f"seeddump_demo_{tag}", f"seeddump_shop_{tag}"
-    copy = undo.prefix(f"another_project_{tag}") + "0badc0de"
+    database of such a name, are nobody's copies; another project's undo copy is. All named for this run
+    (``own_name``, the copy by its label), so that the next run drops them if this one is killed."""
+    own, shop = f"seeddump_demo_{own_name('project')}", f"seeddump_shop_{own_name('project')}"
+    another = own_name("another_project")
+    copy = undo.prefix(another) + "0badc0de"
     with postgres.connect_maintenance(connections[alias].settings_dict) as admin:
         for name in (own, shop, copy):
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        databases.label(admin, copy, {"seeddump": "undo", "database": another})
     try:
         env = {"DATABASE_URL": database_url(alias, own)}
         listed = manage("snapshots", "--others", alias=alias, dumps_dir=dumps_dir, env=env)
