@@ -17,8 +17,7 @@ from django.db import connections
 from psycopg import sql
 
 from seeddump import databases, postgres, testcache
-from tests.conftest import REPO, InnerProject, database_names, database_url, run_bounded, shell_env
-from tests.settings import RUN
+from tests.conftest import REPO, InnerProject, database_names, database_url, own_name, run_bounded, shell_env
 
 sys.path.insert(0, str(REPO / "seeds" / "scripts"))
 import migrations_project
@@ -61,7 +60,7 @@ class Project(InnerProject):
 
 
 def _project(alias: str, folder: Path, made: list[Project]) -> Project:
-    name = f"tcache_{RUN}_{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
+    name = own_name("tcache", hashlib.sha256(str(folder).encode()).hexdigest()[:8])
     dumps = folder.parent / f"{folder.name}-dumps"
     dumps.mkdir()
     made.append(Project(folder, alias, name, dumps))
@@ -228,7 +227,7 @@ def test_a_foreign_database_under_the_cache_name_is_never_used(project: Project,
     project.pytest()
     (state,) = project.states()
     settings_dict = connections[alias].settings_dict
-    role = f"tcache_other_{RUN}"
+    role = own_name("other")
     with postgres.connect_maintenance(settings_dict) as admin:
         label = admin.execute(
             "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (state.name,)
@@ -317,7 +316,7 @@ def test_a_hostile_shared_state_runs_its_code_as_the_owner_at_most(
     owner of the database the test database stands for, and is refused."""
     storage = {"SEEDDUMP_STORAGE": "shared", "SHARED_DUMPS": str(tmp_path / "shared")}
     settings_dict = connections[alias].settings_dict
-    app = f"tcache_app_{RUN}"
+    app = own_name("app")
     project.pytest()
     (state,) = project.states()
     with postgres.connect_maintenance(settings_dict) as admin:
