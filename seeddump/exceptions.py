@@ -10,6 +10,10 @@ class ProgramFailed(SeeddumpError):
     """A PostgreSQL program (pg_restore, psql, pg_dump) exited with an error: its most useful line."""
 
 
+class CannotConnect(SeeddumpError):
+    """A new connection to the server failed (stopped, restarting, unreachable, or refused): its reason."""
+
+
 class UnfinishedAfterSwap(SeeddumpError):
     """The target holds what was swapped in, but a step after the swap did not finish.
 

@@ -24,7 +24,7 @@ from typing import Any
 from seeddump import driver
 from seeddump.conf import conf
 from seeddump.driver import sql
-from seeddump.exceptions import ProgramFailed, SeeddumpError
+from seeddump.exceptions import CannotConnect, ProgramFailed, SeeddumpError
 
 # How seeddump's sessions show in pg_stat_activity (the background process says so).
 APPLICATION_NAME = "seeddump"
@@ -253,7 +253,7 @@ def connect(
                 delay = min(delay * 2, 1.0)
                 continue
             server = server_of({**settings_dict, "NAME": dbname})
-            raise SeeddumpError(
+            raise CannotConnect(
                 f"Cannot connect to {server.describe()}: {reason}. "
                 "Check that PostgreSQL is running and that DATABASES is right."
             ) from None

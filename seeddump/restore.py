@@ -47,7 +47,7 @@ from seeddump import (
     undo,
 )
 from seeddump.conf import conf
-from seeddump.exceptions import ProgramFailed, SeeddumpError, UnfinishedAfterSwap
+from seeddump.exceptions import CannotConnect, ProgramFailed, SeeddumpError, UnfinishedAfterSwap
 
 Progress = Callable[[str], None]
 
@@ -345,11 +345,11 @@ class _Journal:
             raise
         except (KeyboardInterrupt, Exception) as exc:
             self.judge(exc)
-            # A session of the restore ended (seeddump's, or pg_restore's mid-load), or the server went away:
-            # the server says the target is as it was, and the line says so too, or that it could not say (other
-            # failures say what they left).
+            # A session of the restore ended (seeddump's, or pg_restore's mid-load), or the server went away (a
+            # new connection failed): the server says the target is as it was, and the line says so too, or that
+            # it could not say (other failures say what they left).
             said_by_server = type(exc) is SeeddumpError and str(exc).startswith("PostgreSQL said:")
-            if said_by_server or type(exc) is ProgramFailed:
+            if said_by_server or type(exc) in (ProgramFailed, CannotConnect):
                 said = str(exc).rstrip(".")
                 if self.verdict is False:
                     raise SeeddumpError(f"{said}; '{self.target}' was not changed.") from None

@@ -13,8 +13,8 @@ test database), with media, each change x {SIGKILL, SIGTERM}, one test per path,
 between the embedded PostgreSQL 18 and the machine's 15 (every change runs on both, one fault on each; each
 server records the path's changes itself); the in-place and cold paths' sessions fault (every server session of
 the restore ended, the load's mid-load among them), shared the same way; and the server-stop fault once psql loads in
-place, on a server of the matrix's own. The whole stop matrix (one case at a time, each with a restart): run
-the script. A matrix run killed mid-case leaves nothing the next one does not drop."""
+place and right after the sandboxed restore makes its scratch database, on a server of the matrix's own. The whole
+stop matrix (one case at a time, each with a restart; ``--share`` halves it across two servers): run the script. A matrix run killed mid-case leaves nothing the next one does not drop."""
 
 from __future__ import annotations
 
@@ -119,26 +119,33 @@ def test_every_server_session_of_the_restore_ended_after_each_change(
 
 
 @pytest.mark.timeout(600)
-def test_a_server_stop_while_psql_loads_in_place_says_what_it_knows(
-    media_dumps: dict[str, MediaDump], tmp_path: Path
-) -> None:
-    """The stop fault on a server of the matrix's own (it needs one: the stop ends every case on the server),
-    right once psql has its load session: the old database stays, and the line says the restore was
-    interrupted before the server could say (it used to be PostgreSQL's error alone)."""
+def test_a_server_stop_says_what_it_knows(media_dumps: dict[str, MediaDump], tmp_path: Path) -> None:
+    """The stop fault on a server of the matrix's own (it needs one: the stop ends every case on the server): once
+    psql has its load session in place, the old database stays, and the line says the restore was interrupted
+    before the server could say (it used to be PostgreSQL's error alone); right after the superuser's sandboxed
+    restore made its scratch database, whose next step is a new connection, the line says the target was not
+    changed (it used to be "Cannot connect" alone: the script's whole stop matrix found it)."""
     bin_dirs = tuple(Path(p) for p in settings.SEEDDUMP_PG_BIN_DIRS)
+
+    def stopped_at(change: crashmatrix.Change) -> bool:
+        loads_in_place = change.kind == "start" and change.shape == "psql"
+        scratch_made = change.kind == "sql" and change.where.startswith("databases.py:create < restore.py:_restore")
+        return loads_in_place or scratch_made
+
     with crashmatrix.private_server(bin_dirs) as server:
         report = crashmatrix.run_matrix(
             server,
             media_dumps["default"].path,
-            paths=("in-place",),
+            paths=("in-place", "sandboxed"),
             faults=("stop",),
             jobs=1,
             workdir=tmp_path / "matrix",
-            only=lambda change: change.kind == "start" and change.shape == "psql",
+            only=stopped_at,
         )
 
     print(report.text())
-    assert report.outcomes and all(o.case.change.shape == "psql" for o in report.outcomes)
+    faulted = {(o.case.path, o.case.change.kind) for o in report.outcomes}
+    assert faulted == {("in-place", "start"), ("sandboxed", "sql")}, faulted
     assert not report.broken(), "\n".join(f"BROKE {o.case}: {o.why}" for o in report.broken())
 
 
