@@ -20,7 +20,7 @@ echo "test.sh: servers: the embedded PostgreSQL (18; 16 for one core run) in .pg
   "left running (bash seeds/scripts/demo.sh stop stops it), and the machine's PostgreSQL, $system_shown," \
   "connecting as a superuser by default: set SEEDDUMP_TEST_SYSTEM_URL=postgres://USER:PASSWORD@HOST:PORT/NAME" \
   "to use another server (the tests that need it are skipped when none answers). The tests make and drop" \
-  "test_seeddump_*, seeddump_* and sdt_* databases and seeddump_* roles there; each run first drops what" \
+  "test_seeddump_*, seeddump_* and sdt_* databases and seeddump_* and sdt_* roles there; each run first drops what" \
   "interrupted earlier runs of the suite left (runs still going are left alone)."
 echo "test.sh: installing seeddump with its test tools into .venv (pip, quiet)"
 bash seeds/scripts/install.sh
