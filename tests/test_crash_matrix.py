@@ -14,7 +14,8 @@ between the embedded PostgreSQL 18 and the machine's 15 (every change runs on bo
 server records the path's changes itself); the in-place and cold paths' sessions fault (every server session of
 the restore ended, the load's mid-load among them), shared the same way; and the server-stop fault once psql loads in
 place and right after the sandboxed restore makes its scratch database, on a server of the matrix's own. The whole
-stop matrix (one case at a time, each with a restart; ``--share`` halves it across two servers): run the script. A matrix run killed mid-case leaves nothing the next one does not drop."""
+stop matrix (one case at a time, each with a restart; ``--share`` halves it across two servers): run the script.
+A matrix run killed mid-case leaves nothing the next one does not drop."""
 
 from __future__ import annotations
 
