@@ -1203,18 +1203,22 @@ def _forget(log: Path) -> None:
     Path(f"{log}.count").unlink(missing_ok=True)
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command's name (state first, start time at 19)."""
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
 def _started(pid: int) -> str:
     """When the process ``pid`` started (/proc's clock ticks), as ``_alive`` compares it."""
-    with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
-        return stat.read().rsplit(")", 1)[1].split()[19]
+    return _stat(pid)[19]
 
 
 def _alive(pid: int, started: str) -> bool:
     """Whether the process ``pid`` that started at ``started`` (/proc's clock ticks) still runs (a zombie does not;
     a pid since reused by another process does not count)."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
+        fields = _stat(pid)
     except (OSError, IndexError):
         return False
     return fields[0] != "Z" and (started == "?" or fields[19] == started)
