@@ -480,7 +480,7 @@ def open_own(path: Path, *, append: bool) -> TextIO:
 def remove_abandoned_partials(directory: Path) -> list[Path]:
     """Deletes temporary files of dumps whose process is gone (killed mid-dump); returns them."""
     removed = []
-    for path in directory.glob(".*-seeded.*.partial"):
+    for path in sorted(directory.glob(".*-seeded.*.partial")):
         try:
             pid = int(path.name.split(".")[-3])
             os.kill(pid, 0)

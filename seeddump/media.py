@@ -556,10 +556,10 @@ class Exchange:
         if self.contents:
             if self.incoming.exists():
                 self.outgoing.mkdir(mode=0o700, exist_ok=True)
-                for entry in os.scandir(self.root):
+                for entry in _entries(self.root):
                     if not entry.name.startswith(_OURS_INSIDE):
                         os.rename(entry.path, self.outgoing / entry.name)
-                for entry in os.scandir(self.incoming):
+                for entry in _entries(self.incoming):
                     os.rename(entry.path, self.root / entry.name)
                 os.rmdir(self.incoming)
             return []
@@ -592,12 +592,12 @@ class Exchange:
         aside = []
         if self.incoming.exists():  # out: everything MEDIA_ROOT holds but our folders
             self._moving_out.mkdir(mode=0o700, exist_ok=True)
-            for entry in os.scandir(self.root):
+            for entry in _entries(self.root):
                 if not entry.name.startswith(_OURS_INSIDE):
                     os.rename(entry.path, self._moving_out / entry.name)
             os.rename(self.incoming, self._moving_in)
         if self._moving_in.exists():  # in: MEDIA_ROOT holds nothing but our folders now
-            for entry in os.scandir(self._moving_in):
+            for entry in _entries(self._moving_in):
                 os.rename(entry.path, self.root / entry.name)
             os.rmdir(self._moving_in)
         if self._moving_out.exists():
@@ -680,10 +680,18 @@ def set_aside(root: Path) -> Path | None:
         os.rename(root, retired)
         return retired
     retired.mkdir(mode=0o700)
-    for entry in os.scandir(root):
+    for entry in _entries(root):
         if not entry.name.startswith(_OURS_INSIDE):
             os.rename(entry.path, retired / entry.name)
     return retired
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    """A folder's entries in name order: the order a filesystem lists them in differs between filesystems and
+    between two folders holding the same names, so every step that moves or drops entries one by one takes them
+    in one order, the same on every run."""
+    with os.scandir(folder) as listing:
+        return sorted(listing, key=lambda entry: entry.name)
 
 
 def drop(folder: Path) -> None:
@@ -703,7 +711,7 @@ def drop_leftovers(root: Path) -> list[Path]:
     for folder, lead in places:
         pattern = re.compile(_LEFTOVER.format(lead=lead))
         try:
-            entries = list(os.scandir(folder))
+            entries = _entries(folder)
         except OSError:
             continue
         for entry in entries:

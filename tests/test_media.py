@@ -414,6 +414,37 @@ def test_without_an_atomic_exchange_two_renames_still_swap(
     assert files_of(media_root) == media_dump.files and beside(media_root) == kept_for_undo(alias, media_root)
 
 
+def test_a_mount_points_entries_move_in_one_order_whatever_order_the_filesystem_lists(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A mount point's contents move entry by entry; they move in name order, so every run of a restore makes
+    the same changes in the same order (the crash matrix replays a fault at a recorded change by its number, and
+    a filesystem lists one folder's names in another order than a copy's: xfs and tmpfs by when they came, ext4
+    by hash)."""
+    names = [f"entry-{n:02}" for n in (7, 3, 11, 0, 9, 5, 1, 10, 4, 8, 2, 6)]  # made in neither order
+    root, incoming = tmp_path / "media", tmp_path / ".media.seeddump-new"
+    for folder in (root, incoming):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text(folder.name)
+    exchange = media.Exchange(root, incoming, tmp_path / ".media.seeddump-old", 0, None, contents=True)
+    moved = []
+    rename = media.os.rename
+
+    def recording(source: str, destination: Path) -> None:
+        moved.append((Path(source).parent.name, Path(source).name))
+        rename(source, destination)
+
+    monkeypatch.setattr(media.os, "rename", recording)
+    exchange.complete()
+
+    entries_moved = [(folder, name) for folder, name in moved if name.startswith("entry-")]
+    out, into = entries_moved[: len(names)], entries_moved[len(names) :]
+    assert [name for _, name in out] == sorted(names) and {folder for folder, _ in out} == {"media"}
+    assert [name for _, name in into] == sorted(names)
+    assert files_of(root) == {name: incoming.name.encode() for name in names}
+
+
 # --- With the team: shared storage, listings, pruning, the admin -------------------------------------------
 
 
