@@ -15,8 +15,8 @@ is created: they make its ``Shape``, and a copy serves only targets of the same 
 The objects *inside* a restored database belong to the owner role (see ``restore_owner``): pg_restore
 runs as that role (``--role``), so the dump's SQL has that role's rights and not those of whoever
 connects. The scratch database stays seeddump's until the swap; while pg_restore runs, the owner role
-is granted CREATE on it and on its ``public`` schema (``allow_restore``), which ``give_identity`` and
-``end_restore`` take back.
+is granted CREATE on it and owns its ``public`` schema as it does in the target (``allow_restore``),
+which ``give_identity`` and ``end_restore`` take back.
 """
 
 from __future__ import annotations
@@ -450,16 +450,33 @@ def take_back(admin: driver.Connection, name: str) -> None:
 
 
 def allow_restore(conn: driver.Connection, owner: str) -> None:
-    """In a new database of ours (``conn`` is connected to it), lets ``owner`` create what a dump holds."""
+    """In a new database of ours (``conn`` is connected to it), lets ``owner`` create what a dump holds.
+
+    Where the ``public`` schema belongs to ``pg_database_owner`` (PostgreSQL 15 and later), it is the owner's
+    while the dump loads, as it is in the target the owner owns: pg_dump writes ``COMMENT ON SCHEMA public``
+    when the comment is not the default one, and only the schema's owner may run it."""
     database = conn.info.dbname
     role = sql.Identifier(owner)
     conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(sql.Identifier(database), role))
-    conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role))
+    if _public_owner(conn) == "pg_database_owner":  # its privileges go with it, and come back unchanged
+        conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(role))
+    else:
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role))
 
 
 def end_restore(conn: driver.Connection, owner: str) -> None:
-    """Takes back the schema grant of ``allow_restore`` (``give_identity`` replaces the database's ACL)."""
+    """Takes back what ``allow_restore`` gave (``give_identity`` replaces the database's ACL): ``public``
+    goes back to ``pg_database_owner`` with the privileges it had, or the schema grant is revoked."""
+    if _public_owner(conn) == owner and postgres.server_major(conn) >= 14:  # the role came in 14
+        conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO pg_database_owner"))
     conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(sql.Identifier(owner)))
+
+
+def _public_owner(conn: driver.Connection) -> str | None:
+    row = conn.execute(
+        "SELECT pg_catalog.pg_get_userbyid(nspowner) FROM pg_catalog.pg_namespace WHERE nspname = 'public'"
+    ).fetchone()
+    return row[0] if row else None
 
 
 @contextlib.contextmanager

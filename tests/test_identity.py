@@ -272,6 +272,35 @@ def test_the_dumps_sql_runs_with_the_owners_rights(
     assert team_names(server, target) == before
 
 
+def test_a_comment_on_the_public_schema_comes_with_the_dump(server: Server, seeded_dump: Path, dumps_dir: Path) -> None:
+    """pg_dump writes ``COMMENT ON SCHEMA public`` when an app changed the comment, and only the schema's owner
+    may run it (the database's owner, as ``pg_database_owner``). Restored by a superuser into the app's
+    database, the comment comes too, and ``public`` is the database owner's as before: a dump of the restored
+    database restores into another app's database in turn."""
+    admin_user = connections[server.alias].settings_dict["USER"]
+    public = (
+        "SELECT nspowner::regrole::text, obj_description(oid, 'pg_namespace') "
+        "FROM pg_namespace WHERE nspname = 'public'"
+    )
+    app, _ = app_dump(server, dumps_dir, ["COMMENT ON SCHEMA public IS 'the app''s tables'"])
+    target = server.database(app)
+
+    assert restoredump(server, dumps_dir, admin_user, target)["source"] == "pg_restore"
+
+    assert server.query(target, public) == [("pg_database_owner", "the app's tables")]
+    assert table_owners(server, target) == {app}
+    server.execute(target, "CREATE TABLE public.made_later (id int)", role=app)  # its next migration can
+    env = {"DATABASE_URL": database_url(server.alias, target, admin_user)}
+    assert (
+        manage("generatedump", "dev", "--allow-empty", alias=server.alias, dumps_dir=dumps_dir, env=env).returncode == 0
+    )
+    other = server.role("other", "LOGIN")
+    second = server.database(other)
+    assert restoredump(server, dumps_dir, admin_user, second)["source"] == "pg_restore"
+    assert server.query(second, public) == [("pg_database_owner", "the app's tables")]
+    assert table_owners(server, second) == {other}
+
+
 # --- The database's own settings -------------------------------------------------------------------------
 
 
