@@ -104,8 +104,7 @@ def _walk(root: Path, excluded: set[Path]) -> Iterator[tuple[str, os.DirEntry[st
     while stack:
         folder, prefix = stack.pop()
         try:
-            with os.scandir(folder) as listing:
-                entries = sorted(listing, key=lambda e: e.name, reverse=True)
+            entries = _entries(folder)[::-1]
         except FileNotFoundError:
             continue  # removed while we walked
         for entry in entries:
