@@ -271,8 +271,11 @@ class Database:
 
 
 def with_prefix(admin: driver.Connection, prefix: str, *, sizes: bool = True) -> list[Database]:
-    """Every database whose name starts with ``prefix``, ours or not, with its label."""
-    # pg_database_size needs CONNECT: another role's copy this one may not enter counts as 0.
+    """Every database whose name starts with ``prefix``, ours or not, with its label. One that another session
+    is dropping meanwhile (its files gone, its row not yet) is left out: on a shared server that is anyone's
+    DROP DATABASE, at any moment."""
+    # pg_database_size needs CONNECT: another role's copy this one may not enter counts as 0. It is NULL for a
+    # database whose files are gone.
     size = (
         "CASE WHEN has_database_privilege(d.oid, 'CONNECT') THEN pg_database_size(d.oid) ELSE 0 END" if sizes else "0"
     )
@@ -288,6 +291,8 @@ def with_prefix(admin: driver.Connection, prefix: str, *, sizes: bool = True) ->
     ).fetchall()
     found = []
     for name, owner, ours, size_bytes, comment, droppable in rows:
+        if size_bytes is None:
+            continue  # being dropped
         try:
             label = json.loads(comment or "{}")
         except ValueError:

@@ -42,7 +42,7 @@ def escalating_function(marker: Path, name: str = "escalate", returns: str = "bo
     in, if that role may."""
     return (
         "CREATE FUNCTION run_program() RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
-        f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'; END $$; "
+        f"COPY (SELECT 1) TO PROGRAM 'cat > /dev/null; touch {marker}'; END $$; "
         f"CREATE FUNCTION {name}(int) RETURNS {returns} LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN "
         "PERFORM set_config('role', 'none', false); "  # RESET ROLE would go back to a start-up role
         "PERFORM public.run_program(); "  # pg_restore empties search_path
@@ -171,7 +171,7 @@ def planting_statements(marker: Path) -> list[str]:
     that resolves names by that path and calls to_regclass unqualified runs the program with its own rights."""
     return [
         "CREATE FUNCTION run_program() RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
-        f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'; EXCEPTION WHEN others THEN NULL; END $$",
+        f"COPY (SELECT 1) TO PROGRAM 'cat > /dev/null; touch {marker}'; EXCEPTION WHEN others THEN NULL; END $$",
         "CREATE FUNCTION to_regclass(text) RETURNS regclass LANGUAGE plpgsql AS $$ BEGIN "
         "PERFORM public.run_program(); RETURN pg_catalog.to_regclass($1); END $$",
         "CREATE FUNCTION plant(int) RETURNS boolean LANGUAGE plpgsql AS $$ DECLARE d text; BEGIN "

@@ -3,15 +3,20 @@ when another role keeps copies of the same database, and the cache's cost is sai
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 from django.db import connections
 
-from tests.conftest import database_names, own_name, run_command
+from seeddump import postgres
+from tests.conftest import as_the_project, database_names, manage, own_name, run_command
 from tests.test_identity import Server
 from tests.test_identity import server as server_fixture
 from tests.test_undo import undo_copy_of
+from tests.xfs import xfs_server
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 server = server_fixture
@@ -63,3 +68,46 @@ def test_another_roles_copies_of_this_database_are_said_and_dropped_by_drop_all(
     dropped = run_command("snapshots", "--drop-all", database=alias).out  # as the superuser: it may
     assert f"Dropped {theirs}" in dropped
     assert theirs not in database_names(alias)
+
+
+def test_a_database_another_session_is_dropping_is_left_out_of_the_listing(dumps_dir: Path) -> None:
+    """Another project's DROP DATABASE, caught between removing the files and committing: its row is still there
+    and pg_database_size says NULL. A private server (tmpfs) makes that moment last: the DROP's commit waits for a
+    synchronous standby that never comes (every other session commits locally)."""
+    waiting = {"synchronous_standby_names": "nobody", "synchronous_commit": "local"}
+    with xfs_server("300M", tmpfs=True, settings=waiting) as server:
+        with as_the_project(postgres.connect(server.settings_dict(), "postgres")) as admin:
+            for name in ("seeddump_theirs_being_dropped", "seeddump_theirs_staying"):  # another project's copies
+                admin.execute(f'CREATE DATABASE "{name}"')
+                admin.execute(f"""COMMENT ON DATABASE "{name}" IS '{{"seeddump": "snapshot"}}'""")
+            admin.execute('CREATE DATABASE "ours"')
+            dropping = as_the_project(postgres.connect(server.settings_dict(), "postgres"))
+            dropping.execute("SET synchronous_commit = on")
+            pid = dropping.info.backend_pid
+            drop = threading.Thread(
+                target=lambda: dropping.execute('DROP DATABASE "seeddump_theirs_being_dropped"'), daemon=True
+            )
+            drop.start()
+            try:
+                for _ in range(600):  # until the DROP waits at its commit (or a minute has passed)
+                    (event,) = admin.execute(
+                        "SELECT coalesce(wait_event, '') FROM pg_stat_activity WHERE pid = %s", (pid,)
+                    ).fetchone()  # type: ignore[misc]
+                    if event == "SyncRep":
+                        break
+                    threading.Event().wait(0.1)
+                assert event == "SyncRep"
+
+                # No trial clone: its DROP DATABASE would wait for the one waiting here to take a barrier.
+                env = {"DATABASE_URL": server.url("ours"), "SEEDDUMP_MIN_FREE_DISK": "none", "SEEDDUMP_CLONES": "false"}
+                listing = manage("snapshots", "--others", alias="default", dumps_dir=dumps_dir, env=env)
+            finally:
+                admin.execute("SELECT pg_cancel_backend(%s)", (pid,))  # the DROP is committed here; it returns
+                drop.join(timeout=60)
+                with contextlib.suppress(psycopg.Error):
+                    dropping.close()
+
+        assert listing.returncode == 0, listing.stderr
+        assert "Traceback" not in listing.stderr
+        assert "seeddump_theirs_staying" in listing.stdout
+        assert "seeddump_theirs_being_dropped" not in listing.stdout + listing.stderr
